@@ -1,0 +1,180 @@
+"""``veil run``: the whole method in one process, no servers.
+
+It calls the same stage functions as the Celery workers. The manifest is appended row by row
+(flushed and fsynced), so a crash loses at most the batch in flight; running the same command
+again skips every input whose row already says ``done`` or ``no_face``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shared.devices import resolve_device
+from shared.errors import MissingWeightsError, PermanentError, RETRY_POLICY, TransientError
+from shared.imageio import output_name
+from shared.messages import ImageTask, PromptTask, ResultRecord, Status
+from shared.results import done_record, error_record, seed_for
+from shared.settings import Settings
+from shared.storage import Storage, is_s3, join_uri
+from shared.weights import missing_files
+from orchestrator.inputs import InputItem, list_inputs
+from workers.cpu.stage import CpuModels, analyze
+from workers.gpu.stage import GpuModels, generate_batch, store_image
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class RunSummary:
+    counts: Counter = field(default_factory=Counter)
+    skipped: int = 0
+    seconds: float = 0.0
+    stage_seconds: Counter = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return self.counts[Status.FAILED.value] == 0
+
+    def text(self) -> str:
+        total = sum(self.counts.values())
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "nothing to do"
+        rate = f"{total / self.seconds:.2f} images/s" if self.seconds > 0 and total else ""
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(self.stage_seconds.items()))
+        return (f"veil run: {total} processed ({parts}); {self.skipped} already done; "
+                f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}")
+
+
+class Manifest:
+    """``manifest.jsonl`` under OUTPUT: one row per input; the last row for an input wins."""
+
+    def __init__(self, output: str, storage: Storage):
+        self._storage = storage
+        self._uri = join_uri(output, MANIFEST)
+        self._local = not is_s3(output)
+        self._rows: list[str] = []
+
+    def finished_inputs(self) -> set[str]:
+        if not self._storage.exists(self._uri):
+            return set()
+        latest: dict[str, str] = {}
+        for line in self._storage.read(self._uri).decode().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a row cut short by a crash
+            latest[row["input"]] = row["status"]
+        if not self._local:
+            self._rows = self._storage.read(self._uri).decode().splitlines(keepends=True)
+        return {k for k, v in latest.items() if v in (Status.DONE.value, Status.NO_FACE.value)}
+
+    def append(self, record: ResultRecord) -> None:
+        line = record.model_dump_json() + "\n"
+        if self._local:
+            Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
+            with open(self._uri, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        else:  # object storage has no append: rewrite the object (small; one row per input)
+            self._rows.append(line)
+            self._storage.write(self._uri, "".join(self._rows).encode(), "application/x-ndjson")
+
+
+def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, limit: int | None = None,
+        progress: bool = True) -> RunSummary:
+    started = time.perf_counter()
+    summary = RunSummary()
+    # 1. Check the weights before touching any input
+    missing = missing_files(Path(settings.models_dir))
+    if missing:
+        raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
+    # 2. List the inputs and skip those already finished
+    items = list_inputs(input_spec, storage)[: limit or None]
+    manifest = Manifest(output, storage)
+    finished = manifest.finished_inputs()
+    todo = [i for i in items if i.uri not in finished]
+    summary.skipped = len(items) - len(todo)
+    if not todo:
+        summary.seconds = time.perf_counter() - started
+        return summary
+    # 3. Load the models once
+    device = resolve_device(settings.device)
+    cpu, gpu = CpuModels.load(settings, device), GpuModels.load(settings, device)
+    job_id = uuid.uuid4().hex[:12]
+    # 4. Analyse and generate, batch by batch
+    bar = tqdm(total=len(todo), unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start: start + settings.batch_size]
+        tasks = [_image_task(item, output, settings, job_id) for item in chunk]
+        records = _process_batch(tasks, cpu, gpu, storage, summary)
+        for record in records:
+            manifest.append(record)
+            summary.counts[record.status.value] += 1
+        bar.update(len(chunk))
+        bar.set_postfix({k: v for k, v in summary.counts.items()})
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _image_task(item: InputItem, output: str, settings: Settings, job_id: str) -> ImageTask:
+    return ImageTask(job_id=job_id, input_uri=item.uri, output_uri=join_uri(output, output_name(item.key)),
+                     seed=seed_for(settings.seed, item.key))
+
+
+def _process_batch(tasks: list[ImageTask], cpu: CpuModels, gpu: GpuModels, storage: Storage,
+                   summary: RunSummary) -> list[ResultRecord]:
+    records: list[ResultRecord] = []
+    prompts: list[tuple[PromptTask, dict[str, float]]] = []
+    # a) CPU stage per image: a bad image ends with its own status, the others go on
+    for task in tasks:
+        timings: dict[str, float] = {}
+        try:
+            data = _with_retries(lambda: storage.read(task.input_uri))
+            prompts.append((analyze(task, data, cpu, timings), timings))
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
+            records.append(error_record(task, exc, cpu.models, timings))
+        for k, v in timings.items():
+            summary.stage_seconds[k] += v
+    if not prompts:
+        return records
+    # b) GPU stage for the whole batch
+    t0 = time.perf_counter()
+    try:
+        images = generate_batch([p for p, _ in prompts], gpu)
+    except Exception as exc:  # noqa: BLE001
+        return records + [error_record(p, exc, {**p.models, **gpu.models}, t) for p, t in prompts]
+    per_image = (time.perf_counter() - t0) / len(prompts)
+    summary.stage_seconds["generate"] += per_image * len(prompts)
+    # c) Store each image, then its row
+    for (task, timings), pixels in zip(prompts, images):
+        task = task.model_copy(update={"models": {**task.models, **gpu.models}})
+        timings["generate"] = per_image
+        try:
+            _with_retries(lambda: store_image(task, pixels, storage))
+            records.append(done_record(task, {k: round(v, 4) for k, v in timings.items()}))
+        except Exception as exc:  # noqa: BLE001
+            records.append(error_record(task, exc, timings_s=timings))
+    return records
+
+
+def _with_retries(fn):
+    for attempt in range(RETRY_POLICY.max_retries + 1):
+        try:
+            return fn()
+        except TransientError:
+            if attempt == RETRY_POLICY.max_retries:
+                raise
+            time.sleep(RETRY_POLICY.countdown(attempt))
+    raise AssertionError("unreachable")
+
+
+__all__ = ["run", "RunSummary", "Manifest", "PermanentError"]

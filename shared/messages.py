@@ -1,0 +1,78 @@
+"""Messages between processes: versioned pydantic models carrying keys and metadata, never
+image bytes. ``schema_version`` is checked on receipt; a worker refuses a version it does
+not know rather than guessing.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, enum.Enum):
+    DONE = "done"
+    NO_FACE = "no_face"
+    FAILED = "failed"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class ImageTask(_Message):
+    """Orchestrator -> CPU tier: one input image to analyse."""
+
+    job_id: str
+    input_uri: str  # file path or s3://bucket/key
+    output_uri: str  # where the anonymized image goes (same relative key)
+    seed: int = Field(ge=0)
+    overwrite: bool = False
+
+
+class FaceAnalysis(_Message):
+    """What the CPU tier learnt from a face: the inputs of Algorithm 1."""
+
+    face_box: list[float]  # x1, y1, x2, y2, score (input pixels)
+    celeba: dict[str, float]  # all 40 FACER CelebA probabilities
+    age: int
+    ethnicity: str  # DeepFace dominant race
+    deepface_gender: str  # kept for the manifest; the prompt uses FACER's Male
+
+
+class PromptTask(_Message):
+    """CPU tier -> GPU tier: one portrait to generate."""
+
+    job_id: str
+    input_uri: str
+    output_uri: str
+    seed: int = Field(ge=0)
+    prompt: str
+    negative_prompt: str
+    analysis: FaceAnalysis
+    models: dict[str, str]  # model name -> sha256 of the files used so far
+    overwrite: bool = False
+
+
+class ResultRecord(_Message):
+    """One row of ``manifest.jsonl`` and the sidecar JSON of a key."""
+
+    input: str
+    output: str | None
+    status: Status
+    reason: str | None = None
+    face_box: list[float] | None = None
+    attributes: dict[str, float] | None = None  # 40 CelebA probabilities
+    age: int | None = None
+    ethnicity: str | None = None
+    deepface_gender: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+    job_id: str | None = None
+    timings_s: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,43 @@
+"""Building the manifest row / sidecar (``ResultRecord``) of a key, whatever became of it."""
+
+from __future__ import annotations
+
+import hashlib
+
+from shared.errors import NoFaceError, VeilError
+from shared.messages import ImageTask, PromptTask, ResultRecord, Status
+
+
+def seed_for(base_seed: int, relative_key: str) -> int:
+    """A key's seed depends only on the run's base seed and the key itself."""
+    digest = hashlib.sha256(f"{base_seed}:{relative_key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def done_record(task: PromptTask, timings_s: dict[str, float] | None = None) -> ResultRecord:
+    a = task.analysis
+    return ResultRecord(
+        input=task.input_uri, output=task.output_uri, status=Status.DONE, face_box=a.face_box,
+        attributes=a.celeba, age=a.age, ethnicity=a.ethnicity, deepface_gender=a.deepface_gender,
+        prompt=task.prompt, negative_prompt=task.negative_prompt, seed=task.seed, models=task.models,
+        job_id=task.job_id, timings_s=timings_s or {},
+    )
+
+
+def error_record(task: ImageTask | PromptTask, exc: BaseException, models: dict[str, str] | None = None,
+                 timings_s: dict[str, float] | None = None) -> ResultRecord:
+    """``no_face`` for NoFaceError, ``failed`` with the error's reason code and message otherwise.
+    No output is ever written for these: the original is never copied."""
+    status = Status.NO_FACE if isinstance(exc, NoFaceError) else Status.FAILED
+    code = exc.reason if isinstance(exc, VeilError) else type(exc).__name__
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    extra = {}
+    if isinstance(task, PromptTask):
+        extra = dict(face_box=task.analysis.face_box, attributes=task.analysis.celeba, age=task.analysis.age,
+                     ethnicity=task.analysis.ethnicity, deepface_gender=task.analysis.deepface_gender,
+                     prompt=task.prompt, negative_prompt=task.negative_prompt)
+    return ResultRecord(
+        input=task.input_uri, output=None, status=status, reason=f"{code}: {message}" if message else code,
+        seed=task.seed, models=models or getattr(task, "models", {}) or {}, job_id=task.job_id,
+        timings_s=timings_s or {}, **extra,
+    )

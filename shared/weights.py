@@ -1,0 +1,144 @@
+"""The weight files the method needs: where each is looked for under ``VEIL_MODELS_DIR``,
+where it is fetched from, and the sha256 of what was used (recorded in every manifest row).
+
+Layout under the models folder (``veil models tiny`` writes the same layout)::
+
+    facer/face_attribute.farl.celeba.pt                     FACER farl/celeba/224 (state dict)
+    facer/mobilenet0.25_Final.pth                           FACER RetinaFace (optional detector)
+    deepface/.deepface/weights/age_model_weights.onnx       DeepFace age  (onnx backend)
+    deepface/.deepface/weights/race_model_single_batch.onnx DeepFace race
+    deepface/.deepface/weights/gender_model_weights.onnx    DeepFace gender
+    realistic-vision-v5.1/Realistic_Vision_V5.1_fp16-no-ema.safetensors   single-file SD 1.5
+    sd15-config/...                                         diffusers configs + CLIP tokenizer
+    sd-vae-ft-mse/{config.json,diffusion_pytorch_model.safetensors}
+
+A diffusers folder ``realistic-vision-v5.1/model_index.json`` (+ unet/, text_encoder/,
+tokenizer/, scheduler/) is used instead of the single file when it is present.
+MTCNN's weights ship inside the ``facenet-pytorch`` wheel.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HF = "https://huggingface.co"
+SD15_REPO = f"{HF}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main"
+RV_REPO = f"{HF}/SG161222/Realistic_Vision_V5.1_noVAE/resolve/main"
+VAE_REPO = f"{HF}/stabilityai/sd-vae-ft-mse/resolve/main"
+DEEPFACE_REPO = f"{HF}/serengil/deepface/resolve/main"
+
+FACER_ATTR = "facer/face_attribute.farl.celeba.pt"
+FACER_RETINAFACE = "facer/mobilenet0.25_Final.pth"
+DEEPFACE_HOME = "deepface"
+DEEPFACE_WEIGHTS = "deepface/.deepface/weights"
+RV_SINGLE_FILE = "realistic-vision-v5.1/Realistic_Vision_V5.1_fp16-no-ema.safetensors"
+RV_FOLDER = "realistic-vision-v5.1"
+SD15_CONFIG = "sd15-config"
+VAE_FOLDER = "sd-vae-ft-mse"
+
+
+class Component(str, enum.Enum):
+    ATTRIBUTES = "attributes"  # FACER
+    DEMOGRAPHY = "demography"  # DeepFace
+    GENERATOR = "generator"  # Realistic Vision v5.1 + VAE
+    RETINAFACE = "retinaface"  # optional detector
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    relpath: str
+    url: str
+    component: Component
+    optional: bool = False
+
+
+SD15_CONFIG_FILES = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "vae/config.json",
+]
+
+CATALOGUE: list[WeightFile] = [
+    WeightFile(FACER_ATTR, "https://github.com/FacePerceiver/facer/releases/download/models-v1/face_attribute.farl.celeba.pt", Component.ATTRIBUTES),
+    WeightFile(f"{DEEPFACE_WEIGHTS}/age_model_weights.onnx", f"{DEEPFACE_REPO}/age_model_weights.onnx", Component.DEMOGRAPHY),
+    WeightFile(f"{DEEPFACE_WEIGHTS}/race_model_single_batch.onnx", f"{DEEPFACE_REPO}/race_model_single_batch.onnx", Component.DEMOGRAPHY),
+    WeightFile(f"{DEEPFACE_WEIGHTS}/gender_model_weights.onnx", f"{DEEPFACE_REPO}/gender_model_weights.onnx", Component.DEMOGRAPHY),
+    WeightFile(RV_SINGLE_FILE, f"{RV_REPO}/Realistic_Vision_V5.1_fp16-no-ema.safetensors", Component.GENERATOR),
+    *[WeightFile(f"{SD15_CONFIG}/{f}", f"{SD15_REPO}/{f}", Component.GENERATOR) for f in SD15_CONFIG_FILES],
+    WeightFile(f"{VAE_FOLDER}/config.json", f"{VAE_REPO}/config.json", Component.GENERATOR),
+    WeightFile(f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors", f"{VAE_REPO}/diffusion_pytorch_model.safetensors", Component.GENERATOR),
+    WeightFile(FACER_RETINAFACE, "https://github.com/elliottzheng/face-detection/releases/download/0.0.1/mobilenet0.25_Final.pth", Component.RETINAFACE, optional=True),
+]
+
+
+def has_diffusers_folder(models_dir: Path) -> bool:
+    return (models_dir / RV_FOLDER / "model_index.json").is_file()
+
+
+def required_files(models_dir: Path, components: set[Component] | None = None) -> list[WeightFile]:
+    """The files ``veil run`` needs, given which generator format is present."""
+    out = []
+    for wf in CATALOGUE:
+        if components is not None and wf.component not in components:
+            continue
+        if wf.optional:
+            continue
+        if wf.component is Component.GENERATOR and has_diffusers_folder(models_dir):
+            if wf.relpath == RV_SINGLE_FILE or wf.relpath.startswith(SD15_CONFIG + "/"):
+                continue  # the diffusers folder replaces the single file and its configs
+        out.append(wf)
+    return out
+
+
+def missing_files(models_dir: Path, components: set[Component] | None = None) -> list[Path]:
+    return [models_dir / wf.relpath for wf in required_files(models_dir, components) if not (models_dir / wf.relpath).is_file()]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached beside it in ``.veil-sha256.json`` keyed by size and mtime
+    so a multi-GB checkpoint is hashed once, not at every worker start."""
+    path = Path(path)
+    st = path.stat()
+    cache_path = path.parent / ".veil-sha256.json"
+    key = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    cache: dict[str, str] = {}
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        pass
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    cache = {k: v for k, v in cache.items() if not k.startswith(path.name + ":")}
+    cache[key] = digest
+    try:
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, cache_path)
+    except OSError:
+        pass  # read-only models folder: hash again next time
+    return digest
+
+
+def tree_sha256(paths: list[Path]) -> str:
+    """One digest for a model made of several files (sorted by path)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()

@@ -1,0 +1,124 @@
+"""Face attributes: FACER's 40 CelebA probabilities and DeepFace's age, race and gender.
+
+Both models are built once per process (``AttributeModels.load``) and then called per face.
+DeepFace runs on its onnxruntime backend (no TensorFlow); the FACER network is built
+without FACER's unconditional ``.cuda()`` (``workers.cpu.facer_loading``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shared.errors import MissingWeightsError
+from shared.prompts import CELEBA_LABELS
+from shared.weights import DEEPFACE_HOME, DEEPFACE_WEIGHTS, FACER_ATTR, Component, file_sha256, missing_files
+
+#: CLIP normalisation used by FaRL (facer/face_attribute/farl.py)
+_FARL_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+_FARL_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class Demography:
+    age: int
+    ethnicity: str
+    gender: str
+
+
+class FacerAttributes:
+    """FACER ``farl/celeba/224``: aligns the face from its 5 landmarks, returns 40 probabilities."""
+
+    def __init__(self, path: Path, device: torch.device):
+        from facer.face_attribute.farl import pretrain_settings
+
+        from workers.cpu.facer_loading import load_facer_attribute_model
+
+        self._setting = pretrain_settings["celeba/224"]
+        if list(self._setting["classes"]) != list(CELEBA_LABELS):
+            raise RuntimeError("FACER's celeba/224 label order differs from CelebA's")
+        self._net = load_facer_attribute_model(path, device)
+        self._device = device
+        self.sha256 = file_sha256(path)
+
+    def __call__(self, rgb: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255.0)
+        image = image.to(self._device)
+        points = torch.from_numpy(np.asarray(landmarks, np.float32))[None].to(self._device)
+        h, w = image.shape[2:]
+        matrix = self._setting["get_matrix_fn"](points)
+        grid = self._setting["get_grid_fn"](matrix=matrix, orig_shape=(h, w))
+        aligned = F.grid_sample(image, grid, mode="bilinear", align_corners=False)
+        aligned = (aligned - _FARL_MEAN.to(self._device)) / _FARL_STD.to(self._device)
+        with torch.inference_mode():
+            probs = torch.sigmoid(self._net(aligned))[0].float().cpu().numpy()
+        return {label: float(p) for label, p in zip(CELEBA_LABELS, probs)}
+
+
+class DeepFaceDemography:
+    """DeepFace's Age, Race and Gender models on onnxruntime, fed as ``DeepFace.analyze`` feeds them:
+    the face crop in BGR, letterboxed to 224x224, scaled to [0, 1]."""
+
+    def __init__(self, models_dir: Path):
+        # deepface reads these when it builds a model; set them before it is imported.
+        os.environ["DEEPFACE_HOME"] = str(models_dir / DEEPFACE_HOME)
+        os.environ["DEEPFACE_BACKEND_ENGINE"] = "onnx"
+        from deepface.models.demography.onnx import Age, Gender, Race
+        from deepface.models.demography.DemographyUtils import GENDER_LABELS, RACE_LABELS
+        from deepface.modules import preprocessing
+
+        self._resize = preprocessing.resize_image
+        self._age = Age.ApparentAgeClient()
+        self._race = Race.RaceClient()
+        self._gender = Gender.GenderClient()
+        self._race_labels = list(RACE_LABELS)
+        self._gender_labels = list(GENDER_LABELS)
+        weights = models_dir / DEEPFACE_WEIGHTS
+        self.sha256 = {
+            "deepface-age": file_sha256(weights / "age_model_weights.onnx"),
+            "deepface-race": file_sha256(weights / "race_model_single_batch.onnx"),
+            "deepface-gender": file_sha256(weights / "gender_model_weights.onnx"),
+        }
+
+    def __call__(self, rgb: np.ndarray, box: np.ndarray) -> Demography:
+        crop = crop_box(rgb, box)[:, :, ::-1]  # RGB -> BGR, as DeepFace.analyze does
+        batch = self._resize(img=crop, target_size=(224, 224))
+        age = float(np.asarray(self._age.predict(batch[0])).reshape(-1)[0])
+        race = np.asarray(self._race.predict(batch[0])).reshape(-1)
+        gender = np.asarray(self._gender.predict(batch[0])).reshape(-1)
+        return Demography(
+            age=int(round(age)),
+            ethnicity=self._race_labels[int(np.argmax(race))],
+            gender=self._gender_labels[int(np.argmax(gender))],
+        )
+
+
+def crop_box(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
+    x1, y1 = max(0, min(x1, w - 1)), max(0, min(y1, h - 1))
+    x2, y2 = max(x1 + 1, min(x2, w)), max(y1 + 1, min(y2, h))
+    return rgb[y1:y2, x1:x2]
+
+
+@dataclass
+class AttributeModels:
+    facer: FacerAttributes
+    demography: DeepFaceDemography
+
+    @classmethod
+    def load(cls, models_dir: Path, device: torch.device) -> "AttributeModels":
+        missing = missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
+        if missing:
+            raise MissingWeightsError([str(p) for p in missing], str(models_dir))
+        return cls(FacerAttributes(models_dir / FACER_ATTR, device), DeepFaceDemography(models_dir))
+
+    @property
+    def sha256(self) -> dict[str, Any]:
+        return {"facer-farl-celeba-224": self.facer.sha256, **self.demography.sha256}

@@ -1,0 +1,122 @@
+"""Face detectors. Each returns plain arrays and knows nothing of what the boxes are for.
+
+``Detections.boxes`` is (N, 5) float32 ``x1, y1, x2, y2, score`` in input pixels and
+``Detections.landmarks`` is (N, 5, 2): left eye, right eye, nose, left and right mouth corner
+(image left first). No face: (0, 5) and (0, 5, 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from shared.errors import MissingWeightsError
+from shared.settings import DetectorName
+from shared.weights import FACER_RETINAFACE, file_sha256
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray  # (N, 5) float32
+    landmarks: np.ndarray  # (N, 5, 2) float32
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class Detector(Protocol):
+    name: str
+    sha256: str
+
+    def __call__(self, rgb: np.ndarray) -> Detections: ...
+
+
+def detect_downscaled(detector: Detector, rgb: np.ndarray, max_side: int = 1024) -> Detections:
+    """Run ``detector`` on a copy no larger than ``max_side`` and map the results back to
+    input pixels: a 4000 px photo costs what a 1024 px one does, and faces that small in a
+    large photo are too small to anonymize well anyway."""
+    h, w = rgb.shape[:2]
+    scale = max(h, w) / max_side
+    if scale <= 1:
+        return detector(rgb)
+    import cv2
+
+    small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+    found = detector(small)
+    boxes = found.boxes.copy()
+    boxes[:, :4] *= scale
+    return Detections(boxes, found.landmarks * scale)
+
+
+def biggest_face(detections: Detections) -> int | None:
+    """Index of the face with the largest box area, or None when there is none."""
+    if len(detections) == 0:
+        return None
+    b = detections.boxes
+    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return int(np.argmax(areas))
+
+
+class MTCNNDetector:
+    """MTCNN from facenet-pytorch; its weights ship inside the wheel."""
+
+    name = "mtcnn"
+
+    def __init__(self, device: torch.device, min_face_size: int = 20):
+        from facenet_pytorch import MTCNN
+        import facenet_pytorch
+
+        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)
+        data = Path(facenet_pytorch.__file__).parent / "data"
+        self.sha256 = ",".join(file_sha256(data / f"{n}.pt")[:16] for n in ("pnet", "rnet", "onet"))
+
+    def __call__(self, rgb: np.ndarray) -> Detections:
+        with torch.inference_mode():
+            boxes, probs, points = self._mtcnn.detect(rgb, landmarks=True)
+        if boxes is None or len(boxes) == 0:
+            return Detections.empty()
+        out = np.concatenate([boxes, probs[:, None]], axis=1).astype(np.float32)
+        return Detections(out, points.astype(np.float32))
+
+
+class RetinaFaceDetector:
+    """FACER's RetinaFace (mobilenet), from ``facer/mobilenet0.25_Final.pth``."""
+
+    name = "retinaface"
+
+    def __init__(self, device: torch.device, models_dir: Path, threshold: float = 0.8):
+        import facer
+
+        path = models_dir / FACER_RETINAFACE
+        if not path.is_file():
+            raise MissingWeightsError([str(path)], str(models_dir))
+        self._device = device
+        self._net = facer.face_detector("retinaface/mobilenet", device=device, model_path=str(path), threshold=threshold)
+        self.sha256 = file_sha256(path)
+
+    def __call__(self, rgb: np.ndarray) -> Detections:
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(self._device)
+        with torch.inference_mode():
+            faces = self._net(image)
+        if faces["rects"].numel() == 0:
+            return Detections.empty()
+        boxes = torch.cat([faces["rects"], faces["scores"][:, None]], dim=1)
+        return Detections(boxes.float().cpu().numpy(), faces["points"].float().cpu().numpy())
+
+
+DETECTORS: dict[DetectorName, Callable[..., Detector]] = {
+    DetectorName.MTCNN: lambda device, models_dir, min_face_size: MTCNNDetector(device, min_face_size),
+    DetectorName.RETINAFACE: lambda device, models_dir, min_face_size: RetinaFaceDetector(device, models_dir),
+}
+
+
+def build_detector(name: DetectorName, device: torch.device, models_dir: Path, min_face_size: int) -> Detector:
+    return DETECTORS[name](device, models_dir, min_face_size)

@@ -1,0 +1,104 @@
+"""Text-to-image generation of the new portraits (Stable Diffusion 1.5, Realistic Vision v5.1).
+
+``PortraitGenerator`` is built once per process from loaded components and called per batch.
+Its ``__call__`` reads as the method's steps; every image has its own seeded generator (initial
+latents) and its own noise stream (sampler), so its pixels depend only on its prompt, seed and
+the models, not on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from shared.settings import SchedulerName
+from workers.gpu.schedulers import build_sampler
+
+VAE_SCALE = 8
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    scheduler: SchedulerName = SchedulerName.FAITHFUL
+    steps: int = 15
+    guidance_scale: float = 7.0
+    image_size: int = 512
+
+
+class PortraitGenerator:
+    def __init__(self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler_config: dict[str, Any],
+                 config: GenerationConfig, device: torch.device, dtype: torch.dtype):
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.config = config
+        self.device, self.dtype = device, dtype
+        self.sampler = build_sampler(config.scheduler, scheduler_config)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str], negative_prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        """Returns one (H, W, 3) uint8 RGB array per prompt."""
+        # 1. Check inputs
+        self._check_inputs(prompts, negative_prompts, seeds)
+        # 2. Encode prompts: [negatives; positives] for classifier-free guidance
+        embeddings = self._encode_prompts(negative_prompts + prompts)
+        # 3. Prepare timesteps and per-image initial latents
+        timesteps = self._prepare_timesteps(seeds)
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        latents = self._initial_latents(generators)
+        # 4. Denoise
+        latents = self._denoise(latents, embeddings, timesteps, generators)
+        # 5. Decode to pixels
+        return self._decode(latents)
+
+    def _check_inputs(self, prompts: list[str], negative_prompts: list[str], seeds: list[int]) -> None:
+        if not prompts:
+            raise ValueError("prompts: must hold at least one prompt")
+        if len(negative_prompts) != len(prompts):
+            raise ValueError(f"negative_prompts: {len(negative_prompts)} given for {len(prompts)} prompts")
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seeds: {len(seeds)} given for {len(prompts)} prompts")
+        if any(s < 0 for s in seeds):
+            raise ValueError("seeds: must be >= 0")
+
+    def _encode_prompts(self, texts: list[str]) -> torch.Tensor:
+        """CLIP text embeddings, one encoder pass per distinct text."""
+        distinct = list(dict.fromkeys(texts))
+        ids = self.tokenizer(distinct, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        encoded = self.text_encoder(ids)[0].to(self.dtype)
+        index = {text: i for i, text in enumerate(distinct)}
+        return encoded[[index[t] for t in texts]]
+
+    def _prepare_timesteps(self, seeds: list[int]) -> torch.Tensor:
+        scheduler = self.sampler.scheduler
+        scheduler.set_timesteps(self.config.steps, device=self.device)
+        self.sampler.prepare(scheduler, seeds)
+        return scheduler.timesteps
+
+    def _initial_latents(self, generators: list[torch.Generator]) -> torch.Tensor:
+        side = self.config.image_size // VAE_SCALE
+        shape = (len(generators), self.unet.config.in_channels, side, side)
+        latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
+        latents = latents.to(self.device) * self.sampler.scheduler.init_noise_sigma
+        return latents
+
+    def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, timesteps: torch.Tensor,
+                 generators: list[torch.Generator]) -> torch.Tensor:
+        scheduler, scale = self.sampler.scheduler, self.config.guidance_scale
+        for t in timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.dtype)
+            noise = self.unet(model_in, t, encoder_hidden_states=embeddings).sample.float()
+            uncond, cond = noise.chunk(2)
+            guided = uncond + scale * (cond - uncond)
+            extra = self.sampler.step_kwargs(latents, generators)
+            latents = scheduler.step(guided, t, latents, **extra).prev_sample
+        return latents
+
+    def _decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        scaled = (latents / self.vae.config.scaling_factor).to(self.dtype)
+        images = self.vae.decode(scaled).sample.float()
+        images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return [img.permute(1, 2, 0).cpu().numpy() for img in images]

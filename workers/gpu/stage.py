@@ -1,0 +1,48 @@
+"""GPU-tier stage: a batch of prompt messages -> anonymized images in storage.
+
+``veil run`` and the Celery GPU worker both call ``GpuModels.load`` once per process and
+``generate_batch`` / ``store_image`` per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.devices import generation_dtype
+from shared.imageio import encode_image
+from shared.messages import PromptTask
+from shared.settings import Settings
+from shared.storage import Storage
+from workers.gpu.generation import GenerationConfig, PortraitGenerator
+from workers.gpu.loading import load_sd_components
+
+_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+@dataclass
+class GpuModels:
+    generator: PortraitGenerator
+    models: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, settings: Settings, device: torch.device) -> "GpuModels":
+        dtype = generation_dtype(device)
+        parts = load_sd_components(Path(settings.models_dir), device, dtype)
+        config = GenerationConfig(scheduler=settings.scheduler, steps=settings.steps,
+                                  guidance_scale=settings.guidance_scale, image_size=settings.image_size)
+        generator = PortraitGenerator(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
+                                      parts.scheduler_config, config, device, dtype)
+        return cls(generator, dict(parts.models))
+
+
+def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
+    return gpu.generator([t.prompt for t in tasks], [t.negative_prompt for t in tasks], [t.seed for t in tasks])
+
+
+def store_image(task: PromptTask, pixels: np.ndarray, storage: Storage) -> None:
+    suffix = Path(task.output_uri).suffix.lower()
+    storage.write(task.output_uri, encode_image(pixels, task.output_uri), _CONTENT_TYPES.get(suffix, "image/png"))
