@@ -32,6 +32,7 @@ class ImageTask(_Message):
     output_uri: str  # where the anonymized image goes (same relative key)
     seed: int = Field(ge=0)
     overwrite: bool = False
+    attempt: int = Field(0, ge=0)  # transient failures so far
 
 
 class FaceAnalysis(_Message):
@@ -56,6 +57,7 @@ class PromptTask(_Message):
     analysis: FaceAnalysis
     models: dict[str, str]  # model name -> sha256 of the files used so far
     overwrite: bool = False
+    attempt: int = Field(0, ge=0)  # transient failures so far
 
 
 class ResultRecord(_Message):

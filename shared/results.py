@@ -41,3 +41,24 @@ def error_record(task: ImageTask | PromptTask, exc: BaseException, models: dict[
         seed=task.seed, models=models or getattr(task, "models", {}) or {}, job_id=task.job_id,
         timings_s=timings_s or {}, **extra,
     )
+
+
+def sidecar_uri(output_uri: str) -> str:
+    """The sidecar JSON of a key sits beside its output image: ``out/a/b.jpg.json``."""
+    return output_uri + ".json"
+
+
+def read_sidecar(storage, output_uri: str) -> ResultRecord | None:
+    try:
+        return ResultRecord.model_validate_json(storage.read(sidecar_uri(output_uri)))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # a damaged sidecar counts as absent: the key is done again
+
+
+def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
+    """Writes the sidecar (the key's commit marker, after its image) and counts it once."""
+    storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")
+    if jobs is not None and record.job_id:
+        jobs.record(record.job_id, record.input, record.status.value)

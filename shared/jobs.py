@@ -1,0 +1,68 @@
+"""Job bookkeeping in Redis: counters only. Results live in object storage, so losing Redis
+never loses a finished image or sidecar; it only loses the progress counts.
+
+Keys: ``veil:jobs`` (sorted set of job ids by creation time), ``veil:job:{id}`` (hash: name,
+input, output, total, created, and one counter per status), ``veil:job:{id}:keys`` (set of
+finished input URIs, so a redelivered message is never counted twice).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+STATUSES = ("done", "no_face", "failed")
+
+
+@dataclass
+class JobInfo:
+    job_id: str
+    name: str
+    input: str
+    output: str
+    total: int
+    created: float
+    counts: dict[str, int]
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis):
+        self._r = client
+
+    @classmethod
+    def from_url(cls, url: str) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    def create(self, job_id: str, *, name: str, input: str, output: str) -> None:
+        now = time.time()
+        self._r.hset(f"veil:job:{job_id}", mapping={"name": name, "input": input, "output": output,
+                                                    "total": 0, "created": now})
+        self._r.zadd("veil:jobs", {job_id: now})
+
+    def add_total(self, job_id: str, n: int) -> None:
+        self._r.hincrby(f"veil:job:{job_id}", "total", n)
+
+    def record(self, job_id: str, input_uri: str, status: str) -> bool:
+        """Counts a finished key once; returns False when it was already counted."""
+        if not self._r.sadd(f"veil:job:{job_id}:keys", input_uri):
+            return False
+        self._r.hincrby(f"veil:job:{job_id}", status, 1)
+        return True
+
+    def get(self, job_id: str) -> JobInfo | None:
+        h = self._r.hgetall(f"veil:job:{job_id}")
+        if not h:
+            return None
+        return JobInfo(job_id=job_id, name=h.get("name", ""), input=h.get("input", ""), output=h.get("output", ""),
+                       total=int(h.get("total", 0)), created=float(h.get("created", 0)),
+                       counts={s: int(h.get(s, 0)) for s in STATUSES})
+
+    def list(self, limit: int = 50) -> list[JobInfo]:
+        ids = self._r.zrevrange("veil:jobs", 0, limit - 1)
+        return [j for j in (self.get(i) for i in ids) if j is not None]
