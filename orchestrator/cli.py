@@ -2,6 +2,10 @@
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N]
     veil models check | fetch | tiny DIR
+    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite]
+    veil status JOB [--watch] | veil jobs
+    veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
+    veil flower
 
 Settings come from ``VEIL_*`` environment variables; command-line flags override them.
 """
@@ -81,6 +85,58 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrator.submit import submit
+    from shared.jobs import JobStore
+    from shared.storage import open_storage
+    from workers.celery_app import configure
+
+    settings = _settings(args)
+    configure(settings)
+    result = submit(args.source, args.out, settings, open_storage(settings), JobStore.from_url(settings.broker_url),
+                    name=args.name, overwrite=args.overwrite)
+    print(result.job_id)
+    print(f"submitted {result.count} keys as job {result.job_id}; watch with:  veil status {result.job_id} --watch",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.status import show_status
+    from shared.jobs import JobStore
+
+    settings = _settings(args)
+    return show_status(JobStore.from_url(settings.broker_url), args.job, watch=args.watch, interval=args.interval)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from orchestrator.status import list_jobs
+    from shared.jobs import JobStore
+
+    settings = _settings(args)
+    return list_jobs(JobStore.from_url(settings.broker_url))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers import launch
+
+    settings = _settings(args)
+    if args.tier == "cpu":
+        launch.run_cpu_worker(settings, args.concurrency or os.cpu_count() or 1)
+        return 0
+    if args.one:
+        launch.run_gpu_worker_here(settings, args.one)
+        return 0
+    return launch.run_gpu_workers(settings, args.devices)
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from workers import launch
+
+    launch.run_flower(_settings(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veil", description="Anonymize face images with foundation models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -97,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detector", choices=[d.value for d in DetectorName])
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    submit = sub.add_parser("submit", help="enqueue a job on the distributed pipeline; prints its id")
+    submit.add_argument("source", help="s3://bucket/prefix, a folder, or a manifest file of keys")
+    submit.add_argument("--out", required=True, help="s3://bucket/outprefix for images and sidecars")
+    submit.add_argument("--name", help="a name for the job")
+    submit.add_argument("--overwrite", action="store_true", help="redo keys whose output already exists")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="counts, rate and ETA of a job")
+    status.add_argument("job")
+    status.add_argument("--watch", action="store_true", help="refresh until the job is finished")
+    status.add_argument("--interval", type=float, default=2.0)
+    status.set_defaults(func=cmd_status)
+    sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
+
+    worker = sub.add_parser("worker", help="run a CPU-tier or GPU-tier worker")
+    worker.add_argument("tier", choices=["cpu", "gpu"])
+    worker.add_argument("--concurrency", type=int, help="cpu: worker processes (default: cores)")
+    worker.add_argument("--devices", help="gpu: CUDA devices, e.g. 0,1 (default: all visible)")
+    worker.add_argument("--one", help=argparse.SUPPRESS)  # internal: one GPU worker in this process
+    worker.set_defaults(func=cmd_worker)
+    sub.add_parser("flower", help="Flower dashboard for both tiers, behind basic auth").set_defaults(func=cmd_flower)
 
     models = sub.add_parser("models", help="check, fetch or write model weights")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -73,7 +73,6 @@ class Settings(BaseSettings):
     cpu_queue: str = "veil.cpu"
     gpu_queue: str = "veil.gpu"
     gpu_batch_wait_s: float = Field(2.0, gt=0)
-    task_max_retries: int = Field(5, ge=0)
     # Above the longest batch a GPU worker can run, or Redis redelivers work in flight.
     visibility_timeout_s: int = Field(3600, ge=60)
     s3_endpoint_url: str | None = None

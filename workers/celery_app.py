@@ -1,0 +1,52 @@
+"""The Celery application of both tiers.
+
+``app`` is created unconfigured at import (cheap, no settings read); ``configure(settings)``
+is called once at start-up by ``veil worker`` / ``veil submit`` and sets broker, queues,
+delivery guarantees and Flower events from the one ``Settings`` object.
+
+Delivery is at-least-once with idempotent results: tasks are acknowledged late and rejected
+(so redelivered) when their worker dies; Redis redelivers unacknowledged messages after
+``visibility_timeout_s``, which must exceed the longest GPU batch.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.settings import Settings
+
+app = Celery("veil")
+
+CPU_TASK = "veil.analyze"
+GPU_TASK = "veil.generate"
+
+
+def configure(settings: Settings, *, tier: str | None = None) -> Celery:
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(settings.cpu_queue), Queue(settings.gpu_queue)],
+        task_routes={CPU_TASK: {"queue": settings.cpu_queue}, GPU_TASK: {"queue": settings.gpu_queue}},
+        task_default_queue=settings.cpu_queue,
+        worker_send_task_events=True,  # Flower
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        # CPU: one message at a time per process. GPU: two batches' worth, so the next batch is
+        # already reserved while the current one runs (celery-batches needs >= flush_every).
+        worker_prefetch_multiplier=2 * settings.batch_size if tier == "gpu" else 1,
+    )
+    app.conf.veil_settings = settings
+    import workers.cpu.tasks  # noqa: F401  (registers the tasks)
+    import workers.gpu.tasks  # noqa: F401
+
+    gpu_task = app.tasks[GPU_TASK]
+    gpu_task.flush_every = settings.batch_size
+    gpu_task.flush_interval = settings.gpu_batch_wait_s
+    return app

@@ -1,0 +1,51 @@
+"""CPU-tier Celery task: ImageTask -> PromptTask on the GPU queue, or a sidecar for a key
+that ends here (no face, undecodable). Stage logic lives in ``workers.cpu.stage``."""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+
+from shared.errors import RETRY_POLICY, PermanentError, TransientError
+from shared.messages import ImageTask
+from shared.results import error_record, publish, read_sidecar
+from workers.celery_app import CPU_TASK, GPU_TASK, app
+from workers.cpu.stage import CpuModels, analyze
+from workers.runtime import get_runtime
+
+log = get_task_logger(__name__)
+
+
+@app.task(name=CPU_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def analyze_image(self, message: dict) -> str:
+    # 1. Validate the message and get this process's resources
+    task = ImageTask.model_validate(message)
+    rt = get_runtime(app.conf.veil_settings)
+    # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
+    if not task.overwrite and (existing := read_sidecar(rt.storage, task.output_uri)) is not None:
+        rt.jobs.record(task.job_id, task.input_uri, existing.status.value)
+        return "skipped"
+    cpu = rt.models("cpu", CpuModels.load)
+    try:
+        # 3. Read the image and analyse its biggest face
+        prompt = analyze(task, rt.storage.read(task.input_uri), cpu)
+    except TransientError as exc:
+        return _retry_or_fail(task, exc, cpu.models)
+    except (PermanentError, FileNotFoundError) as exc:
+        # 4a. A key that can't succeed: its sidecar says why, at once
+        publish(error_record(task, exc, cpu.models), task.output_uri, rt.storage, rt.jobs)
+        return "no_face" if exc.__class__.__name__ == "NoFaceError" else "failed"
+    # 4b. Hand the prompt to the GPU tier
+    app.send_task(GPU_TASK, args=[prompt.model_dump(mode="json")], queue=rt.settings.gpu_queue)
+    return "prompted"
+
+
+def _retry_or_fail(task: ImageTask, exc: TransientError, models: dict[str, str]) -> str:
+    rt = get_runtime(app.conf.veil_settings)
+    if task.attempt < RETRY_POLICY.max_retries:
+        retry = task.model_copy(update={"attempt": task.attempt + 1})
+        log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
+        app.send_task(CPU_TASK, args=[retry.model_dump(mode="json")], queue=rt.settings.cpu_queue,
+                      countdown=RETRY_POLICY.countdown(task.attempt))
+        return "retrying"
+    publish(error_record(task, exc, models), task.output_uri, rt.storage, rt.jobs)
+    return "failed"

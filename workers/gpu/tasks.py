@@ -1,0 +1,79 @@
+"""GPU-tier Celery task: a batch of PromptTasks -> images and sidecars in object storage.
+
+``celery-batches`` hands the task up to ``flush_every`` (= VEIL_BATCH_SIZE) requests, or what
+arrived within ``flush_interval`` (= VEIL_GPU_BATCH_WAIT_S). The worker runs with the solo
+pool, one process per CUDA device, and a prefetch window of two batches. Requests are
+acknowledged after the batch returns (acks_late): a worker killed mid-batch leaves them
+unacknowledged and Redis redelivers them; keys whose sidecar exists are skipped, so each key
+ends with exactly one image and one sidecar.
+"""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+from celery_batches import Batches
+
+from shared.errors import RETRY_POLICY, TransientError
+from shared.messages import PromptTask
+from shared.results import done_record, error_record, publish, read_sidecar
+from workers.celery_app import GPU_TASK, app
+from workers.gpu.stage import GpuModels, generate_batch, store_image
+from workers.runtime import get_runtime
+
+log = get_task_logger(__name__)
+
+#: sizes of the batches this process formed (read by tests and `veil worker` stats)
+BATCH_SIZES: list[int] = []
+
+
+@app.task(name=GPU_TASK, base=Batches, acks_late=True, reject_on_worker_lost=True, flush_every=4, flush_interval=2.0)
+def generate_portraits(requests) -> None:
+    rt = get_runtime(app.conf.veil_settings)
+    # 1. Parse the batch and drop keys already finished (redelivery after a crash)
+    tasks = [t for t in (PromptTask.model_validate(r.args[0]) for r in requests) if _needs_work(t, rt)]
+    BATCH_SIZES.append(len(requests))
+    log.info("batch of %d requests, %d to generate", len(requests), len(tasks))
+    if not tasks:
+        return
+    gpu = rt.models("gpu", GpuModels.load)
+    # 2. Generate the whole batch in one diffusion call
+    try:
+        images = generate_batch(tasks, gpu)
+    except TransientError as exc:
+        for task in tasks:
+            _retry_or_fail(task, exc, gpu.models)
+        return
+    except Exception as exc:  # noqa: BLE001 - a bug or bad model: every key gets its sidecar
+        log.exception("batch failed")
+        for task in tasks:
+            publish(error_record(task, exc, {**task.models, **gpu.models}), task.output_uri, rt.storage, rt.jobs)
+        return
+    # 3. Store each image, then its sidecar (the key's commit marker)
+    for task, pixels in zip(tasks, images):
+        task = task.model_copy(update={"models": {**task.models, **gpu.models}})
+        try:
+            store_image(task, pixels, rt.storage)
+            publish(done_record(task), task.output_uri, rt.storage, rt.jobs)
+        except TransientError as exc:
+            _retry_or_fail(task, exc, gpu.models)
+
+
+def _needs_work(task: PromptTask, rt) -> bool:
+    if task.overwrite:
+        return True
+    existing = read_sidecar(rt.storage, task.output_uri)
+    if existing is None:
+        return True
+    rt.jobs.record(task.job_id, task.input_uri, existing.status.value)
+    return False
+
+
+def _retry_or_fail(task: PromptTask, exc: TransientError, models: dict[str, str]) -> None:
+    rt = get_runtime(app.conf.veil_settings)
+    if task.attempt < RETRY_POLICY.max_retries:
+        retry = task.model_copy(update={"attempt": task.attempt + 1})
+        log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
+        app.send_task(GPU_TASK, args=[retry.model_dump(mode="json")], queue=rt.settings.gpu_queue,
+                      countdown=RETRY_POLICY.countdown(task.attempt))
+        return
+    publish(error_record(task, exc, {**task.models, **models}), task.output_uri, rt.storage, rt.jobs)

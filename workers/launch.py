@@ -1,0 +1,90 @@
+"""Starting worker processes: ``veil worker cpu`` and ``veil worker gpu``.
+
+The GPU command starts one child process per visible CUDA device, each pinned to it with
+``CUDA_VISIBLE_DEVICES`` and running a solo-pool Celery worker on the GPU queue; the child
+loads the diffusion model itself before it takes work. With no GPU, one worker runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from celery.signals import worker_process_init
+
+from shared.settings import Settings
+
+
+def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str]:
+    return ["worker", "-Q", queue, "-n", f"{name}@{socket.gethostname()}", "-P", pool, "-c", str(concurrency),
+            "-l", "INFO", "-E", "--without-gossip", "--without-mingle"]
+
+
+def run_cpu_worker(settings: Settings, concurrency: int) -> None:
+    from workers.celery_app import configure
+    from workers.cpu.stage import CpuModels
+    from workers.runtime import get_runtime
+
+    app = configure(settings, tier="cpu")
+
+    @worker_process_init.connect(weak=False)
+    def _load_models(**_: object) -> None:  # in each pool child, after fork
+        get_runtime(settings).models("cpu", CpuModels.load)
+
+    app.worker_main(_celery_argv(settings.cpu_queue, "cpu", "prefork", concurrency))
+
+
+def run_gpu_worker_here(settings: Settings, name: str) -> None:
+    """One solo-pool worker in this process (the device is whatever this process sees)."""
+    from workers.celery_app import configure
+    from workers.gpu.stage import GpuModels
+    from workers.runtime import get_runtime
+
+    app = configure(settings, tier="gpu")
+    get_runtime(settings).models("gpu", GpuModels.load)  # before taking any work
+    app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
+
+
+def visible_devices(requested: str | None) -> list[str]:
+    if requested:
+        return [d.strip() for d in requested.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def run_gpu_workers(settings: Settings, devices: str | None) -> int:
+    found = visible_devices(devices)
+    if not found:
+        print("veil worker gpu: no CUDA device visible; running one worker on the CPU", file=sys.stderr)
+        run_gpu_worker_here(settings, "gpu-cpu")
+        return 0
+    children = []
+    for dev in found:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": dev}
+        cmd = [sys.executable, "-m", "orchestrator.cli", "worker", "gpu", "--one", f"gpu{dev}"]
+        children.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes)
+
+
+def run_flower(settings: Settings) -> None:
+    from workers.celery_app import configure
+
+    if settings.flower_password is None:
+        raise ValueError("VEIL_FLOWER_PASSWORD must be set: Flower always runs behind basic auth")
+    app = configure(settings)
+    # Through the environment, so the password shows in neither argv nor logs.
+    os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])
