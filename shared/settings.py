@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     gpu_queue: str = "veil.gpu"
     gpu_batch_wait_s: float = Field(2.0, gt=0)
     # Above the longest batch a GPU worker can run, or Redis redelivers work in flight.
-    visibility_timeout_s: int = Field(3600, ge=60)
+    visibility_timeout_s: int = Field(3600, ge=1)
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr | None = None

@@ -1,0 +1,171 @@
+"""The distributed pipeline end to end, with real services: moto_server (S3 over HTTP), Redis,
+CPU and GPU Celery workers as separate processes, Flower, and the `veil` command.
+
+The models are the tiny RANDOM test models (`veil models tiny`): images are noise; what is
+tested is the plumbing: every key ends with the right status, image and sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import pytest
+import requests
+
+from shared.jobs import JobStore
+from tests.badinputs import write_bad_inputs
+from tests.services import ROOT, free_port, moto_s3, redis_url, start_worker, stop, wait_for, worker_env
+
+pytestmark = pytest.mark.slow
+
+FACES = ["couple.jpg", "fr_biden.jpg", "id02_12.jpg", "id03_16.jpg", "id05_67.jpg", "id07_25.jpg"]
+BAD = {"zero_bytes.jpg": "failed", "no_face.jpg": "no_face", "text_renamed.jpg": "failed"}
+BUCKET = "veil-test"
+
+
+@pytest.fixture(scope="module")
+def s3(faces_dir, tmp_path_factory):
+    with moto_s3() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket=BUCKET)
+        for name in FACES:
+            client.put_object(Bucket=BUCKET, Key=f"in/people/{name}", Body=(faces_dir / name).read_bytes())
+        bad_dir = tmp_path_factory.mktemp("bad")
+        write_bad_inputs(faces_dir, bad_dir)
+        for name in BAD:
+            client.put_object(Bucket=BUCKET, Key=f"in/odd/{name}", Body=(bad_dir / name).read_bytes())
+        yield endpoint, client
+
+
+def make_env(tiny_models, endpoint, db, **extra):
+    return worker_env(models_dir=tiny_models, broker_url=redis_url(db) if db is not None else extra.pop("broker"),
+                      s3_endpoint_url=endpoint, s3_access_key_id="testing", s3_secret_access_key="testing",
+                      batch_size=4, gpu_batch_wait_s=1.0, steps=3, cpu_queue=f"cpu-{db}", gpu_queue=f"gpu-{db}",
+                      **extra)
+
+
+def veil(env, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit(env, out_prefix: str) -> str:
+    result = veil(env, "submit", f"s3://{BUCKET}/in/", "--out", f"s3://{BUCKET}/{out_prefix}/", "--name", "test")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def wait_job(env, job_id: str, total: int, timeout: float):
+    jobs = JobStore.from_url(env["VEIL_BROKER_URL"])
+
+    def finished():
+        job = jobs.get(job_id)
+        return job if job and job.total == total and job.finished >= total else None
+
+    return wait_for(finished, timeout, f"job {job_id} to finish", interval=1.0)
+
+
+def keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def check_outputs(client, out_prefix: str):
+    found = keys(client, out_prefix + "/")
+    sidecars = [k for k in found if k.endswith(".json")]
+    images = [k for k in found if not k.endswith(".json")]
+    expected = {f"people/{n}": "done" for n in FACES} | {f"odd/{n}": s for n, s in BAD.items()}
+    assert len(sidecars) == len(expected), found
+    for rel, status in expected.items():
+        row = json.loads(client.get_object(Bucket=BUCKET, Key=f"{out_prefix}/{rel}.json")["Body"].read())
+        assert row["status"] == status, (rel, row)
+        assert row["input"] == f"s3://{BUCKET}/in/{rel}"
+        has_image = f"{out_prefix}/{rel}" in images
+        assert has_image == (status == "done"), rel  # never a copy of the original
+        if status == "done":
+            assert len(row["attributes"]) == 40 and row["prompt"].startswith("closeup portrait photo of a ")
+            assert set(row["models"]) >= {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224"}
+            body = client.get_object(Bucket=BUCKET, Key=f"{out_prefix}/{rel}")["Body"].read()
+            assert body[:2] == b"\xff\xd8"  # a JPEG, as the input's name says
+        text = json.dumps(row)
+        assert "testing" not in text  # credentials never reach a sidecar
+    assert len(images) == len(FACES)
+
+
+def batch_sizes(log_path) -> list[int]:
+    return [int(n) for n in re.findall(r"batch of (\d+) requests", log_path.read_text(errors="replace"))]
+
+
+def test_submit_runs_both_tiers_and_flower_lists_them(s3, tiny_models, tmp_path):
+    endpoint, client = s3
+    env = make_env(tiny_models, endpoint, 13, flower_password="s3cret-flower", flower_port=free_port())
+    cpu = start_worker("cpu", env, tmp_path / "cpu.log", "--concurrency", "1")
+    gpu = start_worker("gpu", env, tmp_path / "gpu.log")
+    flower = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "flower"], env=env, cwd=ROOT,
+                              stdout=open(tmp_path / "flower.log", "wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        job_id = submit(env, "out")
+        total = len(FACES) + len(BAD)
+        job = wait_job(env, job_id, total, timeout=600)
+        elapsed = time.monotonic() - t0
+        assert job.counts == {"done": len(FACES), "no_face": 1, "failed": 2}
+        check_outputs(client, "out")
+        sizes = batch_sizes(tmp_path / "gpu.log")
+        assert sum(sizes) >= len(FACES) and max(sizes) <= 4
+        print(f"\n{total} keys in {elapsed:.1f}s through the queues; GPU batch sizes {sizes}")
+        status = veil(env, "status", job_id)
+        assert f"{total}/{total}" in status.stdout and status.returncode == 1  # 2 failed keys
+        assert job_id in veil(env, "jobs").stdout
+
+        # Flower: answers behind basic auth and lists both tiers' workers
+        url = f"http://127.0.0.1:{env['VEIL_FLOWER_PORT']}/api/workers"
+        auth = ("veil", "s3cret-flower")
+
+        def listed():
+            try:
+                r = requests.get(url, auth=auth, timeout=5, params={"refresh": "1"})
+            except requests.ConnectionError:
+                return None
+            return r.json() if r.status_code == 200 and len(r.json()) >= 2 else None
+
+        workers = wait_for(listed, 60, "Flower to list the workers", interval=1.0)
+        assert any(name.startswith("cpu@") for name in workers) and any(name.startswith("gpu-") for name in workers)
+        assert requests.get(url, timeout=5).status_code == 401
+        assert "s3cret-flower" not in (tmp_path / "flower.log").read_text(errors="replace")
+
+        # A second submit to the same output skips every finished key
+        again = submit(env, "out")
+        assert wait_job(env, again, total, timeout=120).counts == job.counts
+        assert max(batch_sizes(tmp_path / "gpu.log")[len(sizes):] or [0]) <= 4
+    finally:
+        for proc in (flower, gpu, cpu):
+            stop(proc)
+
+
+def test_sigkill_mid_batch_then_restart_gives_one_output_per_key(s3, tiny_models, tmp_path):
+    endpoint, client = s3
+    env = make_env(tiny_models, endpoint, 14, visibility_timeout_s=5, steps=6)
+    cpu = start_worker("cpu", env, tmp_path / "cpu.log", "--concurrency", "1")
+    gpu_log = tmp_path / "gpu.log"
+    gpu = start_worker("gpu", env, gpu_log)
+    try:
+        job_id = submit(env, "killed")
+        wait_for(lambda: batch_sizes(gpu_log), 300, "the first GPU batch to start", interval=0.1)
+        stop(gpu, signal.SIGKILL)  # in the middle of the batch: nothing acknowledged
+        gpu = start_worker("gpu", env, gpu_log)
+        job = wait_job(env, job_id, len(FACES) + len(BAD), timeout=600)
+        assert job.counts == {"done": len(FACES), "no_face": 1, "failed": 2}
+        check_outputs(client, "killed")
+    finally:
+        stop(gpu)
+        stop(cpu)

@@ -1,0 +1,105 @@
+"""`veil run` end to end in one process, on real photos and awkward files, with the tiny
+RANDOM test models (images are noise; statuses, manifest rows and files are what is tested)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.badinputs import write_bad_inputs
+from tests.services import ROOT, worker_env
+
+PHOTOS = ["couple.jpg", "selfie-many-people.jpg", "id01_5.jpg"]
+
+
+@pytest.fixture(scope="module")
+def run_result(faces_dir, tiny_models, tmp_path_factory):
+    src = tmp_path_factory.mktemp("in")
+    (src / "people").mkdir()
+    for name in PHOTOS:
+        shutil.copy(faces_dir / name, src / "people" / name)
+    expected = {f"people/{n}": "done" for n in PHOTOS}
+    expected |= {f"odd/{k}": v for k, v in write_bad_inputs(faces_dir, src / "odd").items()}
+    out = tmp_path_factory.mktemp("out")
+    env = worker_env(models_dir=tiny_models, steps=4, batch_size=4)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "--device", "cpu"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return src, out, expected, proc, rows, env
+
+
+def test_every_input_ends_with_its_status(run_result):
+    src, out, expected, proc, rows, _ = run_result
+    got = {r["input"][len(str(src)) + 1:]: r["status"] for r in rows}
+    assert got == expected, proc.stderr[-3000:]
+    assert proc.returncode == 1  # some inputs failed: exit code says so
+    failed = sum(1 for v in expected.values() if v == "failed")
+    assert "veil run:" in proc.stdout and f"failed {failed}" in proc.stdout
+
+
+def test_outputs_mirror_inputs_and_carry_no_metadata(run_result):
+    src, out, expected, _, rows, _ = run_result
+    for rel, status in expected.items():
+        assert (out / rel).exists() == (status == "done"), rel  # failures never copy the original
+    for row in rows:
+        if row["status"] != "done":
+            assert row["output"] is None and row["reason"]
+            continue
+        img = Image.open(row["output"])
+        assert img.size == (512, 512)
+        assert not img.getexif() and "icc_profile" not in img.info
+        assert b"SecretCam" not in open(row["output"], "rb").read()
+
+
+def test_manifest_rows_hold_the_method_record(run_result):
+    _, _, _, _, rows, _ = run_result
+    done = [r for r in rows if r["status"] == "done"]
+    reasons = {r["input"].rsplit("/", 1)[-1]: r["reason"] for r in rows if r["status"] != "done"}
+    assert reasons["bomb_20000.png"].startswith("too_large")
+    assert reasons["zero_bytes.jpg"].startswith("undecodable")
+    assert reasons["no_face.jpg"].startswith("no_face")
+    for r in done:
+        assert len(r["attributes"]) == 40 and len(r["face_box"]) == 5
+        assert r["prompt"].startswith("closeup portrait photo of a ") and r["negative_prompt"]
+        assert isinstance(r["seed"], int) and r["age"] >= 0
+        assert {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224", "deepface-age"} <= set(r["models"])
+        assert all(len(v) == 64 for k, v in r["models"].items() if not k.startswith("detector"))
+
+
+def test_biggest_face_is_kept(run_result):
+    _, _, _, _, rows, _ = run_result
+    couple = next(r for r in rows if r["input"].endswith("couple.jpg"))
+    x1, y1, x2, y2, _ = couple["face_box"]
+    assert (x2 - x1) * (y2 - y1) > 500 * 700  # the larger of the two faces
+
+
+def test_rerun_skips_finished_inputs(run_result):
+    src, out, _, _, rows, env = run_result
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    after = (out / "manifest.jsonl").read_text().splitlines()
+    retried = [json.loads(line) for line in after[len(rows):]]
+    assert {r["status"] for r in retried} == {"failed"}  # only the failed ones are tried again
+    assert "already done" in proc.stdout
+
+
+def test_missing_weights_stop_before_any_input(tmp_path, faces_dir):
+    env = worker_env(models_dir=tmp_path / "empty")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(faces_dir), str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "face_attribute.farl.celeba.pt" in proc.stderr and "veil models fetch" in proc.stderr
+    assert not out.exists()
+
+
+def test_unknown_setting_is_rejected(tmp_path, faces_dir):
+    env = worker_env(models_dir=tmp_path, batch_sise=4)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "models", "check"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "VEIL_BATCH_SISE" in proc.stderr
