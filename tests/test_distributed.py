@@ -46,10 +46,10 @@ def s3(faces_dir, tmp_path_factory):
 
 
 def make_env(tiny_models, endpoint, db, **extra):
-    return worker_env(models_dir=tiny_models, broker_url=redis_url(db) if db is not None else extra.pop("broker"),
-                      s3_endpoint_url=endpoint, s3_access_key_id="testing", s3_secret_access_key="testing",
-                      batch_size=4, gpu_batch_wait_s=1.0, steps=3, cpu_queue=f"cpu-{db}", gpu_queue=f"gpu-{db}",
-                      **extra)
+    values = dict(models_dir=tiny_models, broker_url=redis_url(db), s3_endpoint_url=endpoint,
+                  s3_access_key_id="testing", s3_secret_access_key="testing", batch_size=4, gpu_batch_wait_s=1.0,
+                  steps=3, cpu_queue=f"cpu-{db}", gpu_queue=f"gpu-{db}")
+    return worker_env(**(values | extra))
 
 
 def veil(env, *args, timeout=120) -> subprocess.CompletedProcess:
