@@ -12,13 +12,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import logging
+
 from shared.devices import generation_dtype
+from shared.errors import DeviceOutOfMemoryError
 from shared.imageio import encode_image
 from shared.messages import PromptTask
 from shared.settings import Settings
 from shared.storage import Storage
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
+
+log = logging.getLogger(__name__)
 
 _CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
@@ -27,6 +32,8 @@ _CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpe
 class GpuModels:
     generator: PortraitGenerator
     models: dict[str, str] = field(default_factory=dict)
+    #: the largest batch known to fit; lowered when the device runs out of memory
+    max_batch: int | None = None
 
     @classmethod
     def load(cls, settings: Settings, device: torch.device) -> "GpuModels":
@@ -40,7 +47,23 @@ class GpuModels:
 
 
 def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
-    return gpu.generator([t.prompt for t in tasks], [t.negative_prompt for t in tasks], [t.seed for t in tasks])
+    """One image per task. Batches above ``gpu.max_batch`` run in chunks; on out-of-memory the
+    batch is halved, the limit remembered, and the halves retried. Images do not depend on
+    their batch-mates, so splitting changes no pixel. A single image that does not fit raises
+    ``DeviceOutOfMemoryError`` (transient: another worker may have a bigger device)."""
+    limit = gpu.max_batch or len(tasks)
+    if len(tasks) > limit:
+        return [img for i in range(0, len(tasks), limit) for img in generate_batch(tasks[i: i + limit], gpu)]
+    try:
+        return gpu.generator([t.prompt for t in tasks], [t.negative_prompt for t in tasks], [t.seed for t in tasks])
+    except torch.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(tasks) == 1:
+            raise DeviceOutOfMemoryError("one image does not fit on the device") from exc
+        gpu.max_batch = len(tasks) // 2
+        log.warning("out of memory at batch %d; splitting, batches capped at %d", len(tasks), gpu.max_batch)
+        return generate_batch(tasks, gpu)
 
 
 def store_image(task: PromptTask, pixels: np.ndarray, storage: Storage) -> None:

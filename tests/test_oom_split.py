@@ -1,0 +1,65 @@
+"""Out-of-memory handling of the GPU stage, on the CPU with the tiny RANDOM models.
+
+A real OOM needs a real GPU, so the device limit is played by a generator that raises torch's
+own OutOfMemoryError above a batch size; everything else is the real generation path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.errors import DeviceOutOfMemoryError
+from shared.messages import FaceAnalysis, PromptTask
+from shared.prompts import CELEBA_LABELS
+from shared.settings import SchedulerName
+from workers.gpu.generation import GenerationConfig, PortraitGenerator
+from workers.gpu.loading import load_sd_components
+from workers.gpu.stage import GpuModels, generate_batch
+
+
+class LimitedDevice:
+    """Wraps the real generator; raises OutOfMemoryError above ``fits`` images per call."""
+
+    def __init__(self, generator, fits: int):
+        self.generator, self.fits, self.calls = generator, fits, []
+
+    def __call__(self, prompts, negatives, seeds):
+        self.calls.append(len(prompts))
+        if len(prompts) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated device limit)")
+        return self.generator(prompts, negatives, seeds)
+
+
+def tasks(n: int) -> list[PromptTask]:
+    analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba={k: 0.1 for k in CELEBA_LABELS}, age=30,
+                            ethnicity="white", deepface_gender="Man")
+    return [PromptTask(job_id="j", input_uri=f"in/{i}.jpg", output_uri=f"out/{i}.jpg", seed=100 + i,
+                       prompt=f"closeup portrait photo of a white {20 + i} man, ", negative_prompt="bald, ",
+                       analysis=analysis, models={}) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_models):
+    c = load_sd_components(tiny_models, torch.device("cpu"), torch.float32)
+    return PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config,
+                             GenerationConfig(scheduler=SchedulerName.FAST, steps=2), torch.device("cpu"), torch.float32)
+
+
+def test_oom_splits_the_batch_and_loses_no_key(generator):
+    reference = generate_batch(tasks(5), GpuModels(generator))
+    device = LimitedDevice(generator, fits=2)
+    gpu = GpuModels(device)
+    images = generate_batch(tasks(5), gpu)
+    assert len(images) == 5 and gpu.max_batch == 2
+    assert max(device.calls[1:]) <= 2  # after the first OOM every call fits
+    for a, b in zip(reference, images):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    device.calls.clear()
+    generate_batch(tasks(4), gpu)
+    assert device.calls == [2, 2]  # the limit is remembered: no second OOM
+
+
+def test_single_image_that_does_not_fit_is_transient(generator):
+    with pytest.raises(DeviceOutOfMemoryError):
+        generate_batch(tasks(1), GpuModels(LimitedDevice(generator, fits=0)))
