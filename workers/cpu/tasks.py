@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from celery.utils.log import get_task_logger
 
-from shared.errors import RETRY_POLICY, PermanentError, TransientError
+from shared.errors import PermanentError, TransientError
 from shared.messages import ImageTask
 from shared.results import error_record, publish, read_sidecar
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.stage import CpuModels, analyze
+from workers.retries import retry_or_fail
 from workers.runtime import get_runtime
 
 log = get_task_logger(__name__)
@@ -29,7 +30,7 @@ def analyze_image(self, message: dict) -> str:
         # 3. Read the image and analyse its biggest face
         prompt = analyze(task, rt.storage.read(task.input_uri), cpu)
     except TransientError as exc:
-        return _retry_or_fail(task, exc, cpu.models)
+        return retry_or_fail(task, exc, cpu.models, rt, CPU_TASK, rt.settings.cpu_queue)
     except (PermanentError, FileNotFoundError) as exc:
         # 4a. A key that can't succeed: its sidecar says why, at once
         publish(error_record(task, exc, cpu.models), task.output_uri, rt.storage, rt.jobs)
@@ -37,15 +38,3 @@ def analyze_image(self, message: dict) -> str:
     # 4b. Hand the prompt to the GPU tier
     app.send_task(GPU_TASK, args=[prompt.model_dump(mode="json")], queue=rt.settings.gpu_queue)
     return "prompted"
-
-
-def _retry_or_fail(task: ImageTask, exc: TransientError, models: dict[str, str]) -> str:
-    rt = get_runtime(app.conf.veil_settings)
-    if task.attempt < RETRY_POLICY.max_retries:
-        retry = task.model_copy(update={"attempt": task.attempt + 1})
-        log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
-        app.send_task(CPU_TASK, args=[retry.model_dump(mode="json")], queue=rt.settings.cpu_queue,
-                      countdown=RETRY_POLICY.countdown(task.attempt))
-        return "retrying"
-    publish(error_record(task, exc, models), task.output_uri, rt.storage, rt.jobs)
-    return "failed"

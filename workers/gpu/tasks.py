@@ -13,11 +13,12 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 from celery_batches import Batches
 
-from shared.errors import RETRY_POLICY, TransientError
+from shared.errors import TransientError
 from shared.messages import PromptTask
 from shared.results import done_record, error_record, publish, read_sidecar
 from workers.celery_app import GPU_TASK, app
 from workers.gpu.stage import GpuModels, generate_batch, store_image
+from workers.retries import retry_or_fail
 from workers.runtime import get_runtime
 
 log = get_task_logger(__name__)
@@ -41,7 +42,7 @@ def generate_portraits(requests) -> None:
         images = generate_batch(tasks, gpu)
     except TransientError as exc:
         for task in tasks:
-            _retry_or_fail(task, exc, gpu.models)
+            retry_or_fail(task, exc, {**task.models, **gpu.models}, rt, GPU_TASK, rt.settings.gpu_queue)
         return
     except Exception as exc:  # noqa: BLE001 - a bug or bad model: every key gets its sidecar
         log.exception("batch failed")
@@ -55,7 +56,7 @@ def generate_portraits(requests) -> None:
             store_image(task, pixels, rt.storage)
             publish(done_record(task), task.output_uri, rt.storage, rt.jobs)
         except TransientError as exc:
-            _retry_or_fail(task, exc, gpu.models)
+            retry_or_fail(task, exc, {**task.models, **gpu.models}, rt, GPU_TASK, rt.settings.gpu_queue)
 
 
 def _needs_work(task: PromptTask, rt) -> bool:
@@ -66,14 +67,3 @@ def _needs_work(task: PromptTask, rt) -> bool:
         return True
     rt.jobs.record(task.job_id, task.input_uri, existing.status.value)
     return False
-
-
-def _retry_or_fail(task: PromptTask, exc: TransientError, models: dict[str, str]) -> None:
-    rt = get_runtime(app.conf.veil_settings)
-    if task.attempt < RETRY_POLICY.max_retries:
-        retry = task.model_copy(update={"attempt": task.attempt + 1})
-        log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
-        app.send_task(GPU_TASK, args=[retry.model_dump(mode="json")], queue=rt.settings.gpu_queue,
-                      countdown=RETRY_POLICY.countdown(task.attempt))
-        return
-    publish(error_record(task, exc, {**task.models, **models}), task.output_uri, rt.storage, rt.jobs)
