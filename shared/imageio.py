@@ -59,7 +59,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
 
 
 def output_name(input_name: str) -> str:
