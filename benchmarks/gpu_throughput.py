@@ -36,6 +36,14 @@ from shared.settings import SchedulerName  # noqa: E402
 from workers.gpu.generation import GenerationConfig, PortraitGenerator  # noqa: E402
 from workers.gpu.schedulers import UNET_EVALS  # noqa: E402
 
+#: generation-path variants measured against each other (GenerationConfig fields)
+VARIANTS = {
+    "eager": {},
+    "channels_last": {"channels_last": True},
+    "compile": {"channels_last": True, "compile_mode": "max-autotune"},
+    "cudagraphs": {"channels_last": True, "compile_mode": "reduce-overhead"},
+}
+
 PROMPT = "closeup portrait photo of a white 34 man, eyeglasses, smiling, wearing hat, "
 NEGATIVE = "bald, bangs, goatee, heavy makeup, wearing lipstick, "
 
@@ -148,12 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.add_argument("--variants", default=None, help=f"comma-separated from {', '.join(VARIANTS)} "
+                   "(default: all on CUDA, eager,channels_last with --tiny)")
     args = p.parse_args(argv)
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     batches = [int(b) for b in (args.batch_sizes or ("1,2" if args.tiny else "1,4,8,16,32")).split(",")]
     repeats = args.repeats or (1 if args.tiny else 2)
+    args.variants = args.variants or ("eager,channels_last" if device.type == "cpu" else ",".join(VARIANTS))
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     parts = (tiny_components if args.tiny else full_size_components)(device, dtype)
     unet, vae, text, tokenizer, sched_config = parts
 
@@ -167,20 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     base_s = naive_baseline(parts, args.steps, device, repeats)
     rows = [dict(path="naive diffusers, batch 1", scheduler="faithful", batch=1, seconds=base_s, images_s=1 / base_s,
                  peak_gib=float("nan"), util=per_image[SchedulerName.FAITHFUL] / base_s / rate)]
-    # 4. The worker's path, by sampler and batch size
-    for scheduler in SchedulerName:
-        gen = PortraitGenerator(unet, vae, text, tokenizer, sched_config,
-                                GenerationConfig(scheduler=scheduler, steps=args.steps, image_size=unet.config.sample_size * 8),
-                                device, dtype)
-        for b in batches:
-            try:
-                seconds, peak = timed(lambda: gen([PROMPT] * b, [NEGATIVE] * b, list(range(b))), device, repeats)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                print(f"batch {b}: out of memory", file=sys.stderr)
-                break
-            rows.append(dict(path=f"veil worker path, batch {b}", scheduler=scheduler.value, batch=b, seconds=seconds,
-                             images_s=b / seconds, peak_gib=peak, util=per_image[scheduler] * b / seconds / rate))
+    # 4. The worker's path, by variant, sampler and batch size (then larger until out of memory)
+    extra = [] if args.tiny else [48, 64, 96, 128]
+    for variant in args.variants.split(","):
+        config_extra = VARIANTS[variant]
+        for scheduler in SchedulerName:
+            config = GenerationConfig(scheduler=scheduler, steps=args.steps, image_size=unet.config.sample_size * 8,
+                                      **config_extra)
+            gen = PortraitGenerator(unet, vae, text, tokenizer, sched_config, config, device, dtype)
+            for b in batches + extra:
+                try:
+                    seconds, peak = timed(lambda: gen([PROMPT] * b, [NEGATIVE] * b, list(range(b))), device, repeats)
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    print(f"{variant} {scheduler.value} batch {b}: out of memory", file=sys.stderr)
+                    break
+                rows.append(dict(path=f"veil {variant}, batch {b}", scheduler=scheduler.value, batch=b,
+                                 seconds=seconds, images_s=b / seconds, peak_gib=peak,
+                                 util=per_image[scheduler] * b / seconds / rate))
+            unet.to(memory_format=torch.contiguous_format)
+            vae.to(memory_format=torch.contiguous_format)
+            torch._dynamo.reset()
 
     # 5. Report
     card = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "CPU"

@@ -27,7 +27,7 @@ from shared.storage import Storage, is_s3, join_uri
 from shared.weights import missing_files
 from orchestrator.inputs import InputItem, list_inputs
 from workers.cpu.stage import CpuModels, analyze
-from workers.gpu.stage import GpuModels, generate_batch, store_image
+from workers.gpu.stage import GpuModels, generate_batch, store_image, store_images
 
 MANIFEST = "manifest.jsonl"
 
@@ -154,12 +154,16 @@ def _process_batch(tasks: list[ImageTask], cpu: CpuModels, gpu: GpuModels, stora
         return records + [error_record(p, exc, {**p.models, **gpu.models}, t) for p, t in prompts]
     per_image = (time.perf_counter() - t0) / len(prompts)
     summary.stage_seconds["generate"] += per_image * len(prompts)
-    # c) Store each image, then its row
-    for (task, timings), pixels in zip(prompts, images):
-        task = task.model_copy(update={"models": {**task.models, **gpu.models}})
+    # c) Store the images in parallel, then each one's row
+    stored = [p.model_copy(update={"models": {**p.models, **gpu.models}}) for p, _ in prompts]
+    errors = store_images(stored, images, storage)
+    for task, (_, timings), pixels, error in zip(stored, prompts, images, errors):
         timings["generate"] = per_image
         try:
-            _with_retries(lambda: store_image(task, pixels, storage))
+            if isinstance(error, TransientError):
+                _with_retries(lambda: store_image(task, pixels, storage))
+            elif error is not None:
+                raise error
             records.append(done_record(task, {k: round(v, 4) for k, v in timings.items()}))
         except Exception as exc:  # noqa: BLE001
             records.append(error_record(task, exc, timings_s=timings))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,10 @@ class Settings(BaseSettings):
     guidance_scale: float = Field(7.0, ge=1.0, le=30.0)
     image_size: int = Field(512, ge=64, le=2048, multiple_of=64)
     batch_size: int = Field(4, ge=1, le=256)
+    # GPU-path optimisations (workers/gpu/generation.py); off until measured on the target card
+    # with benchmarks/gpu_throughput.py.
+    channels_last: bool = False
+    compile_mode: Literal["default", "max-autotune", "reduce-overhead"] | None = None
     seed: int = Field(0, ge=0)
     # Faces smaller than this (box side, pixels) are ignored by the detector.
     min_face_size: int = Field(20, ge=8)

@@ -10,7 +10,7 @@ from tests.services import ROOT
 def test_gpu_throughput_tiny_runs(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "benchmarks/gpu_throughput.py", "--tiny", "--steps", "2",
-                           "--batch-sizes", "1,2", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "--batch-sizes", "1,2", "--variants", "eager", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| naive diffusers, batch 1 |" in proc.stdout and "TINY random models" in proc.stdout

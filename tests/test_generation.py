@@ -61,3 +61,19 @@ def test_samplers_differ(components):
 def test_bad_arguments_are_named(components, args, name):
     with pytest.raises(ValueError, match=name):
         make(components)(*args)
+
+
+def test_optimised_path_gives_the_same_image(tiny_models):
+    """channels_last (the optimisation that runs on the CPU too) changes memory layout, not pixels."""
+    plain = load_sd_components(tiny_models, torch.device("cpu"), torch.float32)
+    tuned = load_sd_components(tiny_models, torch.device("cpu"), torch.float32)
+    config = GenerationConfig(steps=3)
+    a = PortraitGenerator(plain.unet, plain.vae, plain.text_encoder, plain.tokenizer, plain.scheduler_config, config,
+                          torch.device("cpu"), torch.float32)(PROMPTS[:2], NEG[:2], [1, 2])
+    fast = GenerationConfig(steps=3, channels_last=True)
+    gen = PortraitGenerator(tuned.unet, tuned.vae, tuned.text_encoder, tuned.tokenizer, tuned.scheduler_config, fast,
+                            torch.device("cpu"), torch.float32)
+    assert gen.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    b = gen(PROMPTS[:2], NEG[:2], [1, 2])
+    for x, y in zip(a, b):
+        assert np.abs(x.astype(int) - y.astype(int)).max() <= 2

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from shared.devices import generation_dtype
 from shared.errors import DeviceOutOfMemoryError
@@ -40,7 +41,8 @@ class GpuModels:
         dtype = generation_dtype(device)
         parts = load_sd_components(Path(settings.models_dir), device, dtype)
         config = GenerationConfig(scheduler=settings.scheduler, steps=settings.steps,
-                                  guidance_scale=settings.guidance_scale, image_size=settings.image_size)
+                                  guidance_scale=settings.guidance_scale, image_size=settings.image_size,
+                                  channels_last=settings.channels_last, compile_mode=settings.compile_mode)
         generator = PortraitGenerator(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
                                       parts.scheduler_config, config, device, dtype)
         return cls(generator, dict(parts.models))
@@ -64,6 +66,17 @@ def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
         gpu.max_batch = len(tasks) // 2
         log.warning("out of memory at batch %d; splitting, batches capped at %d", len(tasks), gpu.max_batch)
         return generate_batch(tasks, gpu)
+
+
+def store_images(tasks: list[PromptTask], images: list[np.ndarray], storage: Storage,
+                 threads: int = 8) -> list[BaseException | None]:
+    """Encode and upload a batch's images in parallel threads (PIL encoding and S3 uploads
+    release the GIL); returns each image's exception, or None where it was stored."""
+    if not tasks:
+        return []
+    with ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
+        futures = [pool.submit(store_image, t, px, storage) for t, px in zip(tasks, images)]
+    return [f.exception() for f in futures]
 
 
 def store_image(task: PromptTask, pixels: np.ndarray, storage: Storage) -> None:

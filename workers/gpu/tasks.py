@@ -17,22 +17,17 @@ from shared.errors import TransientError
 from shared.messages import PromptTask
 from shared.results import done_record, error_record, publish, read_sidecar
 from workers.celery_app import GPU_TASK, app
-from workers.gpu.stage import GpuModels, generate_batch, store_image
+from workers.gpu.stage import GpuModels, generate_batch, store_images
 from workers.retries import retry_or_fail
 from workers.runtime import get_runtime
 
 log = get_task_logger(__name__)
-
-#: sizes of the batches this process formed (read by tests and `veil worker` stats)
-BATCH_SIZES: list[int] = []
-
 
 @app.task(name=GPU_TASK, base=Batches, acks_late=True, reject_on_worker_lost=True, flush_every=4, flush_interval=2.0)
 def generate_portraits(requests) -> None:
     rt = get_runtime(app.conf.veil_settings)
     # 1. Parse the batch and drop keys already finished (redelivery after a crash)
     tasks = [t for t in (PromptTask.model_validate(r.args[0]) for r in requests) if _needs_work(t, rt)]
-    BATCH_SIZES.append(len(requests))
     log.info("batch of %d requests, %d to generate", len(requests), len(tasks))
     if not tasks:
         return
@@ -49,14 +44,15 @@ def generate_portraits(requests) -> None:
         for task in tasks:
             publish(error_record(task, exc, {**task.models, **gpu.models}), task.output_uri, rt.storage, rt.jobs)
         return
-    # 3. Store each image, then its sidecar (the key's commit marker)
-    for task, pixels in zip(tasks, images):
-        task = task.model_copy(update={"models": {**task.models, **gpu.models}})
-        try:
-            store_image(task, pixels, rt.storage)
+    # 3. Encode and upload the images in parallel, then write each stored key's sidecar
+    tasks = [t.model_copy(update={"models": {**t.models, **gpu.models}}) for t in tasks]
+    for task, error in zip(tasks, store_images(tasks, images, rt.storage)):
+        if error is None:
             publish(done_record(task), task.output_uri, rt.storage, rt.jobs)
-        except TransientError as exc:
-            retry_or_fail(task, exc, {**task.models, **gpu.models}, rt, GPU_TASK, rt.settings.gpu_queue)
+        elif isinstance(error, TransientError):
+            retry_or_fail(task, error, task.models, rt, GPU_TASK, rt.settings.gpu_queue)
+        else:
+            publish(error_record(task, error), task.output_uri, rt.storage, rt.jobs)
 
 
 def _needs_work(task: PromptTask, rt) -> bool:
