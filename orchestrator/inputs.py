@@ -57,10 +57,15 @@ def _from_list_file(path: Path) -> list[InputItem]:
 
 
 def _relative_to_common(paths: list[str]) -> list[InputItem]:
-    local = [p for p in paths if not is_s3(p)]
-    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in local]) if local else ""
-    out = []
-    for p in paths:
-        key = split_s3(p)[1] if is_s3(p) else os.path.relpath(os.path.abspath(p), common)
-        out.append(InputItem(p, Path(key).as_posix()))
-    return out
+    """Keys relative to the deepest folder (or key prefix) that holds all the paths."""
+    def parts(p: str) -> tuple[str, str]:  # (namespace, path within it)
+        if is_s3(p):
+            bucket, key = split_s3(p)
+            return f"s3://{bucket}", "/" + key
+        return "", os.path.abspath(p)
+
+    split = [parts(p) for p in paths]
+    common: dict[str, str] = {}
+    for space in {s for s, _ in split}:
+        common[space] = os.path.commonpath([os.path.dirname(q) for s, q in split if s == space])
+    return [InputItem(p, Path(os.path.relpath(q, common[s])).as_posix()) for p, (s, q) in zip(paths, split)]

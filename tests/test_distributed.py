@@ -169,3 +169,16 @@ def test_sigkill_mid_batch_then_restart_gives_one_output_per_key(s3, tiny_models
     finally:
         stop(gpu)
         stop(cpu)
+
+
+def test_veil_run_reads_and_writes_s3(s3, tiny_models, tmp_path):
+    endpoint, client = s3
+    env = make_env(tiny_models, endpoint, 15, steps=2)
+    listing = tmp_path / "keys.txt"  # a manifest file of keys works as INPUT too
+    listing.write_text(f"s3://{BUCKET}/in/people/fr_biden.jpg\ns3://{BUCKET}/in/odd/no_face.jpg\n")
+    proc = veil(env, "run", str(listing), f"s3://{BUCKET}/embedded/", "-q", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in
+            client.get_object(Bucket=BUCKET, Key="embedded/manifest.jsonl")["Body"].read().decode().splitlines()]
+    assert {r["input"].rsplit("/", 1)[-1]: r["status"] for r in rows} == {"fr_biden.jpg": "done", "no_face.jpg": "no_face"}
+    assert keys(client, "embedded/") == ["embedded/manifest.jsonl", "embedded/people/fr_biden.jpg"]
