@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # The paper does not state its guidance scale; 7.0 is the value Realistic Vision's
     # authors recommend for v5.1 (and A1111's default), so it is ours.
     guidance_scale: float = Field(7.0, ge=1.0, le=30.0)
+    # Prompts are encoded as this many 77-token CLIP chunks, as A1111 does, so the long
+    # negative prompts of Algorithm 1 are not cut at 77 tokens. 1 = diffusers' truncation.
+    prompt_chunks: int = Field(3, ge=1, le=8)
     image_size: int = Field(512, ge=64, le=2048, multiple_of=64)
     batch_size: int = Field(4, ge=1, le=256)
     # GPU-path optimisations (workers/gpu/generation.py); off until measured on the target card

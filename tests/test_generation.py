@@ -77,3 +77,19 @@ def test_optimised_path_gives_the_same_image(tiny_models):
     b = gen(PROMPTS[:2], NEG[:2], [1, 2])
     for x, y in zip(a, b):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 2
+
+
+def test_long_prompts_are_chunked_not_truncated(components):
+    gen = make(components)
+    tok = components.tokenizer
+    ids = gen._chunked_ids("a" * 200, 3)
+    assert ids.shape == (3, tok.model_max_length)
+    assert (ids[:, 0] == tok.bos_token_id).all()
+    content = tok("a" * 200, add_special_tokens=False).input_ids
+    kept = [t for row in ids for t in row[1:-1].tolist() if t not in (tok.eos_token_id, tok.pad_token_id)]
+    assert kept == content[: len(kept)] and len(kept) == min(len(content), 3 * 75)
+    emb = gen._encode_prompts(["short", "b" * 180])
+    assert emb.shape[:2] == (2, 3 * tok.model_max_length)
+    one = make(components)
+    one.config = GenerationConfig(steps=3, prompt_chunks=1)
+    assert one._encode_prompts(["short"]).shape[1] == tok.model_max_length

@@ -8,6 +8,7 @@ the models, not on its batch-mates.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.settings import SchedulerName
 from workers.gpu.schedulers import build_sampler
 
 VAE_SCALE = 8
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class GenerationConfig:
     #: torch.compile mode for the UNet and the VAE decoder: None (eager), "default",
     #: "max-autotune", or "reduce-overhead" (CUDA graphs)
     compile_mode: str | None = None
+    #: prompts are encoded as this many 77-token CLIP chunks (1 = diffusers' plain truncation)
+    prompt_chunks: int = 3
 
 
 class PortraitGenerator:
@@ -83,13 +87,38 @@ class PortraitGenerator:
             raise ValueError("seeds: must be >= 0")
 
     def _encode_prompts(self, texts: list[str]) -> torch.Tensor:
-        """CLIP text embeddings, one encoder pass per distinct text."""
+        """CLIP text embeddings of ``prompt_chunks`` x 77 tokens each, one encoder pass per
+        distinct text.
+
+        Algorithm 1's prompts often exceed CLIP's 75 content tokens (the negative prompt lists
+        every label scored <= 0.5). As A1111, on which the paper's sampler names are based, the
+        tokens are cut into chunks of 75, each encoded as BOS + chunk + EOS padding, and the
+        chunk embeddings concatenated. The chunk count is fixed, not the batch's longest, so an
+        image's conditioning does not depend on its batch-mates.
+        """
         distinct = list(dict.fromkeys(texts))
-        ids = self.tokenizer(distinct, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        encoded = self.text_encoder(ids)[0].to(self.dtype)
+        chunks = self.config.prompt_chunks
+        ids = torch.stack([self._chunked_ids(text, chunks) for text in distinct]).to(self.device)
+        encoded = self.text_encoder(ids.view(-1, ids.shape[-1]))[0].to(self.dtype)
+        encoded = encoded.view(len(distinct), chunks * ids.shape[-1], -1)
         index = {text: i for i, text in enumerate(distinct)}
         return encoded[[index[t] for t in texts]]
+
+    def _chunked_ids(self, text: str, chunks: int) -> torch.Tensor:
+        tok = self.tokenizer
+        width = tok.model_max_length - 2  # 75 content tokens between BOS and EOS
+        content = tok(text, add_special_tokens=False, truncation=False).input_ids
+        if len(content) > chunks * width:
+            log.warning("prompt of %d tokens cut to %d (VEIL_PROMPT_CHUNKS=%d): %.60s...", len(content),
+                        chunks * width, chunks, text)
+            content = content[: chunks * width]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        rows = []
+        for k in range(chunks):
+            piece = content[k * width: (k + 1) * width]
+            row = [tok.bos_token_id, *piece, tok.eos_token_id]
+            rows.append(row + [pad] * (tok.model_max_length - len(row)))
+        return torch.tensor(rows, dtype=torch.long)
 
     def _prepare_timesteps(self, seeds: list[int]) -> torch.Tensor:
         scheduler = self.sampler.scheduler

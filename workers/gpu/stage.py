@@ -42,7 +42,8 @@ class GpuModels:
         parts = load_sd_components(Path(settings.models_dir), device, dtype)
         config = GenerationConfig(scheduler=settings.scheduler, steps=settings.steps,
                                   guidance_scale=settings.guidance_scale, image_size=settings.image_size,
-                                  channels_last=settings.channels_last, compile_mode=settings.compile_mode)
+                                  channels_last=settings.channels_last, compile_mode=settings.compile_mode,
+                                  prompt_chunks=settings.prompt_chunks)
         generator = PortraitGenerator(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
                                       parts.scheduler_config, config, device, dtype)
         return cls(generator, dict(parts.models))
