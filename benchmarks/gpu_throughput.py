@@ -175,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     n = 1024 if device.type == "cpu" else 8192
     rate = max(matmul_rate(device, dtype, n), matmul_rate(device, torch.bfloat16, n) if device.type == "cuda" else 0)
     # 2. Counted cost per image
+    # (the naive pipeline conditions on 77 tokens; Veil's path on prompt_chunks x 77)
     unet_flops, vae_flops = count_flops(unet, vae, tokenizer.model_max_length, device, dtype)
-    per_image = {s: 2 * unet_flops * UNET_EVALS[s](args.steps) + vae_flops for s in SchedulerName}
+    chunked_unet_flops, _ = count_flops(unet, vae, GenerationConfig().prompt_chunks * tokenizer.model_max_length,
+                                        device, dtype)
+    per_image_naive = 2 * unet_flops * UNET_EVALS[SchedulerName.FAITHFUL](args.steps) + vae_flops
+    per_image = {s: 2 * chunked_unet_flops * UNET_EVALS[s](args.steps) + vae_flops for s in SchedulerName}
     # 3. Naive baseline
     base_s = naive_baseline(parts, args.steps, device, repeats)
     rows = [dict(path="naive diffusers, batch 1", scheduler="faithful", batch=1, seconds=base_s, images_s=1 / base_s,
-                 peak_gib=float("nan"), util=per_image[SchedulerName.FAITHFUL] / base_s / rate)]
+                 peak_gib=float("nan"), util=per_image_naive / base_s / rate)]
     # 4. The worker's path, by variant, sampler and batch size (then larger until out of memory)
     extra = [] if args.tiny else [48, 64, 96, 128]
     for variant in args.variants.split(","):
@@ -207,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "CPU"
     print(f"# {'TINY random models (smoke test, not the method)' if args.tiny else 'SD 1.5 architecture, random weights'}")
     print(f"device: {card}; torch {torch.__version__}; {dtype}; {datetime.date.today()}; steps {args.steps}")
-    print(f"matmul rate: {rate / 1e12:.2f} TFLOP/s; counted per image: UNet eval {unet_flops / 1e9:.1f} GFLOP, "
-          f"VAE decode {vae_flops / 1e9:.1f} GFLOP; faithful {per_image[SchedulerName.FAITHFUL] / 1e12:.2f} TFLOP, "
+    print(f"matmul rate: {rate / 1e12:.2f} TFLOP/s; counted per image: UNet eval {unet_flops / 1e9:.1f} GFLOP "
+          f"(77 tokens; {chunked_unet_flops / 1e9:.1f} at {GenerationConfig().prompt_chunks}x77), "
+          f"VAE decode {vae_flops / 1e9:.1f} GFLOP; naive {per_image_naive / 1e12:.2f} TFLOP, Veil faithful {per_image[SchedulerName.FAITHFUL] / 1e12:.2f} TFLOP, "
           f"fast {per_image[SchedulerName.FAST] / 1e12:.2f} TFLOP")
     print("\n| path | sampler | images/s | s/batch | peak GiB | utilisation | x naive |")
     print("|---|---|---|---|---|---|---|")
