@@ -31,8 +31,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.embedded import run
     from shared.storage import open_storage
 
+    from shared.weights import tiny_warning
+
     settings = _settings(args, device=args.device, batch_size=args.batch_size, seed=args.seed,
                          scheduler=args.scheduler, detector=args.detector)
+    if warning := tiny_warning(settings.models_dir):
+        print(warning, file=sys.stderr)
     summary = run(args.input, args.output, settings, open_storage(settings), limit=args.limit,
                   progress=not args.quiet)
     print(summary.text())
@@ -40,14 +44,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from shared.weights import CATALOGUE, required_files
+    from shared.weights import CATALOGUE, required_files, tiny_warning
 
     settings = _settings(args)
     models_dir = Path(settings.models_dir)
     required = {wf.relpath for wf in required_files(models_dir)}
     print(f"models folder: {models_dir}  (VEIL_MODELS_DIR)")
-    if (models_dir / "TINY_MODELS.txt").is_file():
-        print("NOTE: this folder holds tiny RANDOM test models: images are noise, attributes random.")
+    if warning := tiny_warning(models_dir):
+        print(warning)
     missing = 0
     for wf in CATALOGUE:
         path = models_dir / wf.relpath
@@ -120,7 +124,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers import launch
 
+    from shared.weights import tiny_warning
+
     settings = _settings(args)
+    if warning := tiny_warning(settings.models_dir):
+        print(warning, file=sys.stderr)
     if args.tier == "cpu":
         launch.run_cpu_worker(settings, args.concurrency or os.cpu_count() or 1)
         return 0

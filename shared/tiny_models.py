@@ -34,10 +34,11 @@ from shared.weights import (
     RV_FOLDER,
     RV_SINGLE_FILE,
     SD15_CONFIG,
+    TINY_NOTE,
     VAE_FOLDER,
 )
 
-NOTE_FILE = "TINY_MODELS.txt"
+NOTE_FILE = TINY_NOTE
 NOTE_TEXT = """\
 TINY RANDOM-WEIGHT TEST MODELS (written by `veil models tiny`, shared/tiny_models.py)
 

@@ -142,3 +142,18 @@ def tree_sha256(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(file_sha256(p).encode())
     return h.hexdigest()
+
+
+TINY_NOTE = "TINY_MODELS.txt"
+
+
+def is_tiny(models_dir: Path) -> bool:
+    """True when ``models_dir`` holds the tiny random test models of ``veil models tiny``."""
+    return (Path(models_dir) / TINY_NOTE).is_file()
+
+
+def tiny_warning(models_dir: Path) -> str | None:
+    if not is_tiny(models_dir):
+        return None
+    return (f"WARNING: {models_dir} holds tiny RANDOM test models: the images written are noise and the "
+            "attributes random. Fetch the real weights with `veil models fetch` for real anonymization.")

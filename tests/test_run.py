@@ -40,6 +40,7 @@ def test_every_input_ends_with_its_status(run_result):
     assert proc.returncode == 1  # some inputs failed: exit code says so
     failed = sum(1 for v in expected.values() if v == "failed")
     assert "veil run:" in proc.stdout and f"failed {failed}" in proc.stdout
+    assert "tiny RANDOM test models" in proc.stderr  # never passed off as the method's output
 
 
 def test_outputs_mirror_inputs_and_carry_no_metadata(run_result):

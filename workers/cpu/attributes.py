@@ -62,8 +62,10 @@ class FacerAttributes:
 
 
 class DeepFaceDemography:
-    """DeepFace's Age, Race and Gender models on onnxruntime, fed as ``DeepFace.analyze`` feeds them:
-    the face crop in BGR, letterboxed to 224x224, scaled to [0, 1]."""
+    """DeepFace's Age, Race and Gender models on onnxruntime, fed exactly as
+    ``DeepFace.analyze(align=True)`` feeds them: DeepFace's own ``extract_face`` cuts the face
+    and rotates it level by the eyes, then the BGR crop is letterboxed to 224x224 in [0, 1].
+    Only the detector differs: the face box and eyes come from our detector."""
 
     def __init__(self, models_dir: Path):
         # deepface reads these when it builds a model; set them before it is imported.
@@ -71,9 +73,12 @@ class DeepFaceDemography:
         os.environ["DEEPFACE_BACKEND_ENGINE"] = "onnx"
         from deepface.models.demography.onnx import Age, Gender, Race
         from deepface.models.demography.DemographyUtils import GENDER_LABELS, RACE_LABELS
-        from deepface.modules import preprocessing
+        from deepface.models.Detector import FacialAreaRegion
+        from deepface.modules import detection, preprocessing
 
         self._resize = preprocessing.resize_image
+        self._extract_face = detection.extract_face
+        self._region = FacialAreaRegion
         self._age = Age.ApparentAgeClient()
         self._race = Race.RaceClient()
         self._gender = Gender.GenderClient()
@@ -86,9 +91,9 @@ class DeepFaceDemography:
             "deepface-gender": file_sha256(weights / "gender_model_weights.onnx"),
         }
 
-    def __call__(self, rgb: np.ndarray, box: np.ndarray) -> Demography:
-        crop = crop_box(rgb, box)[:, :, ::-1]  # RGB -> BGR, as DeepFace.analyze does
-        batch = self._resize(img=crop, target_size=(224, 224))
+    def __call__(self, rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray) -> Demography:
+        face = self.aligned_face(rgb, box, landmarks)
+        batch = self._resize(img=face, target_size=(224, 224))
         age = float(np.asarray(self._age.predict(batch[0])).reshape(-1)[0])
         race = np.asarray(self._race.predict(batch[0])).reshape(-1)
         gender = np.asarray(self._gender.predict(batch[0])).reshape(-1)
@@ -97,6 +102,18 @@ class DeepFaceDemography:
             ethnicity=self._race_labels[int(np.argmax(race))],
             gender=self._gender_labels[int(np.argmax(gender))],
         )
+
+    def aligned_face(self, rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The BGR face crop, levelled by the eyes, as DeepFace cuts it."""
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
+        # DeepFace's eyes are the person's: its left eye is on the image's right.
+        right_eye, left_eye = (tuple(int(round(float(c))) for c in landmarks[i]) for i in (0, 1))
+        region = self._region(x=x1, y=y1, w=x2 - x1, h=y2 - y1, left_eye=left_eye, right_eye=right_eye,
+                              confidence=float(box[4]))
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        face = self._extract_face(facial_area=region, img=bgr, align=True, expand_percentage=0, width_border=0,
+                                  height_border=0, detector_backend="mtcnn").img
+        return face if face.size else crop_box(rgb, box)[:, :, ::-1]
 
 
 def crop_box(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:

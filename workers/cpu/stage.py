@@ -66,7 +66,7 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
 
 def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu: CpuModels) -> FaceAnalysis:
     celeba = cpu.attributes.facer(rgb, landmarks)
-    demography = cpu.attributes.demography(rgb, box)
+    demography = cpu.attributes.demography(rgb, box, landmarks)
     return FaceAnalysis(
         face_box=[round(float(v), 2) for v in box[:5]], celeba=celeba, age=demography.age,
         ethnicity=demography.ethnicity, deepface_gender=demography.gender,
