@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.errors import InputError, MissingWeightsError
+from shared.errors import InputError, MissingWeightsError, VeilError
 from shared.settings import DetectorName, DeviceName, SchedulerName, Settings
 
 
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ValueError) as exc:
         print(f"veil: {exc}", file=sys.stderr)
         return 2
+    except VeilError as exc:  # e.g. a download that kept failing: say why, no traceback
+        print(f"veil: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

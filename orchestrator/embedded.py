@@ -53,39 +53,66 @@ class RunSummary:
 
 
 class Manifest:
-    """``manifest.jsonl`` under OUTPUT: one row per input; the last row for an input wins."""
+    """``manifest.jsonl`` under OUTPUT: one row per input; the last row for an input wins.
+
+    Locally rows are appended and fsynced batch by batch. Object storage has no append, so
+    each batch's rows go to their own object under ``manifest.parts/`` (linear cost, nothing
+    rewritten), and ``close`` folds the parts, in order, into ``manifest.jsonl``. A crashed
+    run's parts are read on the next run and folded in when it closes.
+    """
+
+    PARTS = "manifest.parts"
 
     def __init__(self, output: str, storage: Storage):
         self._storage = storage
+        self._output = output
         self._uri = join_uri(output, MANIFEST)
         self._local = not is_s3(output)
-        self._rows: list[str] = []
+        self._run = f"{time.time_ns():020d}"
+        self._seq = 0
+
+    def _part_uris(self) -> list[str]:
+        return sorted(self._storage.list(join_uri(self._output, self.PARTS + "/")))
+
+    def _lines(self) -> list[str]:
+        sources = [self._uri] if self._storage.exists(self._uri) else []
+        sources += [] if self._local else self._part_uris()
+        return [line for uri in sources for line in self._storage.read(uri).decode().splitlines(keepends=True)]
 
     def finished_inputs(self) -> set[str]:
-        if not self._storage.exists(self._uri):
-            return set()
         latest: dict[str, str] = {}
-        for line in self._storage.read(self._uri).decode().splitlines():
+        for line in self._lines():
             try:
                 row = json.loads(line)
             except ValueError:
                 continue  # a row cut short by a crash
             latest[row["input"]] = row["status"]
-        if not self._local:
-            self._rows = self._storage.read(self._uri).decode().splitlines(keepends=True)
         return {k for k, v in latest.items() if v in (Status.DONE.value, Status.NO_FACE.value)}
 
-    def append(self, record: ResultRecord) -> None:
-        line = record.model_dump_json() + "\n"
+    def append(self, records: list[ResultRecord]) -> None:
+        text = "".join(r.model_dump_json() + "\n" for r in records)
+        if not text:
+            return
         if self._local:
             Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
             with open(self._uri, "a", encoding="utf-8") as f:
-                f.write(line)
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-        else:  # object storage has no append: rewrite the object (small; one row per input)
-            self._rows.append(line)
-            self._storage.write(self._uri, "".join(self._rows).encode(), "application/x-ndjson")
+            return
+        self._seq += 1
+        part = join_uri(self._output, f"{self.PARTS}/{self._run}-{self._seq:08d}.jsonl")
+        self._storage.write(part, text.encode(), "application/x-ndjson")
+
+    def close(self) -> None:
+        if self._local:
+            return
+        parts = self._part_uris()
+        if not parts:
+            return
+        self._storage.write(self._uri, "".join(self._lines()).encode(), "application/x-ndjson")
+        for part in parts:
+            self._storage.delete(part)
 
 
 def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, limit: int | None = None,
@@ -103,6 +130,7 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
     todo = [i for i in items if i.uri not in finished]
     summary.skipped = len(items) - len(todo)
     if not todo:
+        manifest.close()
         summary.seconds = time.perf_counter() - started
         return summary
     # 3. Load the models once
@@ -115,12 +143,13 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
         chunk = todo[start: start + settings.batch_size]
         tasks = [_image_task(item, output, settings, job_id) for item in chunk]
         records = _process_batch(tasks, cpu, gpu, storage, summary)
+        manifest.append(records)
         for record in records:
-            manifest.append(record)
             summary.counts[record.status.value] += 1
         bar.update(len(chunk))
         bar.set_postfix({k: v for k, v in summary.counts.items()})
     bar.close()
+    manifest.close()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -8,8 +8,9 @@ bash scripts/install.sh
 . .venv/bin/activate
 INPUT="${1:-$(cd .. && pwd)/shared/faces}"
 OUTPUT="${2:-out/demo}"
+online() { python -c "import socket; socket.create_connection(('huggingface.co', 443), 3)" 2>/dev/null; }
 if ! veil models check >/dev/null; then
-  if ! veil models fetch; then
+  if ! { online && veil models fetch; }; then
     export VEIL_MODELS_DIR="$PWD/.cache/tiny-models"
     echo "!! real weights could not be fetched (offline?): using tiny RANDOM models in $VEIL_MODELS_DIR"
     echo "!! the images written below are NOISE; they only show that the pipeline runs."

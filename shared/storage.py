@@ -40,6 +40,7 @@ class Backend(Protocol):
     def read(self, uri: str) -> bytes: ...
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None: ...
     def exists(self, uri: str) -> bool: ...
+    def delete(self, uri: str) -> None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
 
 
@@ -57,6 +58,9 @@ class LocalBackend:
 
     def exists(self, uri: str) -> bool:
         return Path(uri).is_file()
+
+    def delete(self, uri: str) -> None:
+        Path(uri).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> Iterator[str]:
         root = Path(prefix)
@@ -115,6 +119,10 @@ class S3Backend:
         except FileNotFoundError:
             return False
 
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        self._call(self._client.delete_object, Bucket=bucket, Key=key)
+
     def list(self, prefix: str) -> Iterator[str]:
         bucket, key_prefix = split_s3(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
@@ -149,6 +157,9 @@ class Storage:
 
     def exists(self, uri: str) -> bool:
         return self.backend(uri).exists(uri)
+
+    def delete(self, uri: str) -> None:
+        self.backend(uri).delete(uri)
 
     def list(self, prefix: str) -> Iterator[str]:
         return self.backend(prefix).list(prefix)

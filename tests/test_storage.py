@@ -36,3 +36,27 @@ def test_local_write_is_atomic_and_lists_recursively(tmp_path):
     storage.write(str(tmp_path / "a" / "b.jpg"), b"x")
     assert [p for p in storage.list(str(tmp_path))] == [str(tmp_path / "a" / "b.jpg")]
     assert not list((tmp_path / "a").glob(".*tmp"))
+
+
+def test_s3_manifest_parts_survive_a_crash_and_fold_on_close():
+    from orchestrator.embedded import Manifest
+    from shared.messages import ResultRecord, Status
+
+    def rec(name, status):
+        return ResultRecord(input=f"s3://bkt/in/{name}", output=None, status=status)
+
+    with moto_s3() as endpoint:
+        storage = open_storage(s3_settings(endpoint))
+        storage.backend("s3://bkt/x")._client.create_bucket(Bucket="bkt")
+        crashed = Manifest("s3://bkt/out/", storage)
+        crashed.append([rec("a.jpg", Status.DONE), rec("b.jpg", Status.FAILED)])
+        crashed.append([rec("c.jpg", Status.NO_FACE)])  # ...and the process dies: no close()
+        again = Manifest("s3://bkt/out/", storage)
+        assert again.finished_inputs() == {"s3://bkt/in/a.jpg", "s3://bkt/in/c.jpg"}
+        again.append([rec("b.jpg", Status.DONE)])
+        again.close()
+        assert list(storage.list("s3://bkt/out/")) == ["s3://bkt/out/manifest.jsonl"]
+        lines = storage.read("s3://bkt/out/manifest.jsonl").decode().splitlines()
+        assert [ResultRecord.model_validate_json(x).input.rsplit("/", 1)[-1] for x in lines] == \
+            ["a.jpg", "b.jpg", "c.jpg", "b.jpg"]
+        assert Manifest("s3://bkt/out/", storage).finished_inputs() == {f"s3://bkt/in/{n}.jpg" for n in "abc"}

@@ -45,6 +45,7 @@ class PortraitGenerator:
         self.config = config
         self.device, self.dtype = device, dtype
         self.sampler = build_sampler(config.scheduler, scheduler_config)
+        self._warned_cut = False  # a cut prompt is reported once per process, then at debug level
         self._latent_channels = unet.config.in_channels
         self._vae_scaling = vae.config.scaling_factor
         self._unet_forward, self._vae_decode = self._optimized_callables()
@@ -107,10 +108,11 @@ class PortraitGenerator:
     def _chunked_ids(self, text: str, chunks: int) -> torch.Tensor:
         tok = self.tokenizer
         width = tok.model_max_length - 2  # 75 content tokens between BOS and EOS
-        content = tok(text, add_special_tokens=False, truncation=False).input_ids
+        content = tok(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         if len(content) > chunks * width:
-            log.warning("prompt of %d tokens cut to %d (VEIL_PROMPT_CHUNKS=%d): %.60s...", len(content),
+            log.log(logging.WARNING if not self._warned_cut else logging.DEBUG,"prompt of %d tokens cut to %d (VEIL_PROMPT_CHUNKS=%d): %.60s...", len(content),
                         chunks * width, chunks, text)
+            self._warned_cut = True
             content = content[: chunks * width]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = []
