@@ -35,8 +35,10 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_queues=[Queue(settings.cpu_queue), Queue(settings.gpu_queue)],
         task_routes={CPU_TASK: {"queue": settings.cpu_queue}, GPU_TASK: {"queue": settings.gpu_queue}},
         task_default_queue=settings.cpu_queue,
-        worker_send_task_events=True,  # Flower
-        task_send_sent_event=True,
+        worker_send_task_events=True,  # Flower: received, started, succeeded, failed
+        # No "sent" event per enqueued key: it doubled the cost of `veil submit` (measured:
+        # ~940 -> see BENCHMARKS.md); queue depth is visible in Flower's broker tab instead.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         # CPU: one message at a time per process. GPU: two batches' worth, so the next batch is
         # already reserved while the current one runs (celery-batches needs >= flush_every).

@@ -31,10 +31,13 @@ def analyze_image(self, message: dict) -> str:
         prompt = analyze(task, rt.storage.read(task.input_uri), cpu)
     except TransientError as exc:
         return retry_or_fail(task, exc, cpu.models, rt, CPU_TASK, rt.settings.cpu_queue)
-    except (PermanentError, FileNotFoundError) as exc:
+    except Exception as exc:  # noqa: BLE001 - permanent, missing input, or a bug: never a lost key
         # 4a. A key that can't succeed: its sidecar says why, at once
-        publish(error_record(task, exc, cpu.models), task.output_uri, rt.storage, rt.jobs)
-        return "no_face" if exc.__class__.__name__ == "NoFaceError" else "failed"
+        if not isinstance(exc, (PermanentError, FileNotFoundError)):
+            log.exception("analysis of %s failed", task.input_uri)
+        record = error_record(task, exc, cpu.models)
+        publish(record, task.output_uri, rt.storage, rt.jobs)
+        return record.status.value
     # 4b. Hand the prompt to the GPU tier
     app.send_task(GPU_TASK, args=[prompt.model_dump(mode="json")], queue=rt.settings.gpu_queue)
     return "prompted"
