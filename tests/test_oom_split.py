@@ -63,3 +63,13 @@ def test_oom_splits_the_batch_and_loses_no_key(generator):
 def test_single_image_that_does_not_fit_is_transient(generator):
     with pytest.raises(DeviceOutOfMemoryError):
         generate_batch(tasks(1), GpuModels(LimitedDevice(generator, fits=0)))
+
+
+def test_largest_batch_that_fits_is_measured_at_start(generator):
+    from workers.gpu.stage import largest_batch_that_fits
+
+    device = LimitedDevice(generator, fits=3)
+    assert largest_batch_that_fits(GpuModels(device), 8) == 2  # 8 -> 4 -> 2
+    assert device.calls == [8, 4, 2]
+    with pytest.raises(DeviceOutOfMemoryError):
+        largest_batch_that_fits(GpuModels(LimitedDevice(generator, fits=0)), 2)

@@ -46,7 +46,29 @@ class GpuModels:
                                   prompt_chunks=settings.prompt_chunks)
         generator = PortraitGenerator(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
                                       parts.scheduler_config, config, device, dtype)
-        return cls(generator, dict(parts.models))
+        gpu = cls(generator, dict(parts.models))
+        if device.type == "cuda":
+            gpu.max_batch = largest_batch_that_fits(gpu, settings.batch_size)
+        return gpu
+
+
+def largest_batch_that_fits(gpu: GpuModels, wanted: int) -> int:
+    """Measured at start: one full-size generation at ``wanted`` images, halved on out-of-memory
+    until it fits. The peak is the UNet at the batch size plus the VAE decode of the batch, so a
+    run of the real path at that size is the honest test."""
+    batch = wanted
+    while True:
+        try:
+            gpu.generator(["probe"] * batch, ["probe"] * batch, list(range(batch)))
+            if batch < wanted:
+                log.warning("batch %d does not fit this device; using %d", wanted, batch)
+            return batch
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch == 1:
+                raise DeviceOutOfMemoryError("one image does not fit on this device")
+            batch //= 2
 
 
 def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
