@@ -1,6 +1,8 @@
 """``veil run``: the whole method in one process, no servers.
 
-It calls the same stage functions as the Celery workers. The manifest is appended row by row
+It calls the same stage functions as the Celery workers: a background thread reads and
+analyses inputs (the CPU tier's work) while the main thread generates full batches (the GPU
+tier's), so inputs without a face do not shrink the diffusion batches. The manifest is appended row by row
 (flushed and fsynced), so a crash loses at most the batch in flight; running the same command
 again skips every input whose row already says ``done`` or ``no_face``.
 """
@@ -9,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -137,17 +142,28 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
     device = resolve_device(settings.device)
     cpu, gpu = CpuModels.load(settings, device), GpuModels.load(settings, device)
     job_id = uuid.uuid4().hex[:12]
-    # 4. Analyse and generate, batch by batch
+    tasks = [_image_task(item, output, settings, job_id) for item in todo]
+    # 4. Analyse in a background thread while the main thread generates full batches
     bar = tqdm(total=len(todo), unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(todo), settings.batch_size):
-        chunk = todo[start: start + settings.batch_size]
-        tasks = [_image_task(item, output, settings, job_id) for item in chunk]
-        records = _process_batch(tasks, cpu, gpu, storage, summary)
+
+    def finish(records: list[ResultRecord]) -> None:
         manifest.append(records)
         for record in records:
             summary.counts[record.status.value] += 1
-        bar.update(len(chunk))
-        bar.set_postfix({k: v for k, v in summary.counts.items()})
+        bar.update(len(records))
+        bar.set_postfix(dict(summary.counts))
+
+    batch: list[tuple[PromptTask, dict[str, float]]] = []
+    for prompt, timings, failed in _analysed(tasks, cpu, storage, summary, depth=2 * settings.batch_size):
+        if failed is not None:
+            finish([failed])
+            continue
+        batch.append((prompt, timings))
+        if len(batch) == settings.batch_size:
+            finish(_generate_and_store(batch, gpu, storage, summary))
+            batch = []
+    if batch:
+        finish(_generate_and_store(batch, gpu, storage, summary))
     bar.close()
     manifest.close()
     summary.seconds = time.perf_counter() - started
@@ -159,34 +175,60 @@ def _image_task(item: InputItem, output: str, settings: Settings, job_id: str) -
                      seed=seed_for(settings.seed, item.key))
 
 
-def _process_batch(tasks: list[ImageTask], cpu: CpuModels, gpu: GpuModels, storage: Storage,
-                   summary: RunSummary) -> list[ResultRecord]:
-    records: list[ResultRecord] = []
-    prompts: list[tuple[PromptTask, dict[str, float]]] = []
-    # a) CPU stage per image: a bad image ends with its own status, the others go on
-    for task in tasks:
-        timings: dict[str, float] = {}
+_DONE = object()
+
+
+def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int
+              ) -> Iterator[tuple[PromptTask | None, dict[str, float], ResultRecord | None]]:
+    """Reads and analyses the inputs in a background thread, at most ``depth`` ahead of the
+    generator; yields (prompt, timings, None) or (None, timings, failure record) in input order."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
         try:
-            data = _with_retries(lambda: storage.read(task.input_uri))
-            prompts.append((analyze(task, data, cpu, timings), timings))
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
-            records.append(error_record(task, exc, cpu.models, timings))
-        for k, v in timings.items():
-            summary.stage_seconds[k] += v
-    if not prompts:
-        return records
-    # b) GPU stage for the whole batch
+            for task in tasks:
+                if stop.is_set():
+                    return
+                timings: dict[str, float] = {}
+                try:
+                    data = _with_retries(lambda: storage.read(task.input_uri))
+                    out.put((analyze(task, data, cpu, timings), timings, None))
+                except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
+                    out.put((None, timings, error_record(task, exc, cpu.models, timings)))
+                for k, v in timings.items():
+                    summary.stage_seconds[k] += v
+        finally:
+            out.put(_DONE)
+
+    worker = threading.Thread(target=produce, name="veil-analyse", daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not _DONE:
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                out.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def _generate_and_store(batch: list[tuple[PromptTask, dict[str, float]]], gpu: GpuModels, storage: Storage,
+                        summary: RunSummary) -> list[ResultRecord]:
+    # a) One diffusion call for the whole batch
     t0 = time.perf_counter()
     try:
-        images = generate_batch([p for p, _ in prompts], gpu)
+        images = generate_batch([p for p, _ in batch], gpu)
     except Exception as exc:  # noqa: BLE001
-        return records + [error_record(p, exc, {**p.models, **gpu.models}, t) for p, t in prompts]
-    per_image = (time.perf_counter() - t0) / len(prompts)
-    summary.stage_seconds["generate"] += per_image * len(prompts)
-    # c) Store the images in parallel, then each one's row
-    stored = [p.model_copy(update={"models": {**p.models, **gpu.models}}) for p, _ in prompts]
-    errors = store_images(stored, images, storage)
-    for task, (_, timings), pixels, error in zip(stored, prompts, images, errors):
+        return [error_record(p, exc, {**p.models, **gpu.models}, t) for p, t in batch]
+    per_image = (time.perf_counter() - t0) / len(batch)
+    summary.stage_seconds["generate"] += per_image * len(batch)
+    # b) Store the images in parallel, then each one's row
+    stored = [p.model_copy(update={"models": {**p.models, **gpu.models}}) for p, _ in batch]
+    records = []
+    for task, (_, timings), pixels, error in zip(stored, batch, images, store_images(stored, images, storage)):
         timings["generate"] = per_image
         try:
             if isinstance(error, TransientError):
