@@ -121,7 +121,11 @@ def test_submit_runs_both_tiers_and_flower_lists_them(s3, tiny_models, tmp_path)
         assert job.counts == {"done": len(FACES), "no_face": 1, "failed": 2}
         check_outputs(client, "out")
         sizes = batch_sizes(tmp_path / "gpu.log")
-        assert sum(sizes) >= len(FACES) and max(sizes) <= 4
+        assert sum(sizes) == len(FACES) and max(sizes) <= 4  # each prompt generated once
+        # each tier receives only its own tasks
+        cpu_log, gpu_log = ((tmp_path / f).read_text(errors="replace") for f in ("cpu.log", "gpu.log"))
+        assert "veil.analyze[" in cpu_log and "veil.analyze[" not in gpu_log
+        assert "veil.generate[" not in cpu_log
         print(f"\n{total} keys in {elapsed:.1f}s through the queues; GPU batch sizes {sizes}")
         status = veil(env, "status", job_id)
         assert f"{total}/{total}" in status.stdout and status.returncode == 1  # 2 failed keys
@@ -182,3 +186,31 @@ def test_veil_run_reads_and_writes_s3(s3, tiny_models, tmp_path):
             client.get_object(Bucket=BUCKET, Key="embedded/manifest.jsonl")["Body"].read().decode().splitlines()]
     assert {r["input"].rsplit("/", 1)[-1]: r["status"] for r in rows} == {"fr_biden.jpg": "done", "no_face.jpg": "no_face"}
     assert keys(client, "embedded/") == ["embedded/manifest.jsonl", "embedded/people/fr_biden.jpg"]
+
+
+def test_gpu_command_starts_one_pinned_worker_per_device(tiny_models, tmp_path):
+    """`veil worker gpu --devices 0,1` starts one child per device, each with its own name and
+    CUDA_VISIBLE_DEVICES; on this GPU-less machine each child falls back to the CPU."""
+    env = make_env(tiny_models, "http://127.0.0.1:9", 8)
+    parent = start_worker("gpu", env, tmp_path / "gpus.log", "--devices", "0,1")
+    try:
+        def pinged():
+            proc = veil_celery(env, "inspect", "ping", "--timeout", "2")
+            return proc.stdout if "gpu0@" in proc.stdout and "gpu1@" in proc.stdout else None
+
+        wait_for(pinged, 180, "both device workers to answer", interval=2.0)
+        children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+        pinned = sorted(open(f"/proc/{pid}/environ", "rb").read().split(b"\0") for pid in children)
+        assert [b"CUDA_VISIBLE_DEVICES=0" in e for e in pinned].count(True) == 1
+        assert [b"CUDA_VISIBLE_DEVICES=1" in e for e in pinned].count(True) == 1
+    finally:
+        stop(parent)  # SIGTERM to the group: the parent forwards it and both children exit
+    assert parent.returncode is not None
+
+
+def veil_celery(env, *args) -> subprocess.CompletedProcess:
+    code = ("import sys; from shared.settings import Settings; from workers.celery_app import configure; "
+            "configure(Settings.from_env()).start(sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)

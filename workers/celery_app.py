@@ -12,7 +12,7 @@ Delivery is at-least-once with idempotent results: tasks are acknowledged late a
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.settings import Settings
 
@@ -20,6 +20,10 @@ app = Celery("veil")
 
 CPU_TASK = "veil.analyze"
 GPU_TASK = "veil.generate"
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def configure(settings: Settings, *, tier: str | None = None) -> Celery:
@@ -32,7 +36,9 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(settings.cpu_queue), Queue(settings.gpu_queue)],
+        # Each queue on its own direct exchange: with Celery's shared default exchange both
+        # queues were bound to the same routing key and every message reached both tiers.
+        task_queues=[_queue(settings.cpu_queue), _queue(settings.gpu_queue)],
         task_routes={CPU_TASK: {"queue": settings.cpu_queue}, GPU_TASK: {"queue": settings.gpu_queue}},
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
