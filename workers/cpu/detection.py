@@ -16,7 +16,7 @@ import torch
 
 from shared.errors import MissingWeightsError
 from shared.settings import DetectorName
-from shared.weights import FACER_RETINAFACE, file_sha256
+from shared.weights import FACER_RETINAFACE, file_sha256, tree_sha256
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class MTCNNDetector:
 
         self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)
         data = Path(facenet_pytorch.__file__).parent / "data"
-        self.sha256 = ",".join(file_sha256(data / f"{n}.pt")[:16] for n in ("pnet", "rnet", "onet"))
+        self.sha256 = tree_sha256([data / f"{n}.pt" for n in ("pnet", "rnet", "onet")])
 
     def __call__(self, rgb: np.ndarray) -> Detections:
         with torch.inference_mode():
