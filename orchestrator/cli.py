@@ -37,8 +37,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                          scheduler=args.scheduler, detector=args.detector)
     if warning := tiny_warning(settings.models_dir):
         print(warning, file=sys.stderr)
-    summary = run(args.input, args.output, settings, open_storage(settings), limit=args.limit,
-                  progress=not args.quiet)
+    try:
+        summary = run(args.input, args.output, settings, open_storage(settings), limit=args.limit,
+                      progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\nveil run: interrupted; finished rows are in the manifest. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
     print(summary.text())
     return 0 if summary.ok else 1
 

@@ -23,7 +23,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from shared.devices import resolve_device
-from shared.errors import MissingWeightsError, PermanentError, RETRY_POLICY, TransientError
+from shared.errors import RETRY_POLICY, InputError, MissingWeightsError, PermanentError, TransientError
 from shared.imageio import output_name
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import done_record, error_record, seed_for
@@ -129,6 +129,7 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
     # 2. List the inputs and skip those already finished
+    _check_output_outside_input(input_spec, output)
     items = list_inputs(input_spec, storage)[: limit or None]
     manifest = Manifest(output, storage)
     finished = manifest.finished_inputs()
@@ -168,6 +169,19 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
     manifest.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_output_outside_input(input_spec: str, output: str) -> None:
+    """Outputs written inside the input folder would be read back as inputs on the next run."""
+    if is_s3(input_spec) != is_s3(output):
+        return
+    if is_s3(output):
+        inside = output.rstrip("/") + "/"
+        if inside.startswith(input_spec.rstrip("/") + "/"):
+            raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose another prefix")
+        return
+    if os.path.isdir(input_spec) and Path(output).resolve().is_relative_to(Path(input_spec).resolve()):
+        raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose a folder outside it")
 
 
 def _image_task(item: InputItem, output: str, settings: Settings, job_id: str) -> ImageTask:

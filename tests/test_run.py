@@ -104,3 +104,39 @@ def test_unknown_setting_is_rejected(tmp_path, faces_dir):
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "models", "check"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "VEIL_BATCH_SISE" in proc.stderr
+
+
+def test_output_inside_input_is_refused(tmp_path, tiny_models):
+    (tmp_path / "in").mkdir()
+    env = worker_env(models_dir=tiny_models)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(tmp_path / "in"),
+                           str(tmp_path / "in" / "out")], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "inside INPUT" in proc.stderr
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_models, faces_dir):
+    import signal
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("id01_5.jpg", "id02_12.jpg", "id03_16.jpg", "id07_25.jpg"):
+        shutil.copy(faces_dir / name, src / name)
+    out = tmp_path / "out"
+    env = worker_env(models_dir=tiny_models, steps=4, batch_size=1)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 300
+    while not (manifest.exists() and manifest.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    done_before = manifest.read_text().count("\n")
+    assert proc.returncode == 130 and "resume" in err
+    assert 1 <= done_before < 4
+    again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"{done_before} already done" in again.stdout
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(r["input"] for r in rows) == sorted(str(p) for p in src.iterdir())  # each input once
