@@ -3,8 +3,9 @@
 ``FAITHFUL`` is the paper's DPM++ SDE Karras (A1111 naming): ``DPMSolverSDEScheduler`` with
 Karras sigmas; it evaluates the UNet twice per step (29 evaluations for 15 steps).
 ``FAST`` is DPM++ 2M SDE Karras: ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")``,
-one evaluation per step; same noise schedule, a different (multistep) SDE solver, so images
-differ in detail from the faithful sampler's for the same seed.
+one evaluation per step; same noise schedule, a different (multistep) SDE solver, so for the
+same seed its images differ from the faithful sampler's (by how much, with real weights, is
+not yet measured).
 
 Both samplers draw their stochastic noise per image from that image's own seed, so an image
 does not depend on its batch-mates.
