@@ -23,7 +23,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from shared.devices import resolve_device
-from shared.errors import RETRY_POLICY, InputError, MissingWeightsError, PermanentError, TransientError
+from shared.errors import RETRY_POLICY, InputError, MissingWeightsError, TransientError
 from shared.imageio import output_name
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import done_record, error_record, seed_for
@@ -266,4 +266,4 @@ def _with_retries(fn):
     raise AssertionError("unreachable")
 
 
-__all__ = ["run", "RunSummary", "Manifest", "PermanentError"]
+__all__ = ["run", "RunSummary", "Manifest"]

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import boto3
 import pytest
