@@ -255,7 +255,7 @@ class Bench:
     # -- 3. eager variants, every batch size
     def eager_sweep(self) -> None:
         for variant in [v for v in EAGER_VARIANTS if v in self.variants]:
-            for scheduler in SchedulerName:
+            for scheduler in self.samplers:
                 gen = self.generator(variant, scheduler)
                 for b in self.batches:
                     if not self.fits(f"{variant} {scheduler.value} batch {b}",
@@ -349,8 +349,8 @@ class Bench:
         big = best["batch"] if best else max(self.batches)
         for variant in [v for v in COMPILED_VARIANTS if v in self.variants]:
             for b in dict.fromkeys([big, 1] if variant == "cudagraphs" else [big]):
-                for scheduler in SchedulerName:
-                    first = scheduler is SchedulerName.FAITHFUL
+                for scheduler in self.samplers:
+                    first = scheduler is self.samplers[0]
                     cost = self.guess(scheduler, b * (1 + self.args.repeats)) + (COMPILE_GUESS_S if first else 0)
                     if not self.fits(f"{variant} {scheduler.value} batch {b}", cost):
                         continue
@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write every raw number here as JSON (after each row)")
     p.add_argument("--variants", default=None, help=f"comma-separated from {', '.join(VARIANTS)} "
                    "(default: all on CUDA, eager,channels_last with --tiny)")
+    p.add_argument("--samplers", default="faithful,fast", help="comma-separated from "
+                   + ", ".join(s.value for s in SchedulerName))
+    p.add_argument("--no-stage", action="store_true", help="skip the whole-GPU-stage row")
     p.add_argument("--no-profile", action="store_true", help="skip the breakdown and torch.profiler step")
     p.add_argument("--until-oom", action="store_true", help="double the batch past the largest until out of memory")
     args = p.parse_args(argv)
@@ -442,13 +445,15 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args, device, dtype)
     bench.variants = variants
+    bench.samplers = [SchedulerName(v) for v in args.samplers.split(",")]
     bench.batches = [int(b) for b in (args.batch_sizes or ("1,2" if args.tiny else "1,8,16,32,64")).split(",")]
     # 1. ceilings and counted cost  2. naive baseline  3. eager variants
     bench.ceilings()
     bench.naive()
     bench.eager_sweep()
     # 4. whole stage  5. where the time goes
-    bench.whole_stage()
+    if not args.no_stage:
+        bench.whole_stage()
     if not args.no_profile:
         bench.breakdown()
     # 6. compiled variants  7. larger batches
