@@ -63,9 +63,14 @@ class Settings(BaseSettings):
     # negative prompts of Algorithm 1 are not cut at 77 tokens. 1 = diffusers' truncation.
     prompt_chunks: int = Field(3, ge=1, le=8)
     image_size: int = Field(512, ge=64, le=2048, multiple_of=64)
-    batch_size: int = Field(4, ge=1, le=256)
-    # GPU-path optimisations (workers/gpu/generation.py); off until measured on the target card
-    # with benchmarks/gpu_throughput.py.
+    # Prompts per diffusion call. 8 measured best for the faithful sampler on an H200
+    # (BENCHMARKS.md, issue 7): larger batches lose to its per-image Brownian-tree noise.
+    # The GPU worker lowers it at start if it does not fit the device.
+    batch_size: int = Field(8, ge=1, le=256)
+    # GPU-path optimisations (workers/gpu/generation.py). Measured on an H200 (BENCHMARKS.md):
+    # channels_last is slower in eager mode; torch.compile gave the fast sampler 1.40x at batch 64
+    # but costs minutes per worker start and was not measured with the faithful sampler, so both
+    # stay off by default.
     channels_last: bool = False
     compile_mode: Literal["default", "max-autotune", "reduce-overhead"] | None = None
     seed: int = Field(0, ge=0)

@@ -68,11 +68,10 @@ class PortraitGenerator:
         self._check_inputs(prompts, negative_prompts, seeds)
         # 2. Encode prompts: [negatives; positives] for classifier-free guidance
         embeddings = self._encode_prompts(negative_prompts + prompts)
-        # 3. Prepare timesteps, per-image initial latents, and the sampler's per-image noise
-        timesteps = self._prepare_timesteps()
+        # 3. Prepare timesteps and per-image initial latents
+        timesteps = self._prepare_timesteps(seeds)
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         latents = self._initial_latents(generators)
-        self.sampler.prepare(self.sampler.scheduler, seeds, latents)
         # 4. Denoise
         latents = self._denoise(latents, embeddings, timesteps, generators)
         # 5. Decode to pixels
@@ -123,9 +122,10 @@ class PortraitGenerator:
             rows.append(row + [pad] * (tok.model_max_length - len(row)))
         return torch.tensor(rows, dtype=torch.long)
 
-    def _prepare_timesteps(self) -> torch.Tensor:
+    def _prepare_timesteps(self, seeds: list[int]) -> torch.Tensor:
         scheduler = self.sampler.scheduler
         scheduler.set_timesteps(self.config.steps, device=self.device)
+        self.sampler.prepare(scheduler, seeds)
         return scheduler.timesteps
 
     def _initial_latents(self, generators: list[torch.Generator]) -> torch.Tensor:

@@ -8,14 +8,11 @@ same seed its images differ from the faithful sampler's (by how much, with real 
 not yet measured).
 
 Both samplers draw their stochastic noise per image from that image's own seed, so an image
-does not depend on its batch-mates. The faithful sampler's Brownian-tree noise is computed on the
-CPU in background threads while the UNet runs (``workers.gpu.brownian``).
+does not depend on its batch-mates.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,7 +21,6 @@ from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from shared.settings import SchedulerName
-from workers.gpu.brownian import PrefetchedBrownianNoise
 
 
 @dataclass
@@ -32,19 +28,17 @@ class Sampler:
     """A scheduler plus how to feed it per-image noise for one batch."""
 
     scheduler: Any
-    #: called after set_timesteps with the batch's seeds and initial latents
-    prepare: Callable[[Any, list[int], torch.Tensor], None]
+    prepare: Callable[[Any, list[int]], None]  # called after set_timesteps with the batch's seeds
     step_kwargs: Callable[[torch.Tensor, list[torch.Generator]], dict[str, Any]]
 
 
 def _faithful(config: dict[str, Any]) -> Sampler:
     scheduler = DPMSolverSDEScheduler.from_config(config, use_karras_sigmas=True)
-    # built with the sampler (once per process), used by every batch; threads start on first use
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="brownian")
 
-    def prepare(s: Any, seeds: list[int], latents: torch.Tensor) -> None:
-        # One Brownian tree per image, as diffusers builds for a list of seeds, computed ahead.
-        s.noise_sampler = PrefetchedBrownianNoise(s, s.num_inference_steps, seeds, latents, pool)
+    def prepare(s: Any, seeds: list[int]) -> None:
+        # A list of seeds makes diffusers build one Brownian tree per image.
+        s.noise_sampler = None
+        s.noise_sampler_seed = list(seeds)
 
     return Sampler(scheduler, prepare, lambda latents, generators: {})
 
@@ -58,7 +52,7 @@ def _fast(config: dict[str, Any]) -> Sampler:
         noise = randn_tensor(latents.shape, generator=generators, device=latents.device, dtype=torch.float32)
         return {"variance_noise": noise}
 
-    return Sampler(scheduler, lambda s, seeds, latents: None, step_kwargs)
+    return Sampler(scheduler, lambda s, seeds: None, step_kwargs)
 
 
 SAMPLERS: dict[SchedulerName, Callable[[dict[str, Any]], Sampler]] = {
