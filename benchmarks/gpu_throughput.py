@@ -65,7 +65,7 @@ def full_size_components(device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from shared.tiny_models import tiny_bpe, write_tokenizer
+    from models.tiny import tiny_bpe, write_tokenizer
 
     torch.manual_seed(0)
     with device:
@@ -88,7 +88,7 @@ def full_size_components(device: torch.device, dtype: torch.dtype):
 
 
 def tiny_components(device: torch.device, dtype: torch.dtype):
-    from shared.tiny_models import write_tiny_models
+    from models.tiny import write_tiny_models
     from workers.gpu.loading import load_sd_components
 
     folder = Path(tempfile.mkdtemp()) / "tiny"

@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.embedded import run
     from shared.storage import open_storage
 
-    from shared.weights import tiny_warning
+    from models.weights import tiny_warning
 
     settings = _settings(args, device=args.device, batch_size=args.batch_size, seed=args.seed,
                          scheduler=args.scheduler, detector=args.detector)
@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from shared.weights import CATALOGUE, required_files, tiny_warning
+    from models.weights import CATALOGUE, required_files, tiny_warning
 
     settings = _settings(args)
     models_dir = Path(settings.models_dir)
@@ -73,8 +73,8 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from shared.fetch import fetch_missing
-    from shared.weights import CATALOGUE
+    from models.fetch import fetch_missing
+    from models.weights import CATALOGUE
 
     settings = _settings(args)
     files = [wf for wf in CATALOGUE if args.optional or not wf.optional]
@@ -85,7 +85,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
-    from shared.tiny_models import write_tiny_models
+    from models.tiny import write_tiny_models
 
     paths = write_tiny_models(Path(args.dir))
     print(f"wrote {len(paths)} files of tiny RANDOM test models to {args.dir}")
@@ -129,7 +129,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers import launch
 
-    from shared.weights import tiny_warning
+    from models.weights import tiny_warning
 
     settings = _settings(args)
     if warning := tiny_warning(settings.models_dir):

@@ -29,7 +29,7 @@ from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import done_record, error_record, seed_for
 from shared.settings import Settings
 from shared.storage import Storage, is_s3, join_uri
-from shared.weights import missing_files
+from models.weights import missing_files
 from orchestrator.inputs import InputItem, list_inputs
 from workers.cpu.stage import CpuModels, analyze
 from workers.gpu.stage import GpuModels, generate_batch, store_image, store_images

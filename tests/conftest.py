@@ -23,7 +23,7 @@ def faces_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """Tiny RANDOM models in the real on-disk formats: images are noise, attributes random."""
-    from shared.tiny_models import write_tiny_models
+    from models.tiny import write_tiny_models
 
     dest = tmp_path_factory.mktemp("tiny-models")
     write_tiny_models(dest)

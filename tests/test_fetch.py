@@ -1,4 +1,4 @@
-"""shared.fetch against a real HTTP server on 127.0.0.1 (Range, ETag, redirects, cut connections)."""
+"""models.fetch against a real HTTP server on 127.0.0.1 (Range, ETag, redirects, cut connections)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import shared.fetch as fetch_mod
+import models.fetch as fetch_mod
 from shared.errors import ChecksumMismatchError, PermanentError, RetryPolicy, StorageError, TransientError
-from shared.fetch import FetchResult, fetch_file, fetch_missing, lfs_sha256
-from shared.weights import Component, WeightFile, required_files
+from models.fetch import FetchResult, fetch_file, fetch_missing, lfs_sha256
+from models.weights import Component, WeightFile, required_files
 
 DATA = os.urandom(300_000) + bytes(range(256)) * 100  # not a multiple of the chunk size
 SHA = hashlib.sha256(DATA).hexdigest()

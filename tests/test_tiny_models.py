@@ -1,5 +1,5 @@
-"""The tiny random test models (shared/tiny_models.py) and the real loaders that read them
-(workers/gpu/loading.py, workers/cpu/facer_loading.py). No network: every outgoing
+"""The tiny random test models (models/tiny.py) and the real loaders that read them
+(workers/gpu/loading.py, models/farl.py). No network: every outgoing
 connection attempt made while this module runs is recorded and fails the module."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared import tiny_models as tm
+from models import tiny as tm
 from shared.errors import MissingWeightsError
-from shared.weights import (
+from models.weights import (
     DEEPFACE_HOME,
     FACER_ATTR,
     FACER_RETINAFACE,
@@ -323,7 +323,7 @@ def test_incomplete_diffusers_folder_raises(folder_dir: Path, tmp_path: Path) ->
 
 
 def test_facer_attribute_model(single_dir: Path) -> None:
-    from workers.cpu.facer_loading import load_facer_attribute_model
+    from models.farl import load_facer_attribute_model
 
     model = load_facer_attribute_model(single_dir / FACER_ATTR, CPU)
     assert not model.training
@@ -338,7 +338,7 @@ def test_facer_state_dict_has_the_real_key_names(single_dir: Path, monkeypatch: 
     state dict uses its parameter names, and the loader infers the real shape from it."""
     from facer.farl.classification import farl_classification
 
-    from workers.cpu.facer_loading import FarlShape, infer_farl_shape
+    from models.farl import FarlShape, infer_farl_shape
 
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     real = farl_classification(num_classes=40, layers=[11]).state_dict()

@@ -2,7 +2,7 @@
 
 Both models are built once per process (``AttributeModels.load``) and then called per face.
 DeepFace runs on its onnxruntime backend (no TensorFlow); the FACER network is built
-without FACER's unconditional ``.cuda()`` (``workers.cpu.facer_loading``).
+without FACER's unconditional ``.cuda()`` (``models.farl``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from shared.errors import MissingWeightsError
 from shared.prompts import CELEBA_LABELS
-from shared.weights import DEEPFACE_HOME, DEEPFACE_WEIGHTS, FACER_ATTR, Component, file_sha256, missing_files
+from models.weights import DEEPFACE_HOME, DEEPFACE_WEIGHTS, FACER_ATTR, Component, file_sha256, missing_files
 
 #: CLIP normalisation used by FaRL (facer/face_attribute/farl.py)
 _FARL_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -38,7 +38,7 @@ class FacerAttributes:
     def __init__(self, path: Path, device: torch.device):
         from facer.face_attribute.farl import pretrain_settings
 
-        from workers.cpu.facer_loading import load_facer_attribute_model
+        from models.farl import load_facer_attribute_model
 
         self._setting = pretrain_settings["celeba/224"]
         if list(self._setting["classes"]) != list(CELEBA_LABELS):

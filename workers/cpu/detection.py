@@ -16,7 +16,7 @@ import torch
 
 from shared.errors import MissingWeightsError
 from shared.settings import DetectorName
-from shared.weights import FACER_RETINAFACE, file_sha256, tree_sha256
+from models.weights import FACER_RETINAFACE, file_sha256, tree_sha256
 
 
 @dataclass(frozen=True)

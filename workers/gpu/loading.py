@@ -1,6 +1,6 @@
 """Loading the generator (Realistic Vision v5.1 + sd-vae-ft-mse) from the models folder.
 
-One code path for the real weights and the tiny test ones (``shared.tiny_models``):
+One code path for the real weights and the tiny test ones (``models.tiny``):
 
 * ``realistic-vision-v5.1/model_index.json`` present: the diffusers folder is loaded;
 * otherwise the original-format single file ``Realistic_Vision_V5.1_fp16-no-ema.safetensors``
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from shared.errors import MissingWeightsError
-from shared.weights import (
+from models.weights import (
     RV_FOLDER,
     RV_SINGLE_FILE,
     SD15_CONFIG,

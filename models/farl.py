@@ -4,7 +4,7 @@ facer's own ``farl_classification`` calls ``.cuda()`` unconditionally, so it can
 network on a CPU-only worker. This module builds the same network (same parameter names, so
 the released state dict loads strictly) on any device, and infers its shape from the state
 dict, so the real weights (ViT-B/16: width 768, 12 layers, 12 heads) and the tiny test ones
-(``shared.tiny_models``) load through one code path.
+(``models.tiny``) load through one code path.
 """
 
 from __future__ import annotations

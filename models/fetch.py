@@ -30,7 +30,7 @@ import requests
 from tqdm import tqdm
 
 from shared.errors import RETRY_POLICY, ChecksumMismatchError, PermanentError, RetryPolicy, StorageError
-from shared.weights import WeightFile, file_sha256, required_files
+from models.weights import WeightFile, file_sha256, required_files
 
 USER_AGENT = "veil-models-fetch/0.1"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")

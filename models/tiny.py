@@ -1,7 +1,7 @@
 """Tiny RANDOM-WEIGHT test models in the exact layout and file formats of the real weights.
 
 ``write_tiny_models(dest)`` fills ``dest`` with randomly initialised stand-ins for every file
-listed in ``shared.weights`` (FACER attributes and RetinaFace, DeepFace age/race/gender onnx
+listed in ``models.weights`` (FACER attributes and RetinaFace, DeepFace age/race/gender onnx
 graphs, Realistic Vision v5.1 as one original-format SD 1.5 safetensors file plus its diffusers
 configs and CLIP tokenizer, and sd-vae-ft-mse). They exist so the whole pipeline can run end to
 end on a laptop CPU in seconds, in tests and demos, without downloading gigabytes.
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.weights import (
+from models.weights import (
     DEEPFACE_WEIGHTS,
     FACER_ATTR,
     FACER_RETINAFACE,
@@ -40,7 +40,7 @@ from shared.weights import (
 
 NOTE_FILE = TINY_NOTE
 NOTE_TEXT = """\
-TINY RANDOM-WEIGHT TEST MODELS (written by `veil models tiny`, shared/tiny_models.py)
+TINY RANDOM-WEIGHT TEST MODELS (written by `veil models tiny`, models/tiny.py)
 
 Every model in this folder has the file layout and format of the real weights but tiny,
 randomly initialised parameters. Images generated with them are noise; face attributes,
@@ -152,7 +152,7 @@ LDM_TEXT_PREFIX = "cond_stage_model.transformer."
 def write_tiny_models(dest: Path, *, diffusers_folder: bool = False, seed: int = 0) -> list[Path]:
     """Write every tiny random model under ``dest`` and return the files written.
 
-    After it runs ``shared.weights.missing_files(dest)`` is empty. With ``diffusers_folder`` the
+    After it runs ``models.weights.missing_files(dest)`` is empty. With ``diffusers_folder`` the
     generator is also written as a diffusers folder (``realistic-vision-v5.1/model_index.json``
     and subfolders, the same weights as the single file), which loaders then prefer.
     Each model is seeded from ``seed`` and its own name, so the same ``seed`` gives the same
@@ -194,7 +194,7 @@ def build_tiny_farl_classifier(seed: int = 0) -> nn.Module:
     Same parameter names as facer's ``FACTransformer``: ``backbone.*`` (a VisualTransformer
     without ``proj`` and ``ln_post``) and ``head.*`` (VITClassificationHeadV0 over one layer).
     """
-    from workers.cpu.facer_loading import FarlShape, build_farl_classifier
+    from models.farl import FarlShape, build_farl_classifier
 
     shape = FarlShape(num_classes=FARL_NUM_CLASSES, **FARL_TINY)
     with _seeded(seed, "facer-attribute"):
