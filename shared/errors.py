@@ -7,7 +7,13 @@ The retry policy for transient errors is declared once, in ``RETRY_POLICY``.
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class VeilError(Exception):
@@ -77,10 +83,32 @@ class RetryPolicy:
     max_retries: int = 5
     backoff_s: float = 2.0
     backoff_max_s: float = 120.0
+    #: spread each wait over [d/2, d] so that workers failing together do not retry together
     jitter: bool = True
 
-    def countdown(self, attempt: int) -> float:
-        return min(self.backoff_max_s, self.backoff_s * (2**attempt))
+    def countdown(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``attempt + 1`` (``attempt`` = failures so far - 1)."""
+        delay = min(self.backoff_max_s, self.backoff_s * (2**attempt))
+        return delay * (0.5 + 0.5 * rng()) if self.jitter else delay
+
+
+def call_with_retries(fn: Callable[[], T], policy: "RetryPolicy | None" = None, *,
+                      retry_on: tuple[type[BaseException], ...] = (TransientError,),
+                      sleep: Callable[[float], None] = time.sleep,
+                      on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+    """``fn()``, retried on ``retry_on`` errors with the policy's backoff; the last error is raised
+    once ``max_retries`` retries are spent. The one blocking retry loop of the code base."""
+    policy = policy or RETRY_POLICY
+    for attempt in range(policy.max_retries + 1):
+        try:
+            return fn()
+        except retry_on as exc:
+            if attempt == policy.max_retries:
+                raise
+            if on_retry is not None:
+                on_retry(attempt + 1, exc)
+            sleep(policy.countdown(attempt))
+    raise AssertionError("unreachable")
 
 
 #: The one place retry behaviour is declared. Celery tasks read it; ``veil run`` retries
