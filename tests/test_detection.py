@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from shared.errors import MissingWeightsError
+
 from shared.imageio import decode_image
 from shared.settings import DetectorName
 from workers.cpu.detection import Detections, biggest_face, build_detector, detect_downscaled
@@ -65,5 +67,5 @@ def test_retinaface_loads_facer_weights_from_the_models_folder(tiny_models, face
 
 
 def test_retinaface_without_weights_names_the_file(tmp_path):
-    with pytest.raises(Exception, match="mobilenet0.25_Final.pth"):
+    with pytest.raises(MissingWeightsError, match="mobilenet0.25_Final.pth"):
         build_detector(DetectorName.RETINAFACE, torch.device("cpu"), tmp_path, 20)

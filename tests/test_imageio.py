@@ -37,17 +37,28 @@ def test_alpha_cmyk_and_16bit_become_rgb(bad):
         assert 40 < rgb.mean() < 220, f"{name}: implausible brightness {rgb.mean()}"
 
 
-def test_16bit_is_scaled_not_clipped(bad, faces_dir):
+def test_16bit_grey_equals_its_source_channel(bad, faces_dir):
+    """gray16.png holds the 8-bit grey face x 257: decoding must give back exactly that grey
+    in all three channels (scaled by 1/257, neither clipped nor shifted)."""
     dest, _ = bad
+    source = np.asarray(Image.open(dest / "gray16.png"), dtype=np.uint32) // 257
     rgb = decode_image((dest / "gray16.png").read_bytes(), max_pixels=MAX)
-    assert rgb.max() < 255 or rgb.min() > 0 or len(np.unique(rgb)) > 50
+    for channel in range(3):
+        assert np.array_equal(rgb[..., channel], source.astype(np.uint8)), f"channel {channel}"
 
 
-def test_exif_rotation_is_applied(bad):
+def test_exif_rotation_is_applied_to_the_pixels(bad, faces_dir):
+    """exif_rotated.jpg stores the face turned on its side with orientation 6: the decoded
+    pixels must match the upright face, not merely have its shape."""
     dest, _ = bad
     stored = Image.open(dest / "exif_rotated.jpg")
-    rgb = decode_image((dest / "exif_rotated.jpg").read_bytes(), max_pixels=MAX)
-    assert rgb.shape[:2] == (stored.size[0], stored.size[1])  # width and height swapped back
+    upright = np.asarray(stored.convert("RGB").transpose(Image.Transpose.ROTATE_270), dtype=np.int16)
+    on_its_side = np.asarray(stored.convert("RGB"), dtype=np.int16)
+    rgb = decode_image((dest / "exif_rotated.jpg").read_bytes(), max_pixels=MAX).astype(np.int16)
+    assert rgb.shape == upright.shape
+    assert np.abs(rgb - upright).mean() < 1.0  # same JPEG pixels, turned upright
+    if on_its_side.shape == rgb.shape:  # only comparable when the photo is square
+        assert np.abs(rgb - on_its_side).mean() > 10
 
 
 @pytest.mark.parametrize("name, fmt", [("a.jpg", "JPEG"), ("b.png", "PNG"), ("c.webp", "WEBP")])
