@@ -1,0 +1,98 @@
+"""A TCP proxy that tests put between Veil and a real service (moto_server, Redis) to cut it.
+
+``cut()`` resets every open connection and answers new ones with a reset until ``restore()``:
+to a client that is an endpoint gone away (connection reset / refused), which is what an S3 or
+Redis outage looks like from a worker. The proxy listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST rather than FIN (SO_LINGER 0), as a dead peer does."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._closed = False
+        self.connections = 0  # accepted while up, for tests that check traffic went through
+        threading.Thread(target=self._accept_loop, name="tcpproxy-accept", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        self._up.clear()
+        with self._lock:
+            for sock in list(self._open):
+                _reset(sock)
+            self._open.clear()
+
+    def restore(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()
+
+    def __enter__(self) -> "TcpProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._up.is_set():
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            upstream.settimeout(None)
+            self.connections += 1
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(src)
+                self._open.discard(dst)
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
