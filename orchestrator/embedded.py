@@ -121,18 +121,18 @@ class Manifest:
 
 
 def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, limit: int | None = None,
-        progress: bool = True) -> RunSummary:
+        progress: bool = True, overwrite: bool = False) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
     # 1. Check the weights before touching any input
     missing = missing_files(Path(settings.models_dir))
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
-    # 2. List the inputs and skip those already finished
+    # 2. List the inputs and skip those already finished (unless overwriting: new rows then win)
     _check_output_outside_input(input_spec, output)
     items = list_inputs(input_spec, storage)[: limit or None]
     manifest = Manifest(output, storage)
-    finished = manifest.finished_inputs()
+    finished = set() if overwrite else manifest.finished_inputs()
     todo = [i for i in items if i.uri not in finished]
     summary.skipped = len(items) - len(todo)
     if not todo:

@@ -58,4 +58,4 @@ def _relative_to_common(paths: list[str]) -> list[InputItem]:
     split = [split_uri(p) for p in paths]
     common = {space: posixpath.commonpath([posixpath.dirname(q) for s, q in split if s == space])
               for space in {s for s, _ in split}}
-    return [InputItem(p, posixpath.relpath(q, common[s])) for p, (s, q) in zip(paths, split)]
+    return [InputItem(p, posixpath.relpath(q, common[s])) for p, (s, q) in zip(paths, split, strict=True)]
