@@ -1,13 +1,14 @@
 """The ``veil`` command.
 
-    veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N]
+    veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
     veil models check | fetch | tiny DIR
     veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite]
     veil status JOB [--watch] | veil jobs
     veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
     veil flower
 
-Settings come from ``VEIL_*`` environment variables; command-line flags override them.
+Settings come from ``VEIL_*`` environment variables; command-line flags override them. A value
+that fails validation is reported under the name the user typed: the flag or the variable.
 """
 
 from __future__ import annotations
@@ -18,20 +19,52 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from shared.errors import InputError, MissingWeightsError, VeilError
-from shared.settings import DetectorName, DeviceName, SchedulerName, Settings
+from shared.settings import ENV_PREFIX, DetectorName, DeviceName, SchedulerName, Settings
+
+#: pydantic error type -> what the value must be (its ``ctx`` fills the braces)
+_RULES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "multiple_of": "must be a multiple of {multiple_of}",
+    "enum": "must be one of {expected}",
+    "literal_error": "must be one of {expected}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+}
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    """Settings from ``VEIL_*`` and the flags in ``extra`` (``None``: flag not given)."""
     overrides = {k: v for k, v in extra.items() if v is not None}
-    return Settings.from_env(**overrides)
+    try:
+        return Settings.from_env(None, **overrides)
+    except ValidationError as exc:
+        raise InputError(_explain(exc, set(overrides))) from None
+
+
+def _explain(exc: ValidationError, flags: set[str]) -> str:
+    """``--batch-size: must be >= 1 (got 0)``, or ``VEIL_STEPS: ...`` for a variable."""
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        name = "--" + field.replace("_", "-") if field in flags else ENV_PREFIX + field.upper()
+        rule = _RULES.get(err["type"])
+        what = rule.format(**err.get("ctx", {})) if rule else err["msg"][:1].lower() + err["msg"][1:]
+        problems.append(f"{name}: {what} (got {err.get('input')!r})")
+    return "; ".join(problems)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from models.weights import tiny_warning
     from orchestrator.embedded import run
     from shared.storage import open_storage
-
-    from models.weights import tiny_warning
 
     settings = _settings(args, device=args.device, batch_size=args.batch_size, seed=args.seed,
                          scheduler=args.scheduler, detector=args.detector)
@@ -39,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     try:
         summary = run(args.input, args.output, settings, open_storage(settings), limit=args.limit,
-                      progress=not args.quiet)
+                      progress=not args.quiet, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print("\nveil run: interrupted; finished rows are in the manifest. Run the same command again to resume.",
               file=sys.stderr)
@@ -127,9 +160,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers import launch
-
     from models.weights import tiny_warning
+    from workers import launch
 
     settings = _settings(args)
     if warning := tiny_warning(settings.models_dir):
@@ -158,12 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="anonymize a folder, glob, list file or s3:// prefix in one process")
     run.add_argument("input", help="folder (recursive), glob, text file of paths, or s3://bucket/prefix")
     run.add_argument("output", help="output folder or s3://bucket/prefix (mirrors INPUT's relative paths)")
-    run.add_argument("--device", choices=[d.value for d in DeviceName])
+    run.add_argument("--device", choices=[d.value for d in DeviceName],
+                     help="where models run; auto = cuda if available, else cpu (VEIL_DEVICE)")
     run.add_argument("--batch-size", type=int, help="prompts per diffusion call (VEIL_BATCH_SIZE)")
     run.add_argument("--seed", type=int, help="base seed; each image's seed derives from it and its key")
     run.add_argument("--limit", type=int, help="process at most N inputs")
-    run.add_argument("--scheduler", choices=[s.value for s in SchedulerName])
-    run.add_argument("--detector", choices=[d.value for d in DetectorName])
+    run.add_argument("--scheduler", choices=[s.value for s in SchedulerName],
+                     help="sampler: faithful = the paper's DPM++ SDE Karras (default); fast = DPM++ 2M SDE Karras, "
+                          "about half the UNet work (VEIL_SCHEDULER)")
+    run.add_argument("--detector", choices=[d.value for d in DetectorName],
+                     help="face detector; the biggest face found is anonymized (VEIL_DETECTOR)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="redo inputs the manifest already lists as done or no_face (default: skip them)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -175,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     status = sub.add_parser("status", help="counts, rate and ETA of a job")
-    status.add_argument("job")
+    status.add_argument("job", help="the job id that veil submit printed")
     status.add_argument("--watch", action="store_true", help="refresh until the job is finished")
-    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
     status.set_defaults(func=cmd_status)
     sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
 

@@ -28,7 +28,7 @@ from shared.imageio import output_name
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import done_record, error_record, seed_for
 from shared.settings import Settings
-from shared.storage import Storage, is_s3, join_uri
+from shared.storage import Storage, is_local, is_under, join_uri, scheme_of
 from models.weights import missing_files
 from orchestrator.inputs import InputItem, list_inputs
 from workers.cpu.stage import CpuModels, analyze
@@ -72,7 +72,7 @@ class Manifest:
         self._storage = storage
         self._output = output
         self._uri = join_uri(output, MANIFEST)
-        self._local = not is_s3(output)
+        self._local = is_local(output)
         self._run = f"{time.time_ns():020d}"
         self._seq = 0
 
@@ -121,18 +121,18 @@ class Manifest:
 
 
 def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, limit: int | None = None,
-        progress: bool = True) -> RunSummary:
+        progress: bool = True, overwrite: bool = False) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
     # 1. Check the weights before touching any input
     missing = missing_files(Path(settings.models_dir))
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
-    # 2. List the inputs and skip those already finished
+    # 2. List the inputs and skip those already finished (unless overwriting: new rows then win)
     _check_output_outside_input(input_spec, output)
     items = list_inputs(input_spec, storage)[: limit or None]
     manifest = Manifest(output, storage)
-    finished = manifest.finished_inputs()
+    finished = set() if overwrite else manifest.finished_inputs()
     todo = [i for i in items if i.uri not in finished]
     summary.skipped = len(items) - len(todo)
     if not todo:
@@ -173,15 +173,9 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
 
 def _check_output_outside_input(input_spec: str, output: str) -> None:
     """Outputs written inside the input folder would be read back as inputs on the next run."""
-    if is_s3(input_spec) != is_s3(output):
-        return
-    if is_s3(output):
-        inside = output.rstrip("/") + "/"
-        if inside.startswith(input_spec.rstrip("/") + "/"):
-            raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose another prefix")
-        return
-    if os.path.isdir(input_spec) and Path(output).resolve().is_relative_to(Path(input_spec).resolve()):
-        raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose a folder outside it")
+    if is_under(input_spec, output):
+        where = "folder" if is_local(output) else f"{scheme_of(output)}:// prefix"
+        raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose a {where} outside it")
 
 
 def _image_task(item: InputItem, output: str, settings: Settings, job_id: str) -> ImageTask:

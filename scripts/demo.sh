@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# The main job: installs Veil, makes sure weights are there, anonymizes the example photos.
+# The main job: installs Veil, makes sure weights are there, anonymizes example photos.
+#   bash scripts/demo.sh                      # public-domain photos that scikit-image ships
+#   bash scripts/demo.sh /path/to/photos [OUTPUT]   # your own folder, glob, list file or s3:// prefix
 # Online: fetches the real weights (several GB). Offline: falls back to tiny RANDOM test models
 # and says so loudly; their images are noise, not the method's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 . .venv/bin/activate
-INPUT="${1:-$(cd .. && pwd)/shared/faces}"
 OUTPUT="${2:-out/demo}"
+if [ -n "${1:-}" ]; then
+  INPUT="$1"
+else
+  # scikit-image (installed with pyfacer) ships these photos: NASA's portrait of astronaut Eileen
+  # Collins (public domain) and Lav Varshney's "camera" (CC0). Written to a temporary folder.
+  INPUT="$(mktemp -d "${TMPDIR:-/tmp}/veil-demo-input.XXXXXX")"
+  python - "$INPUT" <<'PY'
+import sys
+from PIL import Image
+from skimage import data
+Image.fromarray(data.astronaut()).save(f"{sys.argv[1]}/astronaut.png")
+Image.fromarray(data.camera()).convert("RGB").save(f"{sys.argv[1]}/camera.png")
+PY
+  echo "== input: scikit-image's public-domain example photos, written to $INPUT"
+  echo "   (your own photos:  bash scripts/demo.sh /path/to/photos)"
+fi
 online() { python -c "import socket; socket.create_connection(('huggingface.co', 443), 3)" 2>/dev/null; }
 if ! veil models check >/dev/null; then
   if ! { online && veil models fetch; }; then

@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
 # Installs Veil and its test tools into .venv (created if missing). Idempotent.
+# A first install takes minutes (torch, diffusers, deepface...): each phase is announced with the
+# seconds spent so far, and pip's own lines show what it downloads and installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+START=$SECONDS
+phase() { echo "== [$((SECONDS - START))s] $*"; }
+# pip without -q, minus the flood (a line per package already there, the index location notice);
+# a failing pip stops the script (pipefail: the pipeline's status is pip's)
+pip_install() {
+  python -m pip install --disable-pip-version-check --progress-bar on "$@" 2>&1 \
+    | { grep -v -e "^Requirement already satisfied" -e "^WARNING: Location" || true; }
+}
+if [ ! -x .venv/bin/python ]; then
+  phase "creating .venv"
+  "$PY" -m venv .venv
+fi
 . .venv/bin/activate
-pip_q() { python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 # torch first, at the versions that lie on this machine kind's disk (CUDA builds that also run on the CPU)
-python -c "import torch, torchvision" 2>/dev/null || pip_q "torch==2.14.1" "torchvision==0.29.1"
-pip_q -e ".[test]"
+if python -c "import torch, torchvision" 2>/dev/null; then
+  phase "torch already installed"
+else
+  phase "installing torch and torchvision (from local disk)"
+  pip_install "torch==2.14.1" "torchvision==0.29.1"
+fi
+phase "installing veil and test tools (diffusers, pyfacer, deepface, celery, boto3, pytest, moto...)"
+pip_install -e ".[test]"
 # opencv-python (pyfacer) and opencv-contrib-python-headless (deepface) write the same cv2/
 # folder; reinstall the contrib build last so cv2/ is whole and at the pinned version.
-pip_q --force-reinstall --no-deps "opencv-contrib-python-headless==4.14.0.94"
+phase "reinstalling opencv-contrib-python-headless last (pyfacer and deepface share cv2/)"
+pip_install --force-reinstall --no-deps "opencv-contrib-python-headless==4.14.0.94"
+phase "checking the imports"
 python -c "import cv2, torch, diffusers, facer, deepface, facenet_pytorch, celery, boto3; cv2.CascadeClassifier; print('veil installed: torch', torch.__version__, 'cv2', cv2.__version__)"
+phase "install done"

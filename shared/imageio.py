@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -17,8 +18,36 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import ImageDecodeError, ImageTooLargeError
 
-#: output format by file extension; anything else is written as PNG under its own name.
-_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+@dataclass(frozen=True)
+class ImageFormat:
+    pillow: str  # Pillow's format name, for encoding
+    content_type: str  # the MIME type an object store is told
+
+
+#: The one table of image file types: inputs are listed by these extensions, outputs keep their
+#: input's extension and are encoded and uploaded by it. Other names get ``.png`` appended.
+FORMATS: dict[str, ImageFormat] = {
+    ".jpg": ImageFormat("JPEG", "image/jpeg"),
+    ".jpeg": ImageFormat("JPEG", "image/jpeg"),
+    ".png": ImageFormat("PNG", "image/png"),
+    ".webp": ImageFormat("WEBP", "image/webp"),
+    ".bmp": ImageFormat("BMP", "image/bmp"),
+    ".tif": ImageFormat("TIFF", "image/tiff"),
+    ".tiff": ImageFormat("TIFF", "image/tiff"),
+}
+IMAGE_EXTENSIONS = frozenset(FORMATS)
+_DEFAULT = FORMATS[".png"]
+
+
+def image_format(name: str) -> ImageFormat:
+    """The format ``name``'s extension names (case-insensitive); PNG for any other name."""
+    return FORMATS.get(PurePosixPath(name).suffix.lower(), _DEFAULT)
+
+
+def content_type(name: str) -> str:
+    """The MIME type of the image ``encode_image(pixels, name)`` writes."""
+    return image_format(name).content_type
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -65,7 +94,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 def output_name(input_name: str) -> str:
     """The output keeps the input's relative name; unknown extensions get ``.png`` appended."""
     suffix = PurePosixPath(input_name).suffix.lower()
-    return input_name if suffix in _FORMATS else input_name + ".png"
+    return input_name if suffix in FORMATS else input_name + ".png"
 
 
 def encode_image(pixels: np.ndarray, name: str) -> bytes:
@@ -76,7 +105,7 @@ def encode_image(pixels: np.ndarray, name: str) -> bytes:
     """
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"pixels must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
-    fmt = _FORMATS.get(PurePosixPath(name).suffix.lower(), "PNG")
+    fmt = image_format(name).pillow
     buf = io.BytesIO()
     img = Image.fromarray(pixels, mode="RGB")
     if fmt == "JPEG":

@@ -1,4 +1,10 @@
-"""Object storage by URI: local paths and ``s3://bucket/key`` (AWS S3, MinIO, moto).
+"""Object storage by URI: local paths, ``s3://bucket/key`` (AWS S3, MinIO, moto), and any scheme
+registered with ``register_backend``.
+
+Everything that depends on a URI's scheme lives here: which backend serves it, how a relative key
+is joined onto a base, what key an object has under a listed root, and the I/O itself. Adding
+``gs://`` or ``az://`` is one ``ObjectStoreBackend`` subclass (five I/O methods) and one
+``register_backend`` call; no caller changes.
 
 ``open_storage(settings)`` builds one ``Storage`` that routes each URI to its backend.
 Transient failures (S3 5xx, throttling, connection errors) raise ``StorageError``; a missing
@@ -8,35 +14,39 @@ object raises ``FileNotFoundError``. Credentials come from the settings, never f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
-from urllib.parse import urlparse
+from typing import Any, ClassVar, Protocol
 
-from shared.errors import StorageError
+from shared.errors import InputError, StorageError
 from shared.settings import Settings
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+__all__ = ["Backend", "LocalBackend", "ObjectStoreBackend", "S3Backend", "Storage",
+           "backend_class", "is_local", "is_under", "join_uri", "open_storage", "register_backend",
+           "relative_key", "scheme_of", "split_uri"]
 
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
-def join_uri(base: str, relative: str) -> str:
-    if is_s3(base):
-        return base.rstrip("/") + "/" + relative.lstrip("/")
-    return str(Path(base) / relative)
+LOCAL = ""  # the scheme of a plain filesystem path
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class Backend(Protocol):
+    """One storage scheme. Path logic is class-level (no client needed); I/O needs an instance."""
+
+    scheme: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None: ...
+
+    @classmethod
+    def join(cls, base: str, relative: str) -> str: ...
+    @classmethod
+    def relative_key(cls, root: str, uri: str) -> str: ...
+    @classmethod
+    def split(cls, uri: str) -> tuple[str, str]: ...
+    @classmethod
+    def is_under(cls, root: str, uri: str) -> bool: ...
+
     def read(self, uri: str) -> bytes: ...
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None: ...
     def exists(self, uri: str) -> bool: ...
@@ -45,6 +55,30 @@ class Backend(Protocol):
 
 
 class LocalBackend:
+    """Filesystem paths. ``list`` walks a folder recursively, in sorted order."""
+
+    scheme: ClassVar[str] = LOCAL
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        pass
+
+    @classmethod
+    def join(cls, base: str, relative: str) -> str:
+        return str(Path(base) / relative)
+
+    @classmethod
+    def relative_key(cls, root: str, uri: str) -> str:
+        root_path = Path(root)
+        return Path(uri).name if root_path.is_file() else Path(uri).relative_to(root_path).as_posix()
+
+    @classmethod
+    def split(cls, uri: str) -> tuple[str, str]:
+        return "", os.path.abspath(uri)
+
+    @classmethod
+    def is_under(cls, root: str, uri: str) -> bool:
+        return os.path.isdir(root) and Path(uri).resolve().is_relative_to(Path(root).resolve())
+
     def read(self, uri: str) -> bytes:
         return Path(uri).read_bytes()
 
@@ -72,21 +106,60 @@ class LocalBackend:
                 yield str(path)
 
 
-class S3Backend:
+class ObjectStoreBackend:
+    """Path logic shared by every ``scheme://bucket/key`` store; subclasses add the I/O."""
+
+    scheme: ClassVar[str] = ""
+
+    @classmethod
+    def parse(cls, uri: str) -> tuple[str, str]:
+        """``scheme://bucket/key`` -> (bucket, key)."""
+        head = f"{cls.scheme}://"
+        bucket, _, key = uri[len(head):].partition("/") if uri.startswith(head) else ("", "", "")
+        if not bucket:
+            raise InputError(f"not a {head}bucket/key URI: {uri!r}")
+        return bucket, key
+
+    @classmethod
+    def join(cls, base: str, relative: str) -> str:
+        return base.rstrip("/") + "/" + relative.lstrip("/")
+
+    @classmethod
+    def relative_key(cls, root: str, uri: str) -> str:
+        """The key below the root prefix; an object beside it (``in2/x`` under ``in``) keeps its name."""
+        _, prefix = cls.parse(root)
+        _, key = cls.parse(uri)
+        base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+        return key[len(base):] if key.startswith(base) else key.rsplit("/", 1)[-1]
+
+    @classmethod
+    def split(cls, uri: str) -> tuple[str, str]:
+        bucket, key = cls.parse(uri)
+        return f"{cls.scheme}://{bucket}", "/" + key
+
+    @classmethod
+    def is_under(cls, root: str, uri: str) -> bool:
+        return (uri.rstrip("/") + "/").startswith(root.rstrip("/") + "/")
+
+
+class S3Backend(ObjectStoreBackend):
+    scheme: ClassVar[str] = "s3"
+
     def __init__(self, settings: Settings):
         import boto3
         from botocore.config import Config
 
+        key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
         self._client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None,
-            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None,
+            aws_access_key_id=key_id.get_secret_value() if key_id else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32),
         )
 
-    def _call(self, fn, **kwargs):
+    def _call(self, fn: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -103,16 +176,16 @@ class S3Backend:
             raise StorageError(f"S3 connection: {type(exc).__name__}") from exc
 
     def read(self, uri: str) -> bytes:
-        bucket, key = split_s3(uri)
+        bucket, key = self.parse(uri)
         return self._call(self._client.get_object, Bucket=bucket, Key=key)["Body"].read()
 
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
-        bucket, key = split_s3(uri)
+        bucket, key = self.parse(uri)
         extra = {"ContentType": content_type} if content_type else {}
         self._call(self._client.put_object, Bucket=bucket, Key=key, Body=data, **extra)
 
     def exists(self, uri: str) -> bool:
-        bucket, key = split_s3(uri)
+        bucket, key = self.parse(uri)
         try:
             self._call(self._client.head_object, Bucket=bucket, Key=key)
             return True
@@ -120,34 +193,76 @@ class S3Backend:
             return False
 
     def delete(self, uri: str) -> None:
-        bucket, key = split_s3(uri)
+        bucket, key = self.parse(uri)
         self._call(self._client.delete_object, Bucket=bucket, Key=key)
 
     def list(self, prefix: str) -> Iterator[str]:
-        bucket, key_prefix = split_s3(prefix)
+        bucket, key_prefix = self.parse(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
         for page in self._call(lambda **kw: list(paginator.paginate(**kw)), Bucket=bucket, Prefix=key_prefix):
             for obj in page.get("Contents", []):
                 yield f"s3://{bucket}/{obj['Key']}"
 
 
+#: scheme -> backend class; "" is a plain filesystem path.
+_BACKENDS: dict[str, type[Backend]] = {LOCAL: LocalBackend, S3Backend.scheme: S3Backend}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Serve ``cls.scheme://`` URIs with ``cls`` (usable as a class decorator)."""
+    _BACKENDS[cls.scheme] = cls
+    return cls
+
+
+def scheme_of(uri: str) -> str:
+    """``s3`` for ``s3://b/k``; ``""`` for a filesystem path."""
+    match = _SCHEME.match(uri)
+    return match.group(1).lower() if match else LOCAL
+
+
+def backend_class(uri: str) -> type[Backend]:
+    scheme = scheme_of(uri)
+    if scheme not in _BACKENDS:
+        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS) if s)
+        raise InputError(f"{uri!r}: no storage backend for {scheme}:// (known: {known} and local paths)")
+    return _BACKENDS[scheme]
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) == LOCAL
+
+
+def join_uri(base: str, relative: str) -> str:
+    return backend_class(base).join(base, relative)
+
+
+def relative_key(root: str, uri: str) -> str:
+    """The key of ``uri`` (found by listing ``root``) relative to ``root``, in POSIX form."""
+    return backend_class(root).relative_key(root, uri)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """(namespace, absolute POSIX path inside it): ``("s3://b", "/k")``, ``("", "/abs/path")``."""
+    return backend_class(uri).split(uri)
+
+
+def is_under(root: str, uri: str) -> bool:
+    """Whether ``uri`` lies inside the folder or prefix ``root`` (never across schemes)."""
+    return scheme_of(root) == scheme_of(uri) and backend_class(root).is_under(root, uri)
+
+
 @dataclass
 class Storage:
-    """Routes each URI to the local or the S3 backend (S3 client built on first use)."""
+    """Routes each URI to its scheme's backend; each backend is built on first use."""
 
     settings: Settings
-    _local: LocalBackend = None  # type: ignore[assignment]
-    _s3: S3Backend | None = None
-
-    def __post_init__(self) -> None:
-        self._local = LocalBackend()
+    _backends: dict[str, Backend] = field(default_factory=dict)
 
     def backend(self, uri: str) -> Backend:
-        if is_s3(uri):
-            if self._s3 is None:
-                self._s3 = S3Backend(self.settings)
-            return self._s3
-        return self._local
+        cls = backend_class(uri)
+        if cls.scheme not in self._backends:
+            self._backends[cls.scheme] = cls(self.settings)
+        return self._backends[cls.scheme]
 
     def read(self, uri: str) -> bytes:
         return self.backend(uri).read(uri)

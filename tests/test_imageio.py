@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import ImageDecodeError, ImageTooLargeError
-from shared.imageio import decode_image, encode_image, output_name
+from shared.imageio import FORMATS, IMAGE_EXTENSIONS, content_type, decode_image, encode_image, output_name
 from tests.badinputs import write_bad_inputs
 
 MAX = 120_000_000
@@ -79,3 +79,19 @@ def test_output_name_keeps_known_extensions():
 def test_encode_rejects_wrong_array():
     with pytest.raises(ValueError, match="pixels"):
         encode_image(np.zeros((4, 4), np.uint8), "x.png")
+
+
+@pytest.mark.parametrize("ext", sorted(FORMATS))
+def test_one_table_gives_format_and_content_type(ext):
+    """Every extension in the table encodes to the format whose MIME type the table uploads it as."""
+    name = output_name("dir/face" + ext.upper())
+    img = Image.open(io.BytesIO(encode_image(np.zeros((8, 8, 3), np.uint8), name)))
+    assert img.format == FORMATS[ext].pillow
+    assert img.get_format_mimetype() == content_type(name)
+    assert ext in IMAGE_EXTENSIONS
+
+
+def test_unknown_extension_is_png_everywhere():
+    name = output_name("face.gif")
+    assert content_type(name) == "image/png"
+    assert Image.open(io.BytesIO(encode_image(np.zeros((8, 8, 3), np.uint8), name))).format == "PNG"

@@ -140,3 +140,19 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_models, faces_d
     assert again.returncode == 0 and f"{done_before} already done" in again.stdout
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert sorted(r["input"] for r in rows) == sorted(str(p) for p in src.iterdir())  # each input once
+
+
+def test_overwrite_redoes_finished_inputs(tmp_path, tiny_models, faces_dir):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(faces_dir / "id01_5.jpg", src / "id01_5.jpg")
+    env = worker_env(models_dir=tiny_models, steps=2, batch_size=1)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q", "--device", "cpu"]
+    first = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = (out / "id01_5.jpg").stat().st_mtime_ns
+    again = subprocess.run([*cmd, "--overwrite"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "done 1" in again.stdout and "0 already done" in again.stdout, again.stdout
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["done", "done"]  # the new row is appended; the last one wins
+    assert (out / "id01_5.jpg").stat().st_mtime_ns > written  # the image was generated again

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared.devices import generation_dtype
 from shared.errors import DeviceOutOfMemoryError
-from shared.imageio import encode_image
+from shared.imageio import content_type, encode_image
 from shared.messages import PromptTask
 from shared.settings import Settings
 from shared.storage import Storage
@@ -25,8 +25,6 @@ from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
 
 log = logging.getLogger(__name__)
-
-_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
 @dataclass
@@ -103,5 +101,4 @@ def store_images(tasks: list[PromptTask], images: list[np.ndarray], storage: Sto
 
 
 def store_image(task: PromptTask, pixels: np.ndarray, storage: Storage) -> None:
-    suffix = Path(task.output_uri).suffix.lower()
-    storage.write(task.output_uri, encode_image(pixels, task.output_uri), _CONTENT_TYPES.get(suffix, "image/png"))
+    storage.write(task.output_uri, encode_image(pixels, task.output_uri), content_type(task.output_uri))

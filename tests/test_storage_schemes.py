@@ -1,0 +1,123 @@
+"""A storage scheme added in ``shared/storage.py`` alone works through every orchestrator path.
+
+``folderfs://bucket/key`` is a real backend kept in a local folder (one sub-folder per bucket),
+registered the way ``gs://`` or ``az://`` would be: no orchestrator code knows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+import shared.storage as storage_module
+from orchestrator.embedded import Manifest, _check_output_outside_input
+from orchestrator.inputs import list_inputs
+from shared.errors import InputError
+from shared.imageio import output_name
+from shared.messages import ResultRecord, Status
+from shared.settings import Settings
+from shared.storage import ObjectStoreBackend, join_uri, open_storage, register_backend
+
+
+class FolderBackend(ObjectStoreBackend):
+    scheme: ClassVar[str] = "folderfs"
+    root: ClassVar[Path] = Path("unset")
+    content_types: ClassVar[dict[str, str | None]] = {}
+
+    def __init__(self, settings: Settings) -> None:
+        pass
+
+    def _path(self, uri: str) -> Path:
+        bucket, key = self.parse(uri)
+        return self.root / bucket / key
+
+    def read(self, uri: str) -> bytes:
+        return self._path(uri).read_bytes()
+
+    def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
+        self._path(uri).parent.mkdir(parents=True, exist_ok=True)
+        self._path(uri).write_bytes(data)
+        self.content_types[uri] = content_type
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).is_file()
+
+    def delete(self, uri: str) -> None:
+        self._path(uri).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        bucket, key_prefix = self.parse(prefix)
+        base = self.root / bucket
+        keys = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+        yield from (f"folderfs://{bucket}/{k}" for k in keys if k.startswith(key_prefix))
+
+
+@pytest.fixture
+def storage(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage_module, "_BACKENDS", dict(storage_module._BACKENDS))
+    monkeypatch.setattr(FolderBackend, "root", tmp_path / "store")
+    monkeypatch.setattr(FolderBackend, "content_types", {})
+    register_backend(FolderBackend)
+    store = open_storage(Settings.from_env({}))
+    for key in ("in/a/1.jpg", "in/b.PNG", "in/notes.txt", "other/c.jpg"):
+        store.write(f"folderfs://bkt/{key}", key.encode())
+    return store
+
+
+def test_listing_a_prefix_gives_relative_keys(storage):
+    items = list_inputs("folderfs://bkt/in", storage)
+    assert [(i.uri, i.key) for i in items] == [("folderfs://bkt/in/a/1.jpg", "a/1.jpg"),
+                                               ("folderfs://bkt/in/b.PNG", "b.PNG")]
+
+
+def test_outputs_join_under_the_new_scheme(storage):
+    item = list_inputs("folderfs://bkt/in/", storage)[0]
+    out = join_uri("folderfs://bkt/out/", output_name(item.key))
+    assert out == "folderfs://bkt/out/a/1.jpg"
+    storage.write(out, b"image")
+    assert (FolderBackend.root / "bkt" / "out" / "a" / "1.jpg").read_bytes() == b"image"
+
+
+def test_list_file_mixing_schemes_keys_each_namespace_apart(storage, tmp_path):
+    (tmp_path / "local" / "x").mkdir(parents=True)
+    (tmp_path / "local" / "x" / "d.jpg").write_bytes(b"d")
+    listing = tmp_path / "list.txt"
+    listing.write_text("folderfs://bkt/in/a/1.jpg\nfolderfs://bkt/other/c.jpg\nlocal/x/d.jpg\n")
+    assert [i.key for i in list_inputs(str(listing), storage)] == ["in/a/1.jpg", "other/c.jpg", "d.jpg"]
+
+
+def test_manifest_under_the_new_scheme_uses_parts_and_folds(storage):
+    manifest = Manifest("folderfs://bkt/out", storage)
+    manifest.append([ResultRecord(input="folderfs://bkt/in/b.PNG", output=None, status=Status.NO_FACE)])
+    manifest.close()
+    assert list(storage.list("folderfs://bkt/out")) == ["folderfs://bkt/out/manifest.jsonl"]
+    assert Manifest("folderfs://bkt/out", storage).finished_inputs() == {"folderfs://bkt/in/b.PNG"}
+
+
+def test_output_inside_input_is_refused_under_the_new_scheme(storage):
+    with pytest.raises(InputError, match="inside INPUT"):
+        _check_output_outside_input("folderfs://bkt/in", "folderfs://bkt/in/out")
+    _check_output_outside_input("folderfs://bkt/in", "folderfs://bkt/in2")  # a sibling prefix is fine
+    _check_output_outside_input("folderfs://bkt/in", "/tmp/in")  # another scheme is never inside
+
+
+def test_unknown_scheme_is_named(storage):
+    with pytest.raises(InputError, match="gs://"):
+        list_inputs("gs://bucket/in", storage)
+
+
+def test_gpu_stage_uploads_each_format_with_its_content_type(storage):
+    from shared.messages import FaceAnalysis, PromptTask
+    from workers.gpu.stage import store_image
+
+    analysis = FaceAnalysis.model_construct(face_box=[0, 0, 1, 1, 1], celeba={})
+    for name, expected in [("a.bmp", "image/bmp"), ("b.tif", "image/tiff"), ("c.jpg", "image/jpeg"),
+                           ("d.gif.png", "image/png")]:
+        uri = f"folderfs://bkt/out/{name}"
+        task = PromptTask.model_construct(output_uri=uri, analysis=analysis)
+        store_image(task, np.zeros((8, 8, 3), np.uint8), storage)
+        assert FolderBackend.content_types[uri] == expected, name
