@@ -132,7 +132,7 @@ def test_scanner_finds_planted_violations(tmp_path):
 
 REPORT = """
 import atexit, json, os, sys
-atexit.register(lambda: print(json.dumps({m: m in sys.modules for m in ("torch", "diffusers", "celery")}),
+atexit.register(lambda: print(json.dumps({m: m in sys.modules for m in ("torch", "diffusers", "transformers", "celery")}),
                               file=open(os.environ["MODULES_REPORT"], "w")))
 {body}
 """
@@ -150,7 +150,7 @@ def modules_at_exit(tmp_path: Path, body: str, *args: str, env: dict[str, str] |
 
 def test_submit_help_imports_no_torch(tmp_path):
     modules = modules_at_exit(tmp_path, CLI, "submit", "--help")
-    assert modules == {"torch": False, "diffusers": False, "celery": False}
+    assert modules == {"torch": False, "diffusers": False, "transformers": False, "celery": False}
 
 
 def test_a_real_one_key_submit_imports_no_torch(tmp_path):
@@ -166,13 +166,18 @@ def test_a_real_one_key_submit_imports_no_torch(tmp_path):
         import redis
 
         assert redis.Redis.from_url(url).llen("layers-cpu") == 1  # it really enqueued the key
-    assert modules == {"torch": False, "diffusers": False, "celery": True}
+    assert modules == {"torch": False, "diffusers": False, "transformers": False, "celery": True}
 
 
-def test_cpu_tier_and_flower_import_no_gpu_stack(tmp_path):
+def test_cpu_tier_and_flower_import_no_gpu_stack(tmp_path, tiny_models):
+    # What a CPU worker's pool child holds: its tier's task module and its models, loaded
     cpu = ("from shared.settings import Settings\nfrom workers.celery_app import configure, app\n"
-           "import workers.launch, workers.cpu.tasks\nconfigure(Settings.from_env(), tier='cpu')\n"
+           "import workers.launch, workers.cpu.tasks\nfrom workers import runtime\n"
+           "from workers.cpu.stage import CpuModels\nsettings = Settings.from_env()\n"
+           "configure(settings, tier='cpu')\nruntime.start(settings).models('cpu', CpuModels.load)\n"
            "assert 'veil.analyze' in app.tasks and 'veil.generate' not in app.tasks")
-    assert modules_at_exit(tmp_path, cpu)["diffusers"] is False
+    modules = modules_at_exit(tmp_path, cpu, env=worker_env(models_dir=tiny_models))
+    assert modules == {"torch": True, "diffusers": False, "transformers": False, "celery": True}
     flower = "from shared.settings import Settings\nfrom workers.celery_app import configure\nconfigure(Settings.from_env())"
-    assert modules_at_exit(tmp_path, flower) == {"torch": False, "diffusers": False, "celery": True}
+    assert modules_at_exit(tmp_path, flower) == {"torch": False, "diffusers": False, "transformers": False,
+                                                 "celery": True}
