@@ -78,7 +78,7 @@ def main() -> int:
         app = configure(settings)
         t0 = time.perf_counter()
         submitted = submit(str(keys_dir), "s3://bench/nowhere/", settings, open_storage(settings),
-                           JobStore.from_url(settings.broker_url))
+                           JobStore.from_url(settings.jobs_url))
         enqueue_s = time.perf_counter() - t0
         app.connection().default_channel.queue_purge("bench-enqueue")
 

@@ -135,7 +135,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure(settings)
-    result = submit(args.source, args.out, settings, open_storage(settings), JobStore.from_url(settings.broker_url),
+    result = submit(args.source, args.out, settings, open_storage(settings), JobStore.from_url(settings.jobs_url),
                     name=args.name, overwrite=args.overwrite)
     print(result.job_id)
     print(f"submitted {result.count} keys as job {result.job_id}; watch with:  veil status {result.job_id} --watch",
@@ -148,7 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from shared.jobs import JobStore
 
     settings = _settings(args)
-    return show_status(JobStore.from_url(settings.broker_url), args.job, watch=args.watch, interval=args.interval)
+    return show_status(JobStore.from_url(settings.jobs_url), args.job, watch=args.watch, interval=args.interval)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -156,7 +156,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from shared.jobs import JobStore
 
     settings = _settings(args)
-    return list_jobs(JobStore.from_url(settings.broker_url))
+    return list_jobs(JobStore.from_url(settings.jobs_url))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

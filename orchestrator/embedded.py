@@ -23,16 +23,16 @@ from typing import Iterator
 from tqdm import tqdm
 
 from shared.devices import resolve_device
-from shared.errors import RETRY_POLICY, InputError, MissingWeightsError, TransientError
-from shared.imageio import output_name
+from shared.errors import InputError, MissingWeightsError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
-from shared.results import done_record, error_record, seed_for
+from shared.results import error_record
 from shared.settings import Settings
 from shared.storage import Storage, is_local, is_under, join_uri, scheme_of
 from models.weights import missing_files
-from orchestrator.inputs import InputItem, list_inputs
+from orchestrator.inputs import list_inputs
+from orchestrator.submit import image_task
 from workers.cpu.stage import CpuModels, analyze
-from workers.gpu.stage import GpuModels, generate_batch, store_image, store_images
+from workers.gpu.stage import GpuModels, finish_batch
 
 MANIFEST = "manifest.jsonl"
 
@@ -143,7 +143,7 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
     device = resolve_device(settings.device)
     cpu, gpu = CpuModels.load(settings, device), GpuModels.load(settings, device)
     job_id = uuid.uuid4().hex[:12]
-    tasks = [_image_task(item, output, settings, job_id) for item in todo]
+    tasks = [image_task(item, output, settings, job_id) for item in todo]
     # 4. Analyse in a background thread while the main thread generates full batches
     bar = tqdm(total=len(todo), unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)
 
@@ -178,11 +178,6 @@ def _check_output_outside_input(input_spec: str, output: str) -> None:
         raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose a {where} outside it")
 
 
-def _image_task(item: InputItem, output: str, settings: Settings, job_id: str) -> ImageTask:
-    return ImageTask(job_id=job_id, input_uri=item.uri, output_uri=join_uri(output, output_name(item.key)),
-                     seed=seed_for(settings.seed, item.key))
-
-
 _DONE = object()
 
 
@@ -200,7 +195,7 @@ def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary:
                     return
                 timings: dict[str, float] = {}
                 try:
-                    data = _with_retries(lambda: storage.read(task.input_uri))
+                    data = call_with_retries(lambda: storage.read(task.input_uri))
                     out.put((analyze(task, data, cpu, timings), timings, None))
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
                     out.put((None, timings, error_record(task, exc, cpu.models, timings)))
@@ -225,39 +220,12 @@ def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary:
 
 def _generate_and_store(batch: list[tuple[PromptTask, dict[str, float]]], gpu: GpuModels, storage: Storage,
                         summary: RunSummary) -> list[ResultRecord]:
-    # a) One diffusion call for the whole batch
-    t0 = time.perf_counter()
-    try:
-        images = generate_batch([p for p, _ in batch], gpu)
-    except Exception as exc:  # noqa: BLE001
-        return [error_record(p, exc, {**p.models, **gpu.models}, t) for p, t in batch]
-    per_image = (time.perf_counter() - t0) / len(batch)
-    summary.stage_seconds["generate"] += per_image * len(batch)
-    # b) Store the images in parallel, then each one's row
-    stored = [p.model_copy(update={"models": {**p.models, **gpu.models}}) for p, _ in batch]
-    records = []
-    for task, (_, timings), pixels, error in zip(stored, batch, images, store_images(stored, images, storage)):
-        timings["generate"] = per_image
-        try:
-            if isinstance(error, TransientError):
-                _with_retries(lambda: store_image(task, pixels, storage))
-            elif error is not None:
-                raise error
-            records.append(done_record(task, {k: round(v, 4) for k, v in timings.items()}))
-        except Exception as exc:  # noqa: BLE001
-            records.append(error_record(task, exc, timings_s=timings))
-    return records
-
-
-def _with_retries(fn):
-    for attempt in range(RETRY_POLICY.max_retries + 1):
-        try:
-            return fn()
-        except TransientError:
-            if attempt == RETRY_POLICY.max_retries:
-                raise
-            time.sleep(RETRY_POLICY.countdown(attempt))
-    raise AssertionError("unreachable")
+    """The GPU stage's ``finish_batch``; a transient failure left after its retries is a failed row
+    (run the same command again to retry it)."""
+    timings = [t for _, t in batch]
+    finished = finish_batch([p for p, _ in batch], gpu, storage, timings, retry_stores=True)
+    summary.stage_seconds["generate"] += sum(t.get("generate", 0.0) for t in timings)
+    return [k.record or error_record(k.task, k.transient, timings_s=t) for k, t in zip(finished, timings)]
 
 
 __all__ = ["run", "RunSummary", "Manifest"]

@@ -8,6 +8,7 @@ import time
 from tqdm import tqdm
 
 from shared.jobs import JobInfo, JobStore
+from shared.messages import Status
 
 
 def describe(job: JobInfo, now: float | None = None) -> str:
@@ -27,7 +28,7 @@ def show_status(jobs: JobStore, job_id: str, *, watch: bool, interval: float = 2
         return 2
     if not watch:
         print(describe(job))
-        return 1 if job.counts["failed"] else 0
+        return 1 if job.counts[Status.FAILED.value] else 0
     with tqdm(total=job.total, initial=job.finished, unit="img", desc=job_id, dynamic_ncols=True) as bar:
         while True:
             job = jobs.get(job_id) or job
@@ -38,7 +39,7 @@ def show_status(jobs: JobStore, job_id: str, *, watch: bool, interval: float = 2
                 break
             time.sleep(interval)
     print(describe(job))
-    return 1 if job.counts["failed"] else 0
+    return 1 if job.counts[Status.FAILED.value] else 0
 
 
 def list_jobs(jobs: JobStore) -> int:

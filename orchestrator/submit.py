@@ -11,7 +11,7 @@ from shared.messages import ImageTask
 from shared.results import seed_for
 from shared.settings import Settings
 from shared.storage import Storage, join_uri
-from orchestrator.inputs import list_inputs
+from orchestrator.inputs import InputItem, list_inputs
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,16 @@ class Submitted:
     count: int
 
 
+def image_task(item: InputItem, out: str, settings: Settings, job_id: str, *, overwrite: bool = False) -> ImageTask:
+    """The one builder of a key's ImageTask (``veil submit`` and ``veil run``): its output mirrors
+    its relative key under ``out``, its seed derives from the run's seed and the key."""
+    return ImageTask(job_id=job_id, input_uri=item.uri, output_uri=join_uri(out, output_name(item.key)),
+                     seed=seed_for(settings.seed, item.key), overwrite=overwrite)
+
+
 def submit(source: str, out: str, settings: Settings, storage: Storage, jobs: JobStore, *,
            name: str | None = None, overwrite: bool = False, chunk: int = 1000) -> Submitted:
-    from workers.celery_app import CPU_TASK, app
+    from workers.celery_app import CPU_TASK, app  # the app only: the task is sent by name
 
     # 1. List the keys (an s3:// prefix, a folder, or a manifest file of keys)
     items = list_inputs(source, storage)
@@ -34,8 +41,7 @@ def submit(source: str, out: str, settings: Settings, storage: Storage, jobs: Jo
         for start in range(0, len(items), chunk):
             part = items[start: start + chunk]
             for item in part:
-                task = ImageTask(job_id=job_id, input_uri=item.uri, output_uri=join_uri(out, output_name(item.key)),
-                                 seed=seed_for(settings.seed, item.key), overwrite=overwrite)
+                task = image_task(item, out, settings, job_id, overwrite=overwrite)
                 app.send_task(CPU_TASK, args=[task.model_dump(mode="json")], queue=settings.cpu_queue,
                               producer=producer)
             jobs.add_total(job_id, len(part))

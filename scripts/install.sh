@@ -26,7 +26,7 @@ else
   pip_install "torch==2.14.1" "torchvision==0.29.1"
 fi
 phase "installing veil and test tools (diffusers, pyfacer, deepface, celery, boto3, pytest, moto...)"
-pip_install -e ".[test]"
+pip_install -e ".[all,test]"
 # opencv-python (pyfacer) and opencv-contrib-python-headless (deepface) write the same cv2/
 # folder; reinstall the contrib build last so cv2/ is whole and at the pinned version.
 phase "reinstalling opencv-contrib-python-headless last (pyfacer and deepface share cv2/)"

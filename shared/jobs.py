@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import redis
 
-STATUSES = ("done", "no_face", "failed")
+from shared.messages import Status
+
+STATUSES = tuple(s.value for s in Status)
 
 
 @dataclass

@@ -57,6 +57,16 @@ def read_sidecar(storage, output_uri: str) -> ResultRecord | None:
         return None  # a damaged sidecar counts as absent: the key is done again
 
 
+def already_done(task: ImageTask | PromptTask, storage, jobs=None) -> bool:
+    """The one "already done?" check of both tiers: a key whose sidecar exists (its commit
+    marker) is finished, unless the task asks to overwrite; it is counted for the job once."""
+    if task.overwrite or (existing := read_sidecar(storage, task.output_uri)) is None:
+        return False
+    if jobs is not None:
+        jobs.record(task.job_id, task.input_uri, existing.status.value)
+    return True
+
+
 def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
     """Writes the sidecar (the key's commit marker, after its image) and counts it once."""
     storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VEIL_"
@@ -83,6 +83,8 @@ class Settings(BaseSettings):
 
     # -- the distributed tiers --------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # The Redis holding job counters (shared/jobs.py); default: the broker's, when it is Redis.
+    jobs_url: str = ""
     cpu_queue: str = "veil.cpu"
     gpu_queue: str = "veil.gpu"
     gpu_batch_wait_s: float = Field(2.0, gt=0)
@@ -103,6 +105,14 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _jobs_url(self) -> "Settings":
+        if not self.jobs_url:
+            if not self.broker_url.startswith(("redis://", "rediss://")):
+                raise ValueError("VEIL_JOBS_URL must be set (a redis:// URL) when the broker is not Redis")
+            object.__setattr__(self, "jobs_url", self.broker_url)  # frozen: filled in once, here
+        return self
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":

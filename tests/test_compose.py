@@ -415,13 +415,20 @@ def test_dockerfile(path, gpu):
 
 def test_dockerfile_checker_rejects_broken_copies():
     text = DOCKERFILE_CPU.read_text()
-    no_project = re.sub(r"pip install \.", "pip install requests", text)
+    no_project = re.sub(r'pip install "?\.(\[[\w,-]+\])?"?', "pip install requests", text)
     assert "no `pip install .` of the project" in dockerfile_problems(no_project, gpu=False)
     cuda_torch = text.replace("https://download.pytorch.org/whl/cpu", "https://pypi.org/simple")
     assert "torch is not installed from the PyTorch CPU index" in dockerfile_problems(cuda_torch, gpu=False)
     as_root = re.sub(r"^USER .*$", "USER root", text, flags=re.M)
     assert "runs as root (no non-root USER)" in dockerfile_problems(as_root, gpu=False)
     assert dockerfile_problems(text, gpu=True) != []  # python:3.11-slim is no CUDA base
+
+
+@pytest.mark.parametrize("path, extra", [(DOCKERFILE_CPU, "cpu"), (DOCKERFILE_GPU, "gpu")])
+def test_each_image_installs_its_tier_extra(path, extra):
+    """A CPU image without diffusers, a GPU image without deepface/FACER (pyproject.toml extras)."""
+    projects = [a for args in pip_installs(path.read_text()) for a in args if installs_project([a])]
+    assert projects == [f".[{extra}]"]
 
 
 def test_dockerignore():

@@ -73,3 +73,42 @@ def test_largest_batch_that_fits_is_measured_at_start(generator):
     assert device.calls == [8, 4, 2]
     with pytest.raises(DeviceOutOfMemoryError):
         largest_batch_that_fits(GpuModels(LimitedDevice(generator, fits=0)), 2)
+
+
+class FlakyStorage:
+    """Local files; the first ``fails`` writes raise the transient StorageError an S3 5xx raises."""
+
+    def __init__(self, fails: int):
+        from shared.storage import LocalBackend
+
+        self.local, self.fails = LocalBackend(), fails
+
+    def write(self, uri, data, content_type=None):
+        from shared.errors import StorageError
+
+        if self.fails > 0:
+            self.fails -= 1
+            raise StorageError("S3 503 (simulated)")
+        self.local.write(uri, data, content_type)
+
+
+def test_finish_batch_hands_back_or_retries_transient_failures(generator, tmp_path):
+    from shared.errors import TransientError
+    from workers.gpu.stage import finish_batch
+
+    batch = [t.model_copy(update={"output_uri": str(tmp_path / f"{i}.png")}) for i, t in enumerate(tasks(2))]
+    gpu = GpuModels(generator, {"unet": "abc"})
+    # The GPU task's way: a transient upload failure comes back for the caller to re-send
+    handed = finish_batch(batch, gpu, FlakyStorage(fails=1))
+    assert [k.record is None for k in handed].count(True) == 1
+    assert all(isinstance(k.transient, TransientError) for k in handed if k.record is None)
+    assert all(k.record.status.value == "done" and k.record.models == {"unet": "abc"} for k in handed if k.record)
+    # veil run's way: retried here per RETRY_POLICY, then done, with the generation time per key
+    timings = [{"detect": 0.1}, {"detect": 0.2}]
+    retried = finish_batch(batch, gpu, FlakyStorage(fails=1), timings, retry_stores=True)
+    assert [k.record.status.value for k in retried] == ["done", "done"] and all((tmp_path / f"{i}.png").is_file()
+                                                                                 for i in range(2))
+    assert all(t["generate"] > 0 for t in timings)
+    # Out of memory at one image: the whole batch is a transient failure, no record
+    oom = finish_batch(batch, GpuModels(LimitedDevice(generator, fits=0)), FlakyStorage(fails=0))
+    assert all(k.record is None and k.transient.reason == "out_of_memory" for k in oom)

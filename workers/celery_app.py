@@ -1,8 +1,12 @@
 """The Celery application of both tiers.
 
 ``app`` is created unconfigured at import (cheap, no settings read); ``configure(settings)``
-is called once at start-up by ``veil worker`` / ``veil submit`` and sets broker, queues,
-delivery guarantees and Flower events from the one ``Settings`` object.
+is called once at start-up by ``veil worker`` / ``veil submit`` / ``veil flower`` and sets
+broker, queues, delivery guarantees and Flower events from the one ``Settings`` object.
+
+This module imports no task module: each worker imports its own tier's tasks
+(``workers/launch.py``), and the orchestrator and the tiers send tasks by name
+(``CPU_TASK``, ``GPU_TASK``), so ``veil submit`` and the CPU worker never import the GPU stack.
 
 Delivery is at-least-once with idempotent results: tasks are acknowledged late and rejected
 (so redelivered) when their worker dies; Redis redelivers unacknowledged messages after
@@ -42,19 +46,12 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_routes={CPU_TASK: {"queue": settings.cpu_queue}, GPU_TASK: {"queue": settings.gpu_queue}},
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
-        # No "sent" event per enqueued key: it doubled the cost of `veil submit` (measured:
-        # ~940 -> see BENCHMARKS.md); queue depth is visible in Flower's broker tab instead.
+        # No "sent" event per enqueued key: one more Redis publish per key on `veil submit`;
+        # queue depth is visible in Flower's broker tab instead.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
         # CPU: one message at a time per process. GPU: two batches' worth, so the next batch is
         # already reserved while the current one runs (celery-batches needs >= flush_every).
         worker_prefetch_multiplier=2 * settings.batch_size if tier == "gpu" else 1,
     )
-    app.conf.veil_settings = settings
-    import workers.cpu.tasks  # noqa: F401  (registers the tasks)
-    import workers.gpu.tasks  # noqa: F401
-
-    gpu_task = app.tasks[GPU_TASK]
-    gpu_task.flush_every = settings.batch_size
-    gpu_task.flush_interval = settings.gpu_batch_wait_s
     return app

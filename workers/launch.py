@@ -24,27 +24,31 @@ def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str
 
 
 def run_cpu_worker(settings: Settings, concurrency: int) -> None:
+    from workers import runtime
     from workers.celery_app import configure
+    from workers.cpu import tasks  # noqa: F401  (registers the CPU task; this tier's only)
     from workers.cpu.stage import CpuModels
-    from workers.runtime import get_runtime
 
     app = configure(settings, tier="cpu")
+    runtime.start(settings)
 
     @worker_process_init.connect(weak=False)
     def _load_models(**_: object) -> None:  # in each pool child, after fork
-        get_runtime(settings).models("cpu", CpuModels.load)
+        runtime.current().models("cpu", CpuModels.load)
 
     app.worker_main(_celery_argv(settings.cpu_queue, "cpu", "prefork", concurrency))
 
 
 def run_gpu_worker_here(settings: Settings, name: str) -> None:
     """One solo-pool worker in this process (the device is whatever this process sees)."""
+    from workers import runtime
     from workers.celery_app import configure
+    from workers.gpu import tasks  # registers the GPU task; this tier's only
     from workers.gpu.stage import GpuModels
-    from workers.runtime import get_runtime
 
     app = configure(settings, tier="gpu")
-    get_runtime(settings).models("gpu", GpuModels.load)  # before taking any work
+    tasks.configure_batching(settings)
+    runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
 
 
@@ -84,7 +88,7 @@ def run_flower(settings: Settings) -> None:
 
     if settings.flower_password is None:
         raise ValueError("VEIL_FLOWER_PASSWORD must be set: Flower always runs behind basic auth")
-    app = configure(settings)
+    app = configure(settings)  # no task module: Flower only watches events and queues
     # Through the environment, so the password shows in neither argv nor logs.
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])

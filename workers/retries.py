@@ -1,13 +1,15 @@
-"""What a task does with a transient failure: send the message again with backoff, or, once
-``RETRY_POLICY.max_retries`` is spent, write the key's sidecar as failed with the reason."""
+"""What a task does with a transient failure: send the message again, by task name, after
+``RETRY_POLICY.countdown`` (backoff with jitter), or, once ``RETRY_POLICY.max_retries`` is spent,
+write the key's sidecar as failed with the reason."""
 
 from __future__ import annotations
 
 import logging
 
 from shared.errors import RETRY_POLICY, TransientError
-from shared.messages import ImageTask, PromptTask
+from shared.messages import ImageTask, PromptTask, Status
 from shared.results import error_record, publish
+from workers.celery_app import app
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -15,8 +17,6 @@ log = logging.getLogger(__name__)
 
 def retry_or_fail(task: ImageTask | PromptTask, exc: TransientError, models: dict[str, str], rt: Runtime,
                   task_name: str, queue: str) -> str:
-    from workers.celery_app import app
-
     if task.attempt < RETRY_POLICY.max_retries:
         retry = task.model_copy(update={"attempt": task.attempt + 1})
         log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
@@ -24,4 +24,4 @@ def retry_or_fail(task: ImageTask | PromptTask, exc: TransientError, models: dic
                       countdown=RETRY_POLICY.countdown(task.attempt))
         return "retrying"
     publish(error_record(task, exc, models), task.output_uri, rt.storage, rt.jobs)
-    return "failed"
+    return Status.FAILED.value

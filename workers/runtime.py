@@ -1,7 +1,9 @@
 """Per-process resources of a worker: settings, storage, job counters and models.
 
-Built lazily in the process that uses them, so after fork in a prefork pool and never at
-import; a process that forks from a parent which already loaded them builds its own.
+``start(settings)`` is called once at start-up by ``veil worker`` with the one ``Settings``
+object; tasks then ask ``current()``. The resources are built lazily in the process that uses
+them, so after fork in a prefork pool and never at import; a process that forks from a parent
+which already loaded them builds its own.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Runtime:
     @property
     def jobs(self) -> JobStore:
         if self._jobs is None:
-            self._jobs = JobStore.from_url(self.settings.broker_url)
+            self._jobs = JobStore.from_url(self.settings.jobs_url)
         return self._jobs
 
     def models(self, name: str, load: Callable[[Settings, Any], Any]) -> Any:
@@ -45,11 +47,22 @@ class Runtime:
             return self._models[name]
 
 
+_settings: Settings | None = None
 _runtime: Runtime | None = None
 
 
-def get_runtime(settings: Settings) -> Runtime:
+def start(settings: Settings) -> Runtime:
+    """Called once at worker start-up, before any task runs: the settings every task uses."""
+    global _settings, _runtime
+    _settings, _runtime = settings, None
+    return current()
+
+
+def current() -> Runtime:
+    """This process's resources (a forked child builds its own from the same settings)."""
     global _runtime
+    if _settings is None:
+        raise RuntimeError("workers.runtime.start(settings) was not called at start-up")
     if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = Runtime(settings)
+        _runtime = Runtime(_settings)
     return _runtime

@@ -1,5 +1,6 @@
 """CPU-tier Celery task: ImageTask -> PromptTask on the GPU queue, or a sidecar for a key
-that ends here (no face, undecodable). Stage logic lives in ``workers.cpu.stage``."""
+that ends here (no face, undecodable). Stage logic lives in ``workers.cpu.stage``; the GPU
+task is sent by name, so this process never imports the GPU stack."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from celery.utils.log import get_task_logger
 
 from shared.errors import PermanentError, TransientError
 from shared.messages import ImageTask
-from shared.results import error_record, publish, read_sidecar
+from shared.results import already_done, error_record, publish
+from workers import runtime
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.stage import CpuModels, analyze
 from workers.retries import retry_or_fail
-from workers.runtime import get_runtime
 
 log = get_task_logger(__name__)
 
@@ -20,10 +21,9 @@ log = get_task_logger(__name__)
 def analyze_image(self, message: dict) -> str:
     # 1. Validate the message and get this process's resources
     task = ImageTask.model_validate(message)
-    rt = get_runtime(app.conf.veil_settings)
+    rt = runtime.current()
     # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
-    if not task.overwrite and (existing := read_sidecar(rt.storage, task.output_uri)) is not None:
-        rt.jobs.record(task.job_id, task.input_uri, existing.status.value)
+    if already_done(task, rt.storage, rt.jobs):
         return "skipped"
     cpu = rt.models("cpu", CpuModels.load)
     try:
@@ -38,6 +38,6 @@ def analyze_image(self, message: dict) -> str:
         record = error_record(task, exc, cpu.models)
         publish(record, task.output_uri, rt.storage, rt.jobs)
         return record.status.value
-    # 4b. Hand the prompt to the GPU tier
+    # 4b. Hand the prompt to the GPU tier, by task name
     app.send_task(GPU_TASK, args=[prompt.model_dump(mode="json")], queue=rt.settings.gpu_queue)
     return "prompted"

@@ -1,24 +1,26 @@
 """GPU-tier stage: a batch of prompt messages -> anonymized images in storage.
 
 ``veil run`` and the Celery GPU worker both call ``GpuModels.load`` once per process and
-``generate_batch`` / ``store_image`` per batch.
+``finish_batch`` per batch (generate, store, build each key's record).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import logging
-from concurrent.futures import ThreadPoolExecutor
-
 from shared.devices import generation_dtype
-from shared.errors import DeviceOutOfMemoryError
+from shared.errors import DeviceOutOfMemoryError, TransientError, call_with_retries
 from shared.imageio import content_type, encode_image
-from shared.messages import PromptTask
+from shared.messages import PromptTask, ResultRecord
+from shared.results import done_record, error_record
 from shared.settings import Settings
 from shared.storage import Storage
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
@@ -54,39 +56,94 @@ def largest_batch_that_fits(gpu: GpuModels, wanted: int) -> int:
     """Measured at start: one full-size generation at ``wanted`` images, halved on out-of-memory
     until it fits. The peak is the UNet at the batch size plus the VAE decode of the batch, so a
     run of the real path at that size is the honest test."""
-    batch = wanted
-    while True:
-        try:
-            gpu.generator(["probe"] * batch, ["probe"] * batch, list(range(batch)))
-            if batch < wanted:
-                log.warning("batch %d does not fit this device; using %d", wanted, batch)
-            return batch
-        except torch.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if batch == 1:
-                raise DeviceOutOfMemoryError("one image does not fit on this device")
-            batch //= 2
+    gpu.max_batch = wanted
+    _largest_chunk(0, wanted, lambda a, b: gpu.generator(["probe"] * (b - a), ["probe"] * (b - a), list(range(a, b))),
+                   gpu)
+    if gpu.max_batch < wanted:
+        log.warning("batch %d does not fit this device; using %d", wanted, gpu.max_batch)
+    return gpu.max_batch
 
 
 def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
     """One image per task. Batches above ``gpu.max_batch`` run in chunks; on out-of-memory the
-    batch is halved, the limit remembered, and the halves retried. Images do not depend on
-    their batch-mates, so splitting changes no pixel. A single image that does not fit raises
+    chunk is halved, the limit remembered, and the rest run at the new limit. Images do not
+    depend on their batch-mates. A single image that does not fit raises
     ``DeviceOutOfMemoryError`` (transient: another worker may have a bigger device)."""
-    limit = gpu.max_batch or len(tasks)
-    if len(tasks) > limit:
-        return [img for i in range(0, len(tasks), limit) for img in generate_batch(tasks[i: i + limit], gpu)]
+
+    def run(start: int, stop: int) -> list[np.ndarray]:
+        part = tasks[start:stop]
+        return gpu.generator([t.prompt for t in part], [t.negative_prompt for t in part], [t.seed for t in part])
+
+    images: list[np.ndarray] = []
+    while len(images) < len(tasks):
+        images += _largest_chunk(len(images), len(tasks), run, gpu)
+    return images
+
+
+def _largest_chunk(start: int, stop: int, run: Callable[[int, int], list], gpu: GpuModels) -> list:
+    """``run(start, start + n)`` for the largest ``n`` up to ``gpu.max_batch`` that fits: the one
+    out-of-memory path. On OOM the cache is emptied, ``gpu.max_batch`` halved and the call tried
+    again; at one image it raises ``DeviceOutOfMemoryError``."""
+    while True:
+        size = min(gpu.max_batch or stop - start, stop - start)
+        try:
+            return run(start, start + size)
+        except torch.OutOfMemoryError as exc:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size == 1:
+                raise DeviceOutOfMemoryError("one image does not fit on the device") from exc
+            gpu.max_batch = size // 2
+            log.warning("out of memory at batch %d; batches capped at %d", size, gpu.max_batch)
+
+
+@dataclass
+class Finished:
+    """What became of one key of a batch: a record to publish, or a transient failure that the
+    caller retries its own way (the Celery task re-sends the message)."""
+
+    task: PromptTask  # with the GPU models' digests merged into ``models``
+    record: ResultRecord | None
+    transient: TransientError | None = None
+
+
+def finish_batch(tasks: list[PromptTask], gpu: GpuModels, storage: Storage,
+                 timings: list[dict[str, float]] | None = None, *, retry_stores: bool = False) -> list[Finished]:
+    """Generate, store, and build each key's record: the GPU stage of ``veil run`` and of the GPU
+    Celery task. ``retry_stores``: retry a transient upload failure here, per ``RETRY_POLICY``,
+    rather than hand it back."""
+    timings = timings if timings is not None else [{} for _ in tasks]
+    # 1. Merge the GPU models' digests into each key's
+    tasks = [t.model_copy(update={"models": {**t.models, **gpu.models}}) for t in tasks]
+    # 2. One diffusion call for the whole batch (split only on out-of-memory)
+    t0 = time.perf_counter()
     try:
-        return gpu.generator([t.prompt for t in tasks], [t.negative_prompt for t in tasks], [t.seed for t in tasks])
-    except torch.OutOfMemoryError as exc:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if len(tasks) == 1:
-            raise DeviceOutOfMemoryError("one image does not fit on the device") from exc
-        gpu.max_batch = len(tasks) // 2
-        log.warning("out of memory at batch %d; splitting, batches capped at %d", len(tasks), gpu.max_batch)
-        return generate_batch(tasks, gpu)
+        images = generate_batch(tasks, gpu)
+    except TransientError as exc:
+        return [Finished(t, None, exc) for t in tasks]
+    except Exception as exc:  # noqa: BLE001 - a bug or a bad model: every key gets its record
+        log.exception("batch of %d failed", len(tasks))
+        return [Finished(t, error_record(t, exc, timings_s=tm)) for t, tm in zip(tasks, timings)]
+    per_image = (time.perf_counter() - t0) / len(tasks)
+    # 3. Encode and upload the images in parallel
+    errors = store_images(tasks, images, storage)
+    # 4. A record per key: done, failed, or a transient failure handed back
+    finished = []
+    for task, tm, pixels, error in zip(tasks, timings, images, errors):
+        tm["generate"] = per_image
+        if isinstance(error, TransientError) and retry_stores:
+            try:
+                call_with_retries(lambda t=task, px=pixels: store_image(t, px, storage))
+                error = None
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        if error is None:
+            finished.append(Finished(task, done_record(task, {k: round(v, 4) for k, v in tm.items()})))
+        elif isinstance(error, TransientError) and not retry_stores:
+            finished.append(Finished(task, None, error))
+        else:
+            finished.append(Finished(task, error_record(task, error, timings_s=tm)))
+    return finished
 
 
 def store_images(tasks: list[PromptTask], images: list[np.ndarray], storage: Storage,

@@ -1,0 +1,183 @@
+"""Import layering, checked two ways.
+
+1. Statically: an AST scan of every module under shared/, models/, workers/, orchestrator/
+   (imports at any depth, inside functions too, relative ones resolved, and
+   ``importlib.import_module("...")`` with a literal name) against the allowed arrows:
+
+       shared        -> nothing of ours
+       models        -> shared
+       workers/cpu   -> shared, models, workers (not workers/gpu)
+       workers/gpu   -> shared, models, workers (not workers/cpu)
+       workers       -> shared, models (never orchestrator)
+       orchestrator  -> anything
+
+   The scanner is also run on planted violations in a synthetic tree, to show it can fail.
+2. At run time: processes that must not carry the GPU stack (``veil submit``, the CPU tier,
+   Flower's app) are run in a subprocess and their ``sys.modules`` is read at exit.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+
+from tests.services import ROOT, moto_s3, redis_url, worker_env
+
+PACKAGES = ("shared", "models", "workers", "orchestrator")
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(path: Path, root: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file, at any depth."""
+    module = module_name(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            # `from workers import gpu` imports workers.gpu: count each name as a submodule too
+            found += [(node.lineno, prefix)] + [(node.lineno, f"{prefix}.{a.name}") for a in node.names]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def layer(name: str) -> str | None:
+    """shared | models | workers.cpu | workers.gpu | workers | orchestrator | None (third party)."""
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    if parts[0] == "workers" and len(parts) > 1 and parts[1] in ("cpu", "gpu"):
+        return f"workers.{parts[1]}"
+    return parts[0]
+
+
+FORBIDDEN = {
+    "shared": {"models", "workers", "workers.cpu", "workers.gpu", "orchestrator"},
+    "models": {"workers", "workers.cpu", "workers.gpu", "orchestrator"},
+    "workers": {"orchestrator"},
+    "workers.cpu": {"workers.gpu", "orchestrator"},
+    "workers.gpu": {"workers.cpu", "orchestrator"},
+    "orchestrator": set(),
+}
+
+
+def violations(root: Path) -> list[str]:
+    problems = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            source = layer(module_name(path, root))
+            for line, name in imported_names(path, root):
+                target = layer(name)
+                if target in FORBIDDEN[source]:
+                    problems.append(f"{path.relative_to(root)}:{line}: {source} imports {name}")
+    return sorted(set(problems))
+
+
+def test_the_code_keeps_its_layers():
+    assert violations(ROOT) == []
+
+
+def test_every_package_is_scanned():
+    scanned = {module_name(p, ROOT) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    assert {"shared.settings", "models.weights", "workers.cpu.tasks", "workers.gpu.stage",
+            "orchestrator.cli"} <= scanned
+
+
+def test_scanner_finds_planted_violations(tmp_path):
+    files = {
+        "shared/__init__.py": "",
+        "shared/ok.py": "import os\nfrom shared import errors\n",
+        "shared/bad.py": "def late():\n    from workers.gpu.stage import GpuModels\n",  # inside a function
+        "models/__init__.py": "",
+        "models/bad.py": "import importlib\nimportlib.import_module('orchestrator.cli')\n",
+        "workers/__init__.py": "",
+        "workers/runtime.py": "from shared.settings import Settings\nimport models.weights\n",  # allowed
+        "workers/bad.py": "import orchestrator.submit\n",
+        "workers/cpu/__init__.py": "",
+        "workers/cpu/bad.py": "from ..gpu import stage\n",  # relative
+        "workers/cpu/bad2.py": "from workers import gpu\n",
+        "workers/gpu/__init__.py": "",
+        "workers/gpu/bad.py": "if True:\n    import workers.cpu.stage as s\n",
+        "orchestrator/__init__.py": "",
+        "orchestrator/ok.py": "import workers.gpu.stage, workers.cpu.stage, models.tiny\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    found = violations(tmp_path)
+    assert sorted({v.split(":")[0] for v in found}) == sorted([
+        "models/bad.py", "shared/bad.py", "workers/bad.py", "workers/cpu/bad.py", "workers/cpu/bad2.py",
+        "workers/gpu/bad.py"])
+    assert "shared/bad.py:2: shared imports workers.gpu.stage" in found
+
+
+# -- at run time: what a process really imports ----------------------------------------------
+
+REPORT = """
+import atexit, json, os, sys
+atexit.register(lambda: print(json.dumps({m: m in sys.modules for m in ("torch", "diffusers", "transformers", "celery")}),
+                              file=open(os.environ["MODULES_REPORT"], "w")))
+{body}
+"""
+CLI = "from orchestrator.cli import main\nsys.exit(main(sys.argv[1:]))"
+
+
+def modules_at_exit(tmp_path: Path, body: str, *args: str, env: dict[str, str] | None = None) -> dict[str, bool]:
+    report = tmp_path / "modules.json"
+    env = {**(env or worker_env()), "MODULES_REPORT": str(report)}
+    proc = subprocess.run([sys.executable, "-c", REPORT.replace("{body}", body), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(report.read_text())
+
+
+def test_submit_help_imports_no_torch(tmp_path):
+    modules = modules_at_exit(tmp_path, CLI, "submit", "--help")
+    assert modules == {"torch": False, "diffusers": False, "transformers": False, "celery": False}
+
+
+def test_a_real_one_key_submit_imports_no_torch(tmp_path):
+    with moto_s3() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                          aws_secret_access_key="s")
+        s3.create_bucket(Bucket="layers")
+        s3.put_object(Bucket="layers", Key="in/a.jpg", Body=b"not decoded by submit")
+        url = redis_url(9)
+        env = worker_env(broker_url=url, s3_endpoint_url=endpoint, s3_access_key_id="k", s3_secret_access_key="s",
+                         cpu_queue="layers-cpu", gpu_queue="layers-gpu")
+        modules = modules_at_exit(tmp_path, CLI, "submit", "s3://layers/in/", "--out", "s3://layers/out/", env=env)
+        import redis
+
+        assert redis.Redis.from_url(url).llen("layers-cpu") == 1  # it really enqueued the key
+    assert modules == {"torch": False, "diffusers": False, "transformers": False, "celery": True}
+
+
+def test_cpu_tier_and_flower_import_no_gpu_stack(tmp_path, tiny_models):
+    # What a CPU worker's pool child holds: its tier's task module and its models, loaded
+    cpu = ("from shared.settings import Settings\nfrom workers.celery_app import configure, app\n"
+           "import workers.launch, workers.cpu.tasks\nfrom workers import runtime\n"
+           "from workers.cpu.stage import CpuModels\nsettings = Settings.from_env()\n"
+           "configure(settings, tier='cpu')\nruntime.start(settings).models('cpu', CpuModels.load)\n"
+           "assert 'veil.analyze' in app.tasks and 'veil.generate' not in app.tasks")
+    modules = modules_at_exit(tmp_path, cpu, env=worker_env(models_dir=tiny_models))
+    assert modules == {"torch": True, "diffusers": False, "transformers": False, "celery": True}
+    flower = "from shared.settings import Settings\nfrom workers.celery_app import configure\nconfigure(Settings.from_env())"
+    assert modules_at_exit(tmp_path, flower) == {"torch": False, "diffusers": False, "transformers": False,
+                                                 "celery": True}
