@@ -40,7 +40,7 @@ _RULES = {
 }
 
 
-def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+def _settings(**extra: object) -> Settings:
     """Settings from ``VEIL_*`` and the flags in ``extra`` (``None``: flag not given)."""
     overrides = {k: v for k, v in extra.items() if v is not None}
     try:
@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.embedded import run
     from shared.storage import open_storage
 
-    settings = _settings(args, device=args.device, batch_size=args.batch_size, seed=args.seed,
+    settings = _settings(device=args.device, batch_size=args.batch_size, seed=args.seed,
                          scheduler=args.scheduler, detector=args.detector)
     if warning := tiny_warning(settings.models_dir):
         print(warning, file=sys.stderr)
@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_models_check(args: argparse.Namespace) -> int:
     from models.weights import CATALOGUE, required_files, tiny_warning
 
-    settings = _settings(args)
+    settings = _settings()
     models_dir = Path(settings.models_dir)
     required = {wf.relpath for wf in required_files(models_dir)}
     print(f"models folder: {models_dir}  (VEIL_MODELS_DIR)")
@@ -109,7 +109,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     from models.fetch import fetch_missing
     from models.weights import CATALOGUE
 
-    settings = _settings(args)
+    settings = _settings()
     files = [wf for wf in CATALOGUE if args.optional or not wf.optional]
     results = fetch_missing(Path(settings.models_dir), files, progress=not args.quiet)
     for r in results:
@@ -133,7 +133,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from shared.storage import open_storage
     from workers.celery_app import configure
 
-    settings = _settings(args)
+    settings = _settings()
     configure(settings)
     result = submit(args.source, args.out, settings, open_storage(settings), JobStore.from_url(settings.jobs_url),
                     name=args.name, overwrite=args.overwrite)
@@ -147,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.status import show_status
     from shared.jobs import JobStore
 
-    settings = _settings(args)
+    settings = _settings()
     return show_status(JobStore.from_url(settings.jobs_url), args.job, watch=args.watch, interval=args.interval)
 
 
@@ -155,7 +155,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from orchestrator.status import list_jobs
     from shared.jobs import JobStore
 
-    settings = _settings(args)
+    settings = _settings()
     return list_jobs(JobStore.from_url(settings.jobs_url))
 
 
@@ -163,7 +163,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from models.weights import tiny_warning
     from workers import launch
 
-    settings = _settings(args)
+    settings = _settings()
     if warning := tiny_warning(settings.models_dir):
         print(warning, file=sys.stderr)
     if args.tier == "cpu":
@@ -178,7 +178,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_flower(args: argparse.Namespace) -> int:
     from workers import launch
 
-    launch.run_flower(_settings(args))
+    launch.run_flower(_settings())
     return 0
 
 

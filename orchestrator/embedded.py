@@ -2,8 +2,8 @@
 
 It calls the same stage functions as the Celery workers: a background thread reads and
 analyses inputs (the CPU tier's work) while the main thread generates full batches (the GPU
-tier's), so inputs without a face do not shrink the diffusion batches. The manifest is appended row by row
-(flushed and fsynced), so a crash loses at most the batch in flight; running the same command
+tier's), so inputs without a face do not shrink the diffusion batches. The manifest is appended a batch at a
+time (flushed and fsynced), so a crash loses at most the batch in flight; running the same command
 again skips every input whose row already says ``done`` or ``no_face``.
 """
 

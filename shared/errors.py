@@ -27,7 +27,9 @@ class PermanentError(VeilError):
 
 
 class TransientError(VeilError):
-    """May succeed later; retried with backoff per ``RETRY_POLICY``, then recorded failed."""
+    """May succeed later. The Celery tiers send the message again with backoff per
+    ``RETRY_POLICY``, then record the key failed; ``veil run`` retries storage calls in place per
+    ``RETRY_POLICY`` and records any other transient error (one image out of memory) failed at once."""
 
     reason = "transient"
 

@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     channels_last: bool = False
     compile_mode: Literal["default", "max-autotune", "reduce-overhead"] | None = None
     seed: int = Field(0, ge=0)
-    # Faces smaller than this (box side, pixels) are ignored by the detector.
+    # Smallest face to look for (box side, pixels): MTCNN's own min_face_size, which sets its
+    # image pyramid's smallest scale (a somewhat smaller face can still be found). RetinaFace
+    # does not use it.
     min_face_size: int = Field(20, ge=8)
     # Detection runs on a copy whose longer side is at most this (boxes mapped back).
     detect_max_side: int = Field(1024, ge=128)
