@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.errors import MissingWeightsError
+from shared.quiet import quiet_third_party
 from shared.prompts import CELEBA_LABELS
 from models.weights import DEEPFACE_HOME, DEEPFACE_WEIGHTS, FACER_ATTR, Component, file_sha256, missing_files
 
@@ -150,6 +151,7 @@ class AttributeModels:
         missing = missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
         if missing:
             raise MissingWeightsError([str(p) for p in missing], str(models_dir))
+        quiet_third_party()
         return cls(FacerAttributes(models_dir / FACER_ATTR, device), DeepFaceDemography(models_dir))
 
     @property

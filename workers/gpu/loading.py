@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from shared.errors import MissingWeightsError
+from shared.quiet import quiet_third_party
 from models.weights import (
     RV_FOLDER,
     RV_SINGLE_FILE,
@@ -79,6 +80,7 @@ def load_sd_components(models_dir: Path, device: torch.device, dtype: torch.dtyp
     sd-vae-ft-mse VAE from ``models_dir``; raise ``MissingWeightsError`` if files are missing."""
     models_dir = Path(models_dir)
     check_generator_files(models_dir)
+    quiet_third_party()
     with hub_offline():
         vae = load_vae(models_dir / VAE_FOLDER, dtype)
         if has_diffusers_folder(models_dir):
