@@ -20,8 +20,8 @@ off: k-diffusion's ``get_sigmas_karras`` between ``model_wrap.sigmas[0]`` and ``
 ``DPMSolverMultistepScheduler`` with Karras sigmas takes the range from the full sigma table and
 ignores the spacing; it is set there too so that both read the same.
 
-Both samplers draw their stochastic noise per image from that image's own seed, so an image
-does not depend on its batch-mates.
+Both samplers draw their stochastic noise per image from that image's own seed, so an image's
+random numbers do not depend on its batch-mates (its pixels may, by rounding: see generation.py).
 """
 
 from __future__ import annotations

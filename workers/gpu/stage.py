@@ -73,8 +73,9 @@ def largest_batch_that_fits(gpu: GpuModels, wanted: int) -> int:
 
 def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
     """One image per task. Batches above ``gpu.max_batch`` run in chunks; on out-of-memory the
-    batch is halved, the limit remembered, and the halves retried. Images do not depend on
-    their batch-mates, so splitting changes no pixel. A single image that does not fit raises
+    batch is halved, the limit remembered, and the halves retried. An image's random numbers
+    do not depend on its batch-mates, but its pixels may change by rounding when the batch is
+    split (see ``workers.gpu.generation``: bit-exact only for the same batch). A single image that does not fit raises
     ``DeviceOutOfMemoryError`` (transient: another worker may have a bigger device)."""
     limit = gpu.max_batch or len(tasks)
     if len(tasks) > limit:
