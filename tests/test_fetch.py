@@ -631,3 +631,18 @@ def test_unreadable_checkpoint_is_named(tmp_path):
 
 def test_tiny_checkpoint_holds_the_text_encoder_key(tiny_models):
     check_single_file_text_encoder(tiny_models / RV_SINGLE_FILE)
+
+
+def test_loading_names_the_missing_key_too(tiny_models, tmp_path):
+    """The worker's loader checks the same key before diffusers guesses at the model type."""
+    import shutil
+
+    import torch
+
+    from workers.gpu.loading import load_sd_components
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    (models / RV_SINGLE_FILE).write_bytes(checkpoint_bytes(["model.diffusion_model.out.2.bias"]))
+    with pytest.raises(IncompleteCheckpointError, match="position_embedding"):
+        load_sd_components(models, torch.device("cpu"), torch.float32)

@@ -31,6 +31,7 @@ from models.weights import (
     SD15_CONFIG,
     VAE_FOLDER,
     Component,
+    check_single_file_text_encoder,
     file_sha256,
     has_diffusers_folder,
     missing_files,
@@ -135,6 +136,7 @@ def _load_single_file(models_dir: Path, vae: Any, dtype: torch.dtype) -> SDCompo
     from diffusers import StableDiffusionPipeline
 
     single, config_dir = models_dir / RV_SINGLE_FILE, models_dir / SD15_CONFIG
+    check_single_file_text_encoder(single)  # a clear error, not diffusers' guess at another model type
     pipe = StableDiffusionPipeline.from_single_file(
         str(single),
         config=str(config_dir),
