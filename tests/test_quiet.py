@@ -51,7 +51,7 @@ def expected_noise() -> dict[str, str]:
     return {k: v for k, v in NOISE.items() if not (k == "accelerate" and has_accelerate)}
 
 
-def test_noise_is_quiet_at_default_verbosity(tiny_models, expected_noise):
+def test_noise_is_quiet_at_default_verbosity(tiny_models):
     err = stderr_of(tiny_models, "default")
     assert [k for k, text in NOISE.items() if text in err] == []
 
