@@ -30,7 +30,8 @@ def make(components, scheduler=SchedulerName.FAITHFUL, steps=3):
 #: Different batch compositions change the summation order of batched kernels, not the random
 #: numbers. Measured (tiny models, 2-core CPU, torch 2.14, 10 images, faithful sampler): 5+5 vs
 #: 10 vs 10x1 differ by at most 1 grey level, mean 6.6e-5 at 3 steps, 3.6e-5 at 15; the same
-#: 5+5 run twice is bit-identical. Bounds with margin:
+#: 5+5 run twice is bit-identical; the fast sampler at 15 steps: max 1, mean 3.4e-5, same run
+#: bit-identical (benchmarks/results/cpu-tiny-batch-reproducibility.json). Bounds with margin:
 BATCH_MAX_DIFF = 3
 BATCH_MEAN_DIFF = 0.01
 
