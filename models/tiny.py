@@ -67,20 +67,21 @@ ONNX_OPSET = 17
 
 # -- Stable Diffusion 1.5 ----------------------------------------------------------------------
 
-#: ``sd15-config/scheduler/scheduler_config.json`` of stable-diffusion-v1-5 (PNDM).
+#: ``sd15-config/scheduler/scheduler_config.json`` of stable-diffusion-v1-5 (PNDM), key for key:
+#: no ``timestep_spacing`` and no ``prediction_type``, so the samplers see the same config in
+#: tests as with the real file (``build_sampler`` sets the spacing explicitly).
 SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "beta_start": 0.00085,
-    "clip_sample": False,
     "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
-    "timestep_spacing": "leading",
     "trained_betas": None,
+    "clip_sample": False,
 }
 
 #: SD 1.5's UNet shape, shrunk; no attention at the full latent resolution, so that a
@@ -447,6 +448,8 @@ def write_diffusers_folder(folder: Path, tokenizer_dir: Path, models: TinySD15) 
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    # save_pretrained writes every PNDM default (timestep_spacing "leading", ...); keep the real file's keys
+    _write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     return [p for p in _files(folder) if p.name != Path(RV_SINGLE_FILE).name]
 
 

@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from shared.errors import IncompleteCheckpointError
 
 HF = "https://huggingface.co"
 SD15_REPO = f"{HF}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main"
 RV_REPO = f"{HF}/SG161222/Realistic_Vision_V5.1_noVAE/resolve/main"
 VAE_REPO = f"{HF}/stabilityai/sd-vae-ft-mse/resolve/main"
 DEEPFACE_REPO = f"{HF}/serengil/deepface/resolve/main"
+DEEPFACE_RELEASE = "https://github.com/serengil/deepface_models/releases/download/v1.0"
 
 FACER_ATTR = "facer/face_attribute.farl.celeba.pt"
 FACER_RETINAFACE = "facer/mobilenet0.25_Final.pth"
@@ -50,12 +55,52 @@ class Component(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class DeepFaceUrls:
+    """The sources deepface itself downloads one demography graph from, read from the installed
+    deepface's ``WEIGHTS_URL`` when asked (so they cannot drift from deepface's own list). Without
+    deepface (a GPU-tier install) the copy below, deepface 0.0.103's list, is used; a test checks
+    that it still equals deepface's."""
+
+    module: str  # deepface.models.demography.onnx.<module>
+    file_name: str
+
+    def __call__(self) -> tuple[str, ...]:
+        try:
+            urls = importlib.import_module(f"deepface.models.demography.onnx.{self.module}").WEIGHTS_URL
+        except ImportError:
+            return self.pinned()
+        return (urls,) if isinstance(urls, str) else tuple(urls)
+
+    def pinned(self) -> tuple[str, ...]:
+        # deepface's order: its GitHub release first, the Hugging Face mirror as the backup
+        return (f"{DEEPFACE_RELEASE}/{self.file_name}", f"{DEEPFACE_REPO}/{self.file_name}")
+
+
+@dataclass(frozen=True)
 class WeightFile:
+    """One file of the models folder and where to download it: one URL, several (tried in
+    order, the next one when a source answers 404), or a callable giving them when needed."""
+
     relpath: str
-    url: str
+    sources: str | tuple[str, ...] | Callable[[], tuple[str, ...]]
     component: Component
     optional: bool = False
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        if isinstance(self.sources, str):
+            return (self.sources,)
+        if callable(self.sources):
+            return tuple(self.sources())
+        return tuple(self.sources)
+
+
+#: DeepFace's onnx graphs and the deepface module that names their sources
+DEEPFACE_ONNX_MODULES = {
+    "age_model_weights.onnx": "Age",
+    "race_model_single_batch.onnx": "Race",
+    "gender_model_weights.onnx": "Gender",
+}
 
 SD15_CONFIG_FILES = [
     "model_index.json",
@@ -71,15 +116,36 @@ SD15_CONFIG_FILES = [
 
 CATALOGUE: list[WeightFile] = [
     WeightFile(FACER_ATTR, "https://github.com/FacePerceiver/facer/releases/download/models-v1/face_attribute.farl.celeba.pt", Component.ATTRIBUTES),
-    WeightFile(f"{DEEPFACE_WEIGHTS}/age_model_weights.onnx", f"{DEEPFACE_REPO}/age_model_weights.onnx", Component.DEMOGRAPHY),
-    WeightFile(f"{DEEPFACE_WEIGHTS}/race_model_single_batch.onnx", f"{DEEPFACE_REPO}/race_model_single_batch.onnx", Component.DEMOGRAPHY),
-    WeightFile(f"{DEEPFACE_WEIGHTS}/gender_model_weights.onnx", f"{DEEPFACE_REPO}/gender_model_weights.onnx", Component.DEMOGRAPHY),
+    *[WeightFile(f"{DEEPFACE_WEIGHTS}/{name}", DeepFaceUrls(module, name), Component.DEMOGRAPHY)
+      for name, module in DEEPFACE_ONNX_MODULES.items()],
     WeightFile(RV_SINGLE_FILE, f"{RV_REPO}/Realistic_Vision_V5.1_fp16-no-ema.safetensors", Component.GENERATOR),
     *[WeightFile(f"{SD15_CONFIG}/{f}", f"{SD15_REPO}/{f}", Component.GENERATOR) for f in SD15_CONFIG_FILES],
     WeightFile(f"{VAE_FOLDER}/config.json", f"{VAE_REPO}/config.json", Component.GENERATOR),
     WeightFile(f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors", f"{VAE_REPO}/diffusion_pytorch_model.safetensors", Component.GENERATOR),
     WeightFile(FACER_RETINAFACE, "https://github.com/elliottzheng/face-detection/releases/download/0.0.1/mobilenet0.25_Final.pth", Component.RETINAFACE, optional=True),
 ]
+
+
+#: The tensor diffusers' single-file loader looks for to recognise an SD 1.5 CLIP text encoder
+#: (``CHECKPOINT_KEY_NAMES["clip"]`` in diffusers/loaders/single_file_utils.py; a test checks it).
+SD15_TEXT_ENCODER_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+
+
+def check_single_file_text_encoder(path: Path) -> None:
+    """Raise ``IncompleteCheckpointError`` naming ``path`` and the key when the single-file
+    checkpoint lacks the text-encoder tensor diffusers needs; reads the safetensors header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+    except (SafetensorError, OSError) as exc:
+        raise IncompleteCheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if SD15_TEXT_ENCODER_KEY not in keys:
+        raise IncompleteCheckpointError(
+            f"{path} has no tensor {SD15_TEXT_ENCODER_KEY!r}, which diffusers needs to find its CLIP text "
+            f"encoder: it is not a complete SD 1.5 single-file checkpoint ({len(keys)} tensors); "
+            "replace it with Realistic_Vision_V5.1_fp16-no-ema.safetensors")
 
 
 def has_diffusers_folder(models_dir: Path) -> bool:

@@ -66,6 +66,18 @@ class ChecksumMismatchError(PermanentError):
     reason = "checksum_mismatch"
 
 
+class SourceNotFoundError(PermanentError):
+    """A download URL answered 404: the next source of the same file may still have it."""
+
+    reason = "not_found"
+
+
+class IncompleteCheckpointError(PermanentError):
+    """A weight file lacks a tensor the loader needs (a different model, or a pruned export)."""
+
+    reason = "incomplete_checkpoint"
+
+
 class InputError(PermanentError):
     """Bad command-line or message input; names the argument."""
 

@@ -10,16 +10,20 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import models.fetch as fetch_mod
-from shared.errors import ChecksumMismatchError, PermanentError, RetryPolicy, StorageError, TransientError
+from shared.errors import (ChecksumMismatchError, IncompleteCheckpointError, PermanentError, RetryPolicy,
+                           SourceNotFoundError, StorageError, TransientError)
 from models.fetch import FetchResult, fetch_file, fetch_missing, lfs_sha256
-from models.weights import Component, WeightFile, required_files
+from models.weights import (CATALOGUE, RV_SINGLE_FILE, SD15_TEXT_ENCODER_KEY, Component, WeightFile,
+                            check_single_file_text_encoder, required_files)
 
 DATA = os.urandom(300_000) + bytes(range(256)) * 100  # not a multiple of the chunk size
 SHA = hashlib.sha256(DATA).hexdigest()
-FAST = RetryPolicy(max_retries=2, backoff_s=0.001, backoff_max_s=0.01)
+# without jitter, so that the waits can be compared with countdown() exactly
+FAST = RetryPolicy(max_retries=2, backoff_s=0.001, backoff_max_s=0.01, jitter=False)
 CHUNK = 16_384
 # urllib3 drops a partly filled read when the connection breaks, so a part ends on a chunk
 # boundary; cutting on a boundary makes the resume offset exact.
@@ -352,12 +356,47 @@ def test_500_is_retried_with_backoff_then_storage_error(server, tmp_path, sleeps
     server.files["/w.bin"] = DATA
     server.statuses = [500] * 50
     dest = tmp_path / "w.bin"
-    policy = RetryPolicy(max_retries=3, backoff_s=0.001)
+    policy = RetryPolicy(max_retries=3, backoff_s=0.001, jitter=False)
     with pytest.raises(StorageError, match="500"):
         get(server, "/w.bin", dest, sleeps, retry_policy=policy)
     assert len(server.gets()) == 4
-    assert sleeps == [policy.countdown(0), policy.countdown(1), policy.countdown(2)]
+    assert sleeps == [0.001, 0.002, 0.004]
     assert_no_leftovers(dest)
+
+
+def test_waits_are_jittered_within_the_policy(server, tmp_path, sleeps):
+    server.files["/w.bin"] = DATA
+    server.statuses = [500] * 50
+    policy = RetryPolicy(max_retries=3, backoff_s=0.001)  # jitter on, as RETRY_POLICY
+    with pytest.raises(StorageError):
+        get(server, "/w.bin", tmp_path / "w.bin", sleeps, retry_policy=policy)
+    full = [0.001, 0.002, 0.004]
+    assert len(sleeps) == 3 and all(d / 2 <= s <= d for s, d in zip(sleeps, full))
+    assert sleeps != full  # drawn, not the plain backoff (probability of equality: 0)
+
+
+def test_progress_resets_the_count_of_failures(server, tmp_path, sleeps):
+    """Three cuts that each add bytes, more than max_retries (2) in a row: the file still arrives."""
+    server.files["/w.bin"] = DATA
+    cuts = iter([THIRD, 2 * THIRD, 3 * THIRD])
+    real = fetch_mod._Download._receive
+
+    def receive(self, resp, offset, total, mode):
+        cut = next(cuts, None)
+        if cut is None:
+            return real(self, resp, offset, total, mode)
+        with open(self.part, mode) as f:
+            f.write(DATA[offset:cut])
+        self.downloaded += cut - offset
+        raise fetch_mod._Retry("cut", cut - offset)
+
+    fetch_mod._Download._receive = receive
+    try:
+        r = get(server, "/w.bin", tmp_path / "w.bin", sleeps, expected_sha256=SHA)
+    finally:
+        fetch_mod._Download._receive = real
+    assert r.sha256 == SHA and len(server.gets()) == 4
+    assert sleeps == [FAST.countdown(0)] * 3
 
 
 def test_503_then_success(server, tmp_path, sleeps):
@@ -466,12 +505,144 @@ def test_fetch_missing_defaults_to_required_files(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch_mod.requests.Session, "get", lambda *a, **k: pytest.fail("no request expected"))
     monkeypatch.setattr(fetch_mod.requests.Session, "head", lambda *a, **k: pytest.fail("no request expected"))
     req = required_files(tmp_path)
+    content = {wf.relpath: wf.relpath.encode() for wf in req}
+    content[RV_SINGLE_FILE] = checkpoint_bytes([SD15_TEXT_ENCODER_KEY, "model.diffusion_model.out.2.bias"])
     for wf in req:
         p = tmp_path / wf.relpath
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(wf.relpath.encode())
+        p.write_bytes(content[wf.relpath])
     results = fetch_missing(tmp_path, progress=False)
     assert [r.path for r in results] == [tmp_path / wf.relpath for wf in req]
     assert all(r.skipped for r in results)
-    assert all(r.sha256 == sha(wf.relpath.encode()) for r, wf in zip(results, req))
+    assert all(r.sha256 == sha(content[wf.relpath]) for r, wf in zip(results, req))
     assert not any(wf.optional for wf in req) and len(req) > 0
+
+
+# ---------------------------------------------------------------- several sources
+
+
+def test_next_source_on_404(server, tmp_path, sleeps):
+    server.files["/mirror/w.bin"] = DATA
+    wf = WeightFile("w.bin", (server.url + "/release/w.bin", server.url + "/mirror/w.bin"), Component.DEMOGRAPHY)
+    [r] = fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    assert r.url == server.url + "/mirror/w.bin" and r.sha256 == SHA and not r.skipped
+    assert [p for _, p, _ in server.gets()] == ["/release/w.bin", "/mirror/w.bin"]
+    assert (tmp_path / "w.bin").read_bytes() == DATA and sleeps == []
+
+
+def test_first_source_serves_and_second_is_not_asked(server, tmp_path, sleeps):
+    server.files["/release/w.bin"] = DATA
+    wf = WeightFile("w.bin", (server.url + "/release/w.bin", server.url + "/mirror/w.bin"), Component.DEMOGRAPHY)
+    [r] = fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    assert r.url.endswith("/release/w.bin")
+    assert not any(p.startswith("/mirror") for _, p, _ in server.log)
+
+
+def test_every_source_404_names_them_all(server, tmp_path, sleeps):
+    wf = WeightFile("w.bin", (server.url + "/a/w.bin", server.url + "/b/w.bin"), Component.DEMOGRAPHY)
+    with pytest.raises(SourceNotFoundError) as ei:
+        fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    assert "/a/w.bin" in str(ei.value) and "/b/w.bin" in str(ei.value) and ei.value.reason == "not_found"
+    assert_no_leftovers(tmp_path / "w.bin")
+
+
+def test_other_failures_do_not_move_to_the_next_source(server, tmp_path, sleeps):
+    server.files["/b/w.bin"] = DATA
+    server.statuses = [403]
+    wf = WeightFile("w.bin", (server.url + "/a/w.bin", server.url + "/b/w.bin"), Component.DEMOGRAPHY)
+    with pytest.raises(PermanentError, match="403"):
+        fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    assert [p for _, p, _ in server.gets()] == ["/a/w.bin"]
+
+
+def test_second_source_digest_is_checked_against_its_own_etag(server, tmp_path, sleeps):
+    """The sha256 a source states is asked of that source (HEAD), not carried over from another."""
+    server.files["/b/w.bin"] = DATA
+    server.etag["/b/w.bin"] = f'"{sha(b"something else")}"'
+    wf = WeightFile("w.bin", (server.url + "/a/w.bin", server.url + "/b/w.bin"), Component.DEMOGRAPHY)
+    with pytest.raises(ChecksumMismatchError, match="/b/w.bin"):
+        fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    assert ("HEAD", "/b/w.bin", None) in server.log
+    assert_no_leftovers(tmp_path / "w.bin")
+
+
+def test_deepface_sources_are_deepfaces_own_in_its_order():
+    from deepface.models.demography.onnx import Age, Gender, Race
+
+    by_name = {wf.relpath.rsplit("/", 1)[1]: wf for wf in CATALOGUE if wf.component is Component.DEMOGRAPHY}
+    assert by_name["age_model_weights.onnx"].urls == tuple(Age.WEIGHTS_URL)
+    assert by_name["race_model_single_batch.onnx"].urls == tuple(Race.WEIGHTS_URL)
+    assert by_name["gender_model_weights.onnx"].urls == tuple(Gender.WEIGHTS_URL)
+    for wf in by_name.values():
+        assert wf.urls[0].startswith("https://github.com/serengil/deepface_models/releases/download/v1.0/")
+        assert wf.urls[1].startswith("https://huggingface.co/serengil/deepface/")
+        assert wf.sources.pinned() == wf.urls  # the copy used where deepface is not installed
+
+
+def test_deepface_sources_without_deepface(monkeypatch):
+    import importlib
+
+    def no_deepface(name, *a, **k):
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", no_deepface)
+    wf = next(wf for wf in CATALOGUE if wf.relpath.endswith("age_model_weights.onnx"))
+    assert wf.urls == wf.sources.pinned() and len(wf.urls) == 2
+
+
+# ---------------------------------------------------------------- the single-file checkpoint
+
+
+def checkpoint_bytes(keys: list[str]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.zeros((2, 2), np.float16) for k in keys})
+
+
+def test_text_encoder_key_is_the_one_diffusers_looks_for():
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    assert SD15_TEXT_ENCODER_KEY == CHECKPOINT_KEY_NAMES["clip"]
+
+
+def test_checkpoint_without_text_encoder_key_fails_after_fetch(server, tmp_path, sleeps):
+    server.files["/rv.safetensors"] = checkpoint_bytes(["model.diffusion_model.out.2.bias", "first_stage_model.x"])
+    wf = WeightFile(RV_SINGLE_FILE, server.url + "/rv.safetensors", Component.GENERATOR)
+    with pytest.raises(IncompleteCheckpointError) as ei:
+        fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    message = str(ei.value)
+    assert str(tmp_path / RV_SINGLE_FILE) in message and SD15_TEXT_ENCODER_KEY in message
+    assert isinstance(ei.value, PermanentError) and ei.value.reason == "incomplete_checkpoint"
+
+
+def test_checkpoint_with_text_encoder_key_passes(server, tmp_path, sleeps):
+    server.files["/rv.safetensors"] = checkpoint_bytes([SD15_TEXT_ENCODER_KEY])
+    wf = WeightFile(RV_SINGLE_FILE, server.url + "/rv.safetensors", Component.GENERATOR)
+    [r] = fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append)
+    assert r.path == tmp_path / RV_SINGLE_FILE
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    path = tmp_path / "rv.safetensors"
+    path.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(IncompleteCheckpointError, match="rv.safetensors"):
+        check_single_file_text_encoder(path)
+
+
+def test_tiny_checkpoint_holds_the_text_encoder_key(tiny_models):
+    check_single_file_text_encoder(tiny_models / RV_SINGLE_FILE)
+
+
+def test_loading_names_the_missing_key_too(tiny_models, tmp_path):
+    """The worker's loader checks the same key before diffusers guesses at the model type."""
+    import shutil
+
+    import torch
+
+    from workers.gpu.loading import load_sd_components
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    (models / RV_SINGLE_FILE).write_bytes(checkpoint_bytes(["model.diffusion_model.out.2.bias"]))
+    with pytest.raises(IncompleteCheckpointError, match="position_embedding"):
+        load_sd_components(models, torch.device("cpu"), torch.float32)

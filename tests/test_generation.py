@@ -1,5 +1,5 @@
-"""The generator on the CPU with tiny RANDOM models: per-image seeds, batch independence,
-both samplers, and arguments checked by name."""
+"""The generator on the CPU with tiny RANDOM models: per-image seeds, what is reproducible (the
+same batch: bit-exact; other batch-mates: within rounding), both samplers, arguments by name."""
 
 from __future__ import annotations
 
@@ -27,14 +27,32 @@ def make(components, scheduler=SchedulerName.FAITHFUL, steps=3):
                              GenerationConfig(scheduler=scheduler, steps=steps), torch.device("cpu"), torch.float32)
 
 
+#: Different batch compositions change the summation order of batched kernels, not the random
+#: numbers. Measured (tiny models, 2-core CPU, torch 2.14, 10 images, faithful sampler): 5+5 vs
+#: 10 vs 10x1 differ by at most 1 grey level, mean 6.6e-5 at 3 steps, 3.6e-5 at 15; the same
+#: 5+5 run twice is bit-identical; the fast sampler at 15 steps: max 1, mean 3.4e-5, same run
+#: bit-identical (benchmarks/results/cpu-tiny-batch-reproducibility.json). Bounds with margin:
+BATCH_MAX_DIFF = 3
+BATCH_MEAN_DIFF = 0.01
+
+
 @pytest.mark.parametrize("scheduler", list(SchedulerName))
-def test_image_does_not_depend_on_batch_mates(components, scheduler):
+def test_same_batch_again_is_bit_exact(components, scheduler):
+    gen = make(components, scheduler)
+    first = gen(PROMPTS, NEG, [1234, 5, 77])
+    again = gen(PROMPTS, NEG, [1234, 5, 77])
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("scheduler", list(SchedulerName))
+def test_other_batch_mates_change_an_image_by_rounding_only(components, scheduler):
     gen = make(components, scheduler)
     alone = gen(PROMPTS[:1], NEG[:1], [1234])[0]
     batched = gen(PROMPTS, NEG, [1234, 5, 77])
     assert alone.shape == (512, 512, 3) and alone.dtype == np.uint8
     diff = np.abs(alone.astype(int) - batched[0].astype(int))
-    assert diff.max() <= 2, f"max pixel difference {diff.max()}"
+    assert diff.max() <= BATCH_MAX_DIFF and diff.mean() <= BATCH_MEAN_DIFF, (diff.max(), diff.mean())
     assert np.abs(batched[0].astype(int) - batched[1].astype(int)).mean() > 1  # different seeds differ
 
 
@@ -42,7 +60,7 @@ def test_same_seed_same_image_other_seed_other_image(components):
     gen = make(components)
     a, b = gen(PROMPTS[:2], NEG[:2], [9, 9])
     c = gen(PROMPTS[:1], NEG[:1], [10])[0]
-    assert np.abs(a.astype(int) - gen(PROMPTS[:1], NEG[:1], [9])[0].astype(int)).max() <= 2
+    assert np.abs(a.astype(int) - gen(PROMPTS[:1], NEG[:1], [9])[0].astype(int)).max() <= BATCH_MAX_DIFF
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1
 
 

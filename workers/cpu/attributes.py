@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.errors import MissingWeightsError
+from shared.quiet import quiet_third_party
 from shared.prompts import CELEBA_LABELS
 from models.weights import DEEPFACE_HOME, DEEPFACE_WEIGHTS, FACER_ATTR, Component, file_sha256, missing_files
 
@@ -64,8 +65,9 @@ class FacerAttributes:
 class DeepFaceDemography:
     """DeepFace's Age, Race and Gender models on onnxruntime, fed exactly as
     ``DeepFace.analyze(align=True)`` feeds them: DeepFace's own ``extract_face`` cuts the face
-    and rotates it level by the eyes, then the BGR crop is letterboxed to 224x224 in [0, 1].
-    Only the detector differs: the face box and eyes come from our detector."""
+    and rotates it level by the eyes, the BGR crop is divided by 255 and then letterboxed to
+    224x224; the age is truncated to whole years as ``DeepFace.analyze`` does. Only the detector
+    differs: the face box and eyes come from our detector."""
 
     def __init__(self, models_dir: Path):
         # deepface reads these when it builds a model; set them before it is imported.
@@ -92,16 +94,26 @@ class DeepFaceDemography:
         }
 
     def __call__(self, rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray) -> Demography:
-        face = self.aligned_face(rgb, box, landmarks)
-        batch = self._resize(img=face, target_size=(224, 224))
-        age = float(np.asarray(self._age.predict(batch[0])).reshape(-1)[0])
+        # 1. The face as DeepFace cuts it, then DeepFace's model input
+        batch = self.model_input(self.aligned_face(rgb, box, landmarks))
+        # 2. The three models
+        age = np.asarray(self._age.predict(batch[0])).reshape(-1)[0]
         race = np.asarray(self._race.predict(batch[0])).reshape(-1)
         gender = np.asarray(self._gender.predict(batch[0])).reshape(-1)
+        # 3. Labels as DeepFace.analyze gives them
         return Demography(
-            age=int(round(age)),
+            age=apparent_age_years(age),
             ethnicity=self._race_labels[int(np.argmax(race))],
             gender=self._gender_labels[int(np.argmax(gender))],
         )
+
+    def model_input(self, face_bgr: np.ndarray) -> np.ndarray:
+        """The (1, 224, 224, 3) float32 batch ``DeepFace.analyze`` builds from a face crop, in
+        its order: ``extract_faces`` divides the crop by 255 (``normalize_face``, when its max
+        is above 1) and only then does ``resize_image`` letterbox the float crop (its own /255
+        then does nothing). Resizing the uint8 crop first would round the resized pixels."""
+        face = face_bgr / 255 if face_bgr.max() > 1 else face_bgr
+        return self._resize(img=face, target_size=(224, 224))
 
     def aligned_face(self, rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """The BGR face crop, levelled by the eyes, as DeepFace cuts it."""
@@ -114,6 +126,11 @@ class DeepFaceDemography:
         face = self._extract_face(facial_area=region, img=bgr, align=True, expand_percentage=0, width_border=0,
                                   height_border=0, detector_backend="mtcnn").img
         return face if face.size else crop_box(rgb, box)[:, :, ::-1]
+
+
+def apparent_age_years(age: float) -> int:
+    """DeepFace.analyze's ``int(apparent_age)``: truncated, not rounded (30.7 -> 30)."""
+    return int(age)
 
 
 def crop_box(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -134,6 +151,7 @@ class AttributeModels:
         missing = missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
         if missing:
             raise MissingWeightsError([str(p) for p in missing], str(models_dir))
+        quiet_third_party()
         return cls(FacerAttributes(models_dir / FACER_ATTR, device), DeepFaceDemography(models_dir))
 
     @property

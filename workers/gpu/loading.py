@@ -24,12 +24,14 @@ from typing import Any
 import torch
 
 from shared.errors import MissingWeightsError
+from shared.quiet import quiet_third_party
 from models.weights import (
     RV_FOLDER,
     RV_SINGLE_FILE,
     SD15_CONFIG,
     VAE_FOLDER,
     Component,
+    check_single_file_text_encoder,
     file_sha256,
     has_diffusers_folder,
     missing_files,
@@ -79,6 +81,7 @@ def load_sd_components(models_dir: Path, device: torch.device, dtype: torch.dtyp
     sd-vae-ft-mse VAE from ``models_dir``; raise ``MissingWeightsError`` if files are missing."""
     models_dir = Path(models_dir)
     check_generator_files(models_dir)
+    quiet_third_party()
     with hub_offline():
         vae = load_vae(models_dir / VAE_FOLDER, dtype)
         if has_diffusers_folder(models_dir):
@@ -133,6 +136,7 @@ def _load_single_file(models_dir: Path, vae: Any, dtype: torch.dtype) -> SDCompo
     from diffusers import StableDiffusionPipeline
 
     single, config_dir = models_dir / RV_SINGLE_FILE, models_dir / SD15_CONFIG
+    check_single_file_text_encoder(single)  # a clear error, not diffusers' guess at another model type
     pipe = StableDiffusionPipeline.from_single_file(
         str(single),
         config=str(config_dir),

@@ -7,8 +7,21 @@ one evaluation per step; same noise schedule, a different (multistep) SDE solver
 same seed its images differ from the faithful sampler's (by how much, with real weights, is
 not yet measured).
 
-Both samplers draw their stochastic noise per image from that image's own seed, so an image
-does not depend on its batch-mates.
+Timestep spacing: both set ``timestep_spacing="linspace"`` explicitly, so the sigmas do not
+depend on which ``scheduler_config.json`` was loaded (SD 1.5's has no such key and diffusers
+then defaults to ``linspace``; a diffusers folder saved by ``PNDMScheduler`` says ``leading``).
+With ``use_karras_sigmas`` diffusers (0.42) uses the spacing only for the Karras range:
+``DPMSolverSDEScheduler.set_timesteps`` interpolates sigmas at the spaced timesteps and takes
+their first and last as sigma_max and sigma_min. ``linspace`` gives timesteps 999..0, hence
+sigma_max 14.6146 and sigma_min 0.0292 (SD 1.5's betas), the whole trained range: what A1111's
+"Karras" schedule uses since it dropped its old (0.1, 10) range (``use_old_karras_scheduler_sigmas``
+off: k-diffusion's ``get_sigmas_karras`` between ``model_wrap.sigmas[0]`` and ``[-1]``).
+``leading`` (PNDM's default) would give timesteps 925..1, hence 9.5436 .. 0.0413.
+``DPMSolverMultistepScheduler`` with Karras sigmas takes the range from the full sigma table and
+ignores the spacing; it is set there too so that both read the same.
+
+Both samplers draw their stochastic noise per image from that image's own seed, so an image's
+random numbers do not depend on its batch-mates (its pixels may, by rounding: see generation.py).
 """
 
 from __future__ import annotations
@@ -32,8 +45,12 @@ class Sampler:
     step_kwargs: Callable[[torch.Tensor, list[torch.Generator]], dict[str, Any]]
 
 
+#: See the module docstring: the Karras range of A1111's "DPM++ SDE Karras" is the model's whole one.
+TIMESTEP_SPACING = "linspace"
+
+
 def _faithful(config: dict[str, Any]) -> Sampler:
-    scheduler = DPMSolverSDEScheduler.from_config(config, use_karras_sigmas=True)
+    scheduler = DPMSolverSDEScheduler.from_config(config, use_karras_sigmas=True, timestep_spacing=TIMESTEP_SPACING)
 
     def prepare(s: Any, seeds: list[int]) -> None:
         # A list of seeds makes diffusers build one Brownian tree per image.
@@ -45,7 +62,8 @@ def _faithful(config: dict[str, Any]) -> Sampler:
 
 def _fast(config: dict[str, Any]) -> Sampler:
     scheduler = DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True, solver_order=2
+        config, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True, solver_order=2,
+        timestep_spacing=TIMESTEP_SPACING,
     )
 
     def step_kwargs(latents: torch.Tensor, generators: list[torch.Generator]) -> dict[str, Any]:

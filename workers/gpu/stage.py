@@ -66,8 +66,10 @@ def largest_batch_that_fits(gpu: GpuModels, wanted: int) -> int:
 
 def generate_batch(tasks: list[PromptTask], gpu: GpuModels) -> list[np.ndarray]:
     """One image per task. Batches above ``gpu.max_batch`` run in chunks; on out-of-memory the
-    chunk is halved, the limit remembered, and the rest run at the new limit. Images do not
-    depend on their batch-mates. A single image that does not fit raises
+    chunk is halved, the limit remembered, and the rest run at the new limit. An image's random
+    numbers do not depend on its batch-mates, but its pixels may change by rounding when the
+    batch is split (see ``workers.gpu.generation``: bit-exact only for the same batch). A single
+    image that does not fit raises
     ``DeviceOutOfMemoryError`` (transient: another worker may have a bigger device)."""
 
     def run(start: int, stop: int) -> list[np.ndarray]:
