@@ -8,17 +8,17 @@ import json, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 from models.tiny import write_tiny_models
-from shared.settings import SchedulerName
+from shared.settings import SamplerName
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
 
-steps = int(sys.argv[1]); sched = SchedulerName(sys.argv[2]); n = 10
+steps = int(sys.argv[1]); sched = SamplerName(sys.argv[2]); n = 10
 d = Path(tempfile.gettempdir()) / "veil-reproducibility-tiny"
 if not (d / "TINY_MODELS.txt").is_file():
     write_tiny_models(d)
 c = load_sd_components(d, torch.device("cpu"), torch.float32)
 gen = PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config,
-                        GenerationConfig(scheduler=sched, steps=steps), torch.device("cpu"), torch.float32)
+                        GenerationConfig(sampler=sched, steps=steps), torch.device("cpu"), torch.float32)
 P = [f"closeup portrait photo of a {e} {20 + 5 * i} {g}, smiling, " for i, (e, g) in enumerate(
     [("white", "man"), ("asian", "woman"), ("black", "man"), ("indian", "woman"), ("latino", "man")] * 2)]
 N = [f"bald, goatee {i}, " for i in range(n)]

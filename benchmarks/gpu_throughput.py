@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shared.settings import SchedulerName  # noqa: E402
+from shared.settings import SamplerName  # noqa: E402
 from workers.gpu.generation import GenerationConfig, PortraitGenerator  # noqa: E402
 from workers.gpu.schedulers import UNET_EVALS  # noqa: E402
 
@@ -177,14 +177,14 @@ class Bench:
         print(f"skipped for the budget: {self.skipped[-1]}", file=sys.stderr, flush=True)
         return False
 
-    def guess(self, scheduler: SchedulerName, images: int) -> float:
+    def guess(self, scheduler: SamplerName, images: int) -> float:
         return self.s_per_image.get(scheduler.value, 1.0 if self.device.type == "cuda" else 5.0) * images
 
     # -- generators
-    def generator(self, variant: str, scheduler: SchedulerName) -> PortraitGenerator:
+    def generator(self, variant: str, scheduler: SamplerName) -> PortraitGenerator:
         self.unet.to(memory_format=torch.contiguous_format)
         self.vae.to(memory_format=torch.contiguous_format)
-        config = GenerationConfig(scheduler=scheduler, steps=self.args.steps,
+        config = GenerationConfig(sampler=scheduler, steps=self.args.steps,
                                   image_size=self.unet.config.sample_size * 8, **VARIANTS[variant])
         return PortraitGenerator(self.unet, self.vae, self.text, self.tokenizer, self.sched_config, config,
                                  self.device, self.dtype)
@@ -196,7 +196,7 @@ class Bench:
               file=sys.stderr, flush=True)
         self.write()
 
-    def measure(self, gen: PortraitGenerator, variant: str, scheduler: SchedulerName, b: int,
+    def measure(self, gen: PortraitGenerator, variant: str, scheduler: SamplerName, b: int,
                 repeats: int, warmup: bool = True, kind: str = "generate") -> dict | None:
         try:
             seconds, peak = timed(lambda: gen([PROMPT] * b, [NEGATIVE] * b, list(range(b))), self.device,
@@ -228,8 +228,8 @@ class Bench:
         unet_flops, vae_flops = count_flops(self.unet, self.vae, self.tokenizer.model_max_length, device, dtype)
         chunked, _ = count_flops(self.unet, self.vae, GenerationConfig().prompt_chunks * self.tokenizer.model_max_length,
                                  device, dtype)
-        self.per_image_naive = 2 * unet_flops * UNET_EVALS[SchedulerName.FAITHFUL](steps) + vae_flops
-        self.per_image = {s: 2 * chunked * UNET_EVALS[s](steps) + vae_flops for s in SchedulerName}
+        self.per_image_naive = 2 * unet_flops * UNET_EVALS[SamplerName.FAITHFUL](steps) + vae_flops
+        self.per_image = {s: 2 * chunked * UNET_EVALS[s](steps) + vae_flops for s in SamplerName}
         self.info.update(matmul_rates=rates, unet_flops_77=unet_flops, unet_flops_chunked=chunked,
                          vae_flops=vae_flops, per_image_naive=self.per_image_naive,
                          per_image={s.value: f for s, f in self.per_image.items()})
@@ -263,7 +263,7 @@ class Bench:
                         continue
                     self.measure(gen, variant, scheduler, b, self.args.repeats)
 
-    def best(self, scheduler: SchedulerName, kind: str = "generate") -> dict | None:
+    def best(self, scheduler: SamplerName, kind: str = "generate") -> dict | None:
         rows = [r for r in self.rows if r["kind"] == kind and r["scheduler"] == scheduler.value]
         return max(rows, key=lambda r: r["images_s"]) if rows else None
 
@@ -273,15 +273,15 @@ class Bench:
         from shared.storage import LocalBackend
         from workers.gpu.stage import GpuModels, generate_batch, store_images
 
-        best = self.best(SchedulerName.FAITHFUL)
-        if best is None or not self.fits("whole GPU stage", self.guess(SchedulerName.FAITHFUL, 2 * best["batch"])):
+        best = self.best(SamplerName.FAITHFUL)
+        if best is None or not self.fits("whole GPU stage", self.guess(SamplerName.FAITHFUL, 2 * best["batch"])):
             return
         b, variant = best["batch"], best["variant"]
-        gpu = GpuModels(self.generator(variant, SchedulerName.FAITHFUL))
+        gpu = GpuModels(self.generator(variant, SamplerName.FAITHFUL))
         out = Path(tempfile.mkdtemp())
-        analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba={}, age=30, ethnicity="white", deepface_gender="Man")
+        analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba_scores={}, age=30, ethnicity="white", deepface_gender="Man")
         tasks = [PromptTask(job_id="bench", input_uri=f"in/{i}.jpg", output_uri=str(out / f"{i}.{'png' if i % 2 else 'jpg'}"),
-                            seed=i, prompt=PROMPT, negative_prompt=NEGATIVE, analysis=analysis, models={})
+                            seed=i, prompt=PROMPT, negative_prompt=NEGATIVE, analysis=analysis, model_sha256={})
                  for i in range(b)]
         backend = LocalBackend()
         timings: dict[str, float] = {}
@@ -297,22 +297,22 @@ class Bench:
         seconds, peak = timed(stage, self.device, 1)
         self.add_row(kind="stage", path=f"whole GPU stage ({variant}, batch {b}, half PNG half JPEG)", variant=variant,
                      scheduler="faithful", batch=b, repeats=1, seconds=seconds, images_s=b / seconds, peak_gib=peak,
-                     util=self.per_image[SchedulerName.FAITHFUL] * b / seconds / self.rate,
+                     util=self.per_image[SamplerName.FAITHFUL] * b / seconds / self.rate,
                      generate_s=timings["generate"], encode_s=timings["encode"])
 
     # -- 5. where the time goes
     def breakdown(self) -> None:
-        best = self.best(SchedulerName.FAITHFUL)
-        if best is None or not self.fits("breakdown and profile", self.guess(SchedulerName.FAITHFUL, 3 * best["batch"])):
+        best = self.best(SamplerName.FAITHFUL)
+        if best is None or not self.fits("breakdown and profile", self.guess(SamplerName.FAITHFUL, 3 * best["batch"])):
             return
         b, variant = best["batch"], best["variant"]
-        gen = self.generator(variant, SchedulerName.FAITHFUL)
+        gen = self.generator(variant, SamplerName.FAITHFUL)
         fmt = torch.channels_last if VARIANTS[variant].get("channels_last") else torch.contiguous_format
         side = self.unet.config.sample_size
         x = torch.randn(2 * b, 4, side, side, device=self.device, dtype=self.dtype).to(memory_format=fmt)
         emb = torch.randn(2 * b, gen.config.prompt_chunks * 77, self.unet.config.cross_attention_dim,
                           device=self.device, dtype=self.dtype)
-        evals = UNET_EVALS[SchedulerName.FAITHFUL](self.args.steps)
+        evals = UNET_EVALS[SamplerName.FAITHFUL](self.args.steps)
         with torch.inference_mode():
             unet_s, _ = timed(lambda: [self.unet(x, 500, encoder_hidden_states=emb) for _ in range(evals)],
                               self.device, 1)
@@ -345,7 +345,7 @@ class Bench:
     def compiled(self) -> None:
         torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per batch size
         torch._dynamo.config.cache_size_limit = 16
-        best = self.best(SchedulerName.FAITHFUL)
+        best = self.best(SamplerName.FAITHFUL)
         big = best["batch"] if best else max(self.batches)
         for variant in [v for v in COMPILED_VARIANTS if v in self.variants]:
             for b in dict.fromkeys([big, 1] if variant == "cudagraphs" else [big]):
@@ -359,20 +359,20 @@ class Bench:
 
     # -- 7. larger batches until out of memory
     def until_oom(self) -> None:
-        best = self.best(SchedulerName.FAITHFUL)
+        best = self.best(SamplerName.FAITHFUL)
         if best is None or best["variant"] not in EAGER_VARIANTS:
             best = max((r for r in self.rows if r["variant"] in EAGER_VARIANTS and r["scheduler"] == "faithful"),
                        key=lambda r: r["images_s"], default=None)
         if best is None:
             return
-        gen = self.generator(best["variant"], SchedulerName.FAITHFUL)
+        gen = self.generator(best["variant"], SamplerName.FAITHFUL)
         b = max(self.batches)
         while True:
             b *= 2
-            if not self.fits(f"{best['variant']} faithful batch {b}", self.guess(SchedulerName.FAITHFUL, b)):
+            if not self.fits(f"{best['variant']} faithful batch {b}", self.guess(SamplerName.FAITHFUL, b)):
                 return
             # one run, no warm-up: the point is whether it fits and what it peaks at
-            if self.measure(gen, best["variant"], SchedulerName.FAITHFUL, b, 1, warmup=False) is None:
+            if self.measure(gen, best["variant"], SamplerName.FAITHFUL, b, 1, warmup=False) is None:
                 return
 
     # -- report
@@ -400,7 +400,7 @@ class Bench:
                  + f"); counted per image: UNet eval {i['unet_flops_77'] / 1e9:.1f} GFLOP (77 tokens; "
                  f"{i['unet_flops_chunked'] / 1e9:.1f} at {GenerationConfig().prompt_chunks}x77), VAE decode "
                  f"{i['vae_flops'] / 1e9:.1f} GFLOP; naive {self.per_image_naive / 1e12:.2f} TFLOP, Veil faithful "
-                 f"{self.per_image[SchedulerName.FAITHFUL] / 1e12:.2f} TFLOP, fast {self.per_image[SchedulerName.FAST] / 1e12:.2f} TFLOP",
+                 f"{self.per_image[SamplerName.FAITHFUL] / 1e12:.2f} TFLOP, fast {self.per_image[SamplerName.FAST] / 1e12:.2f} TFLOP",
                  "", "| path | sampler | images/s | s/batch | peak GiB | utilisation | x naive |", "|---|---|---|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['path']} | {r['scheduler']} | {r['images_s']:.3f} | {r['seconds']:.2f} | "
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=None, help=f"comma-separated from {', '.join(VARIANTS)} "
                    "(default: all on CUDA, eager,channels_last with --tiny)")
     p.add_argument("--samplers", default="faithful,fast", help="comma-separated from "
-                   + ", ".join(s.value for s in SchedulerName))
+                   + ", ".join(s.value for s in SamplerName))
     p.add_argument("--no-stage", action="store_true", help="skip the whole-GPU-stage row")
     p.add_argument("--no-profile", action="store_true", help="skip the breakdown and torch.profiler step")
     p.add_argument("--until-oom", action="store_true", help="double the batch past the largest until out of memory")
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args, device, dtype)
     bench.variants = variants
-    bench.samplers = [SchedulerName(v) for v in args.samplers.split(",")]
+    bench.samplers = [SamplerName(v) for v in args.samplers.split(",")]
     bench.batches = [int(b) for b in (args.batch_sizes or ("1,2" if args.tiny else "1,8,16,32,64")).split(",")]
     # 1. ceilings and counted cost  2. naive baseline  3. eager variants
     bench.ceilings()

@@ -22,7 +22,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from shared.errors import InputError, MissingWeightsError, VeilError
-from shared.settings import ENV_PREFIX, DetectorName, DeviceName, SchedulerName, Settings
+from shared.quiet import quiet_third_party
+from shared.settings import ENV_PREFIX, DetectorName, DeviceName, SamplerName, Settings
 
 #: pydantic error type -> what the value must be (its ``ctx`` fills the braces)
 _RULES = {
@@ -67,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from shared.storage import open_storage
 
     settings = _settings(device=args.device, batch_size=args.batch_size, seed=args.seed,
-                         scheduler=args.scheduler, detector=args.detector)
+                         sampler=args.sampler, detector=args.detector)
     if warning := tiny_warning(settings.models_dir):
         print(warning, file=sys.stderr)
     try:
@@ -195,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="prompts per diffusion call (VEIL_BATCH_SIZE)")
     run.add_argument("--seed", type=int, help="base seed; each image's seed derives from it and its key")
     run.add_argument("--limit", type=int, help="process at most N inputs")
-    run.add_argument("--scheduler", choices=[s.value for s in SchedulerName],
-                     help="sampler: faithful = the paper's DPM++ SDE Karras (default); fast = DPM++ 2M SDE Karras, "
-                          "about half the UNet work (VEIL_SCHEDULER)")
+    run.add_argument("--sampler", "--scheduler", dest="sampler", choices=[s.value for s in SamplerName],
+                     help="faithful = the paper's DPM++ SDE Karras (default); fast = DPM++ 2M SDE Karras, "
+                          "about half the UNet work (VEIL_SAMPLER; --scheduler is its old name)")
     run.add_argument("--detector", choices=[d.value for d in DetectorName],
                      help="face detector; the biggest face found is anonymized (VEIL_DETECTOR)")
     run.add_argument("--overwrite", action="store_true",
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party(debug=args.verbose)  # third-party warnings only at -v
     try:
         return int(args.func(args) or 0)
     except MissingWeightsError as exc:

@@ -198,7 +198,7 @@ def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary:
                     data = call_with_retries(lambda: storage.read(task.input_uri))
                     out.put((analyze(task, data, cpu, timings), timings, None))
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
-                    out.put((None, timings, error_record(task, exc, cpu.models, timings)))
+                    out.put((None, timings, error_record(task, exc, cpu.model_sha256, timings)))
                 for k, v in timings.items():
                     summary.stage_seconds[k] += v
         finally:

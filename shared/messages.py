@@ -1,6 +1,10 @@
 """Messages between processes: versioned pydantic models carrying keys and metadata, never
 image bytes. ``schema_version`` is checked on receipt; a worker refuses a version it does
 not know rather than guessing.
+
+Version 2 renamed three fields to say what they hold: ``models`` -> ``model_sha256``,
+``celeba`` (FaceAnalysis) and ``attributes`` (ResultRecord) -> ``celeba_scores``. Version 1
+messages and sidecars/manifests are still read, under their old names.
 """
 
 from __future__ import annotations
@@ -8,9 +12,14 @@ from __future__ import annotations
 import enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _renamed(new: str, old: str, **field: object) -> object:
+    """A field renamed in version 2: written as ``new``, read as ``new`` or (version 1) ``old``."""
+    return Field(validation_alias=AliasChoices(new, old), **field)
 
 
 class Status(str, enum.Enum):
@@ -21,7 +30,13 @@ class Status(str, enum.Enum):
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
+
+    @field_validator("schema_version", mode="after")
+    @classmethod
+    def _now_current(cls, version: int) -> int:
+        """A known older version is read under its old names and is the current one from then on."""
+        return SCHEMA_VERSION
 
 
 class ImageTask(_Message):
@@ -39,7 +54,7 @@ class FaceAnalysis(_Message):
     """What the CPU tier learnt from a face: the inputs of Algorithm 1."""
 
     face_box: list[float]  # x1, y1, x2, y2, score (input pixels)
-    celeba: dict[str, float]  # all 40 FACER CelebA probabilities
+    celeba_scores: dict[str, float] = _renamed("celeba_scores", "celeba")  # all 40 FACER CelebA probabilities
     age: int
     ethnicity: str  # DeepFace dominant race
     deepface_gender: str  # kept for the manifest; the prompt uses FACER's Male
@@ -55,7 +70,7 @@ class PromptTask(_Message):
     prompt: str
     negative_prompt: str
     analysis: FaceAnalysis
-    models: dict[str, str]  # model name -> sha256 of the files used so far
+    model_sha256: dict[str, str] = _renamed("model_sha256", "models")  # model name -> sha256 of its files
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
 
@@ -68,13 +83,13 @@ class ResultRecord(_Message):
     status: Status
     reason: str | None = None
     face_box: list[float] | None = None
-    attributes: dict[str, float] | None = None  # 40 CelebA probabilities
+    celeba_scores: dict[str, float] | None = _renamed("celeba_scores", "attributes", default=None)  # 40 CelebA
     age: int | None = None
     ethnicity: str | None = None
     deepface_gender: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
     seed: int | None = None
-    models: dict[str, str] = Field(default_factory=dict)
+    model_sha256: dict[str, str] = _renamed("model_sha256", "models", default_factory=dict)
     job_id: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)

@@ -38,22 +38,22 @@ def label_to_words(label: str) -> str:
     return label.replace("_", " ").lower()
 
 
-def build_prompts(celeba: dict[str, float], *, age: int, ethnicity: str) -> Prompts:
-    """Algorithm 1. ``celeba`` must hold all 40 labels; ``age`` and ``ethnicity`` are DeepFace's."""
-    missing = [label for label in CELEBA_LABELS if label not in celeba]
+def build_prompts(celeba_scores: dict[str, float], *, age: int, ethnicity: str) -> Prompts:
+    """Algorithm 1. ``celeba_scores`` must hold all 40 labels; ``age`` and ``ethnicity`` are DeepFace's."""
+    missing = [label for label in CELEBA_LABELS if label not in celeba_scores]
     if missing:
-        raise ValueError(f"celeba: missing label(s) {', '.join(missing)}")
+        raise ValueError(f"celeba_scores: missing label(s) {', '.join(missing)}")
     if age < 0:
         raise ValueError(f"age: must be >= 0, got {age}")
     if not ethnicity.strip():
         raise ValueError("ethnicity: must not be empty")
-    gender = "man" if celeba[GENDER_LABEL] > THRESHOLD else "woman"
+    gender = "man" if celeba_scores[GENDER_LABEL] > THRESHOLD else "woman"
     positive = PREFIX.format(ethnicity=ethnicity, age=age, gender=gender)
     negative = ""
     for label in CELEBA_LABELS:
         if label == GENDER_LABEL:
             continue
-        if celeba[label] > THRESHOLD:
+        if celeba_scores[label] > THRESHOLD:
             positive += f"{label_to_words(label)}, "
         else:
             negative += f"{label_to_words(label)}, "

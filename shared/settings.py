@@ -7,6 +7,7 @@ rejected so a typo does not silently fall back to a default. Secrets have no def
 from __future__ import annotations
 
 import enum
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,7 @@ class DetectorName(str, enum.Enum):
     RETINAFACE = "retinaface"
 
 
-class SchedulerName(str, enum.Enum):
+class SamplerName(str, enum.Enum):
     """Diffusion samplers (see ``workers.gpu.schedulers``)."""
 
     FAITHFUL = "faithful"  # DPM++ SDE Karras, as in the paper: 2 UNet evaluations per step
@@ -54,7 +55,9 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default_factory=default_models_dir)
     device: DeviceName = DeviceName.AUTO
     detector: DetectorName = DetectorName.MTCNN
-    scheduler: SchedulerName = SchedulerName.FAITHFUL
+    sampler: SamplerName = SamplerName.FAITHFUL
+    #: deprecated name of ``sampler`` (VEIL_SCHEDULER): still read, with a warning
+    scheduler: SamplerName | None = Field(None, exclude=True, repr=False)
     steps: int = Field(15, ge=1, le=200)
     # The paper does not state its guidance scale; 7.0 is the value Realistic Vision's
     # authors recommend for v5.1 (and A1111's default), so it is ours.
@@ -107,6 +110,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _deprecated_scheduler(self) -> "Settings":
+        if self.scheduler is None:
+            return self
+        if "sampler" in self.model_fields_set and self.sampler != self.scheduler:
+            raise ValueError("VEIL_SCHEDULER is the old name of VEIL_SAMPLER: set only VEIL_SAMPLER")
+        logging.getLogger(__name__).warning("VEIL_SCHEDULER is deprecated: use VEIL_SAMPLER=%s", self.scheduler.value)
+        object.__setattr__(self, "sampler", self.scheduler)  # frozen: moved once, here
+        object.__setattr__(self, "scheduler", None)
+        return self
 
     @model_validator(mode="after")
     def _jobs_url(self) -> "Settings":

@@ -30,6 +30,6 @@ def test_bad_variable_is_named_as_the_variable(tmp_path):
 
 def test_run_flags_have_help():
     entries = re.split(r"\n  (?=-)", veil("run", "--help").stdout)
-    for flag in ("--device", "--scheduler", "--detector", "--overwrite"):
+    for flag in ("--device", "--sampler", "--detector", "--overwrite"):
         entry = next(e for e in entries if e.startswith(flag + " ") or e.startswith(flag + "\n"))
         assert len(entry.split()) > 3, entry  # the flag, its choices, then words of help

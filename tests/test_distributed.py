@@ -91,7 +91,7 @@ def check_outputs(client, out_prefix: str):
         assert has_image == (status == "done"), rel  # never a copy of the original
         if status == "done":
             assert len(row["attributes"]) == 40 and row["prompt"].startswith("closeup portrait photo of a ")
-            assert set(row["models"]) >= {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224"}
+            assert set(row["model_sha256"]) >= {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224"}
             body = client.get_object(Bucket=BUCKET, Key=f"{out_prefix}/{rel}")["Body"].read()
             assert body[:2] == b"\xff\xd8"  # a JPEG, as the input's name says
         text = json.dumps(row)

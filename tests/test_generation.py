@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.settings import SchedulerName
+from shared.settings import SamplerName
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
 
@@ -21,10 +21,10 @@ def components(tiny_models):
     return load_sd_components(tiny_models, torch.device("cpu"), torch.float32)
 
 
-def make(components, scheduler=SchedulerName.FAITHFUL, steps=3):
+def make(components, scheduler=SamplerName.FAITHFUL, steps=3):
     c = components
     return PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config,
-                             GenerationConfig(scheduler=scheduler, steps=steps), torch.device("cpu"), torch.float32)
+                             GenerationConfig(sampler=scheduler, steps=steps), torch.device("cpu"), torch.float32)
 
 
 #: Different batch compositions change the summation order of batched kernels, not the random
@@ -36,7 +36,7 @@ BATCH_MAX_DIFF = 3
 BATCH_MEAN_DIFF = 0.01
 
 
-@pytest.mark.parametrize("scheduler", list(SchedulerName))
+@pytest.mark.parametrize("scheduler", list(SamplerName))
 def test_same_batch_again_is_bit_exact(components, scheduler):
     gen = make(components, scheduler)
     first = gen(PROMPTS, NEG, [1234, 5, 77])
@@ -45,7 +45,7 @@ def test_same_batch_again_is_bit_exact(components, scheduler):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("scheduler", list(SchedulerName))
+@pytest.mark.parametrize("scheduler", list(SamplerName))
 def test_other_batch_mates_change_an_image_by_rounding_only(components, scheduler):
     gen = make(components, scheduler)
     alone = gen(PROMPTS[:1], NEG[:1], [1234])[0]
@@ -65,8 +65,8 @@ def test_same_seed_same_image_other_seed_other_image(components):
 
 
 def test_samplers_differ(components):
-    a = make(components, SchedulerName.FAITHFUL)(PROMPTS[:1], NEG[:1], [3])[0]
-    b = make(components, SchedulerName.FAST)(PROMPTS[:1], NEG[:1], [3])[0]
+    a = make(components, SamplerName.FAITHFUL)(PROMPTS[:1], NEG[:1], [3])[0]
+    b = make(components, SamplerName.FAST)(PROMPTS[:1], NEG[:1], [3])[0]
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5
 
 

@@ -12,7 +12,7 @@ import torch
 from shared.errors import DeviceOutOfMemoryError
 from shared.messages import FaceAnalysis, PromptTask
 from shared.prompts import CELEBA_LABELS
-from shared.settings import SchedulerName
+from shared.settings import SamplerName
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
 from workers.gpu.stage import GpuModels, generate_batch
@@ -32,18 +32,18 @@ class LimitedDevice:
 
 
 def tasks(n: int) -> list[PromptTask]:
-    analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba={k: 0.1 for k in CELEBA_LABELS}, age=30,
+    analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba_scores={k: 0.1 for k in CELEBA_LABELS}, age=30,
                             ethnicity="white", deepface_gender="Man")
     return [PromptTask(job_id="j", input_uri=f"in/{i}.jpg", output_uri=f"out/{i}.jpg", seed=100 + i,
                        prompt=f"closeup portrait photo of a white {20 + i} man, ", negative_prompt="bald, ",
-                       analysis=analysis, models={}) for i in range(n)]
+                       analysis=analysis, model_sha256={}) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def generator(tiny_models):
     c = load_sd_components(tiny_models, torch.device("cpu"), torch.float32)
     return PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config,
-                             GenerationConfig(scheduler=SchedulerName.FAST, steps=2), torch.device("cpu"), torch.float32)
+                             GenerationConfig(sampler=SamplerName.FAST, steps=2), torch.device("cpu"), torch.float32)
 
 
 def test_oom_splits_the_batch_and_loses_no_key(generator):
@@ -102,7 +102,7 @@ def test_finish_batch_hands_back_or_retries_transient_failures(generator, tmp_pa
     handed = finish_batch(batch, gpu, FlakyStorage(fails=1))
     assert [k.record is None for k in handed].count(True) == 1
     assert all(isinstance(k.transient, TransientError) for k in handed if k.record is None)
-    assert all(k.record.status.value == "done" and k.record.models == {"unet": "abc"} for k in handed if k.record)
+    assert all(k.record.status.value == "done" and k.record.model_sha256 == {"unet": "abc"} for k in handed if k.record)
     # veil run's way: retried here per RETRY_POLICY, then done, with the generation time per key
     timings = [{"detect": 0.1}, {"detect": 0.2}]
     retried = finish_batch(batch, gpu, FlakyStorage(fails=1), timings, retry_stores=True)

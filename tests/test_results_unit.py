@@ -24,10 +24,10 @@ def _image_task() -> ImageTask:
 
 
 def _prompt_task() -> PromptTask:
-    analysis = FaceAnalysis(face_box=[1, 2, 3, 4, 0.9], celeba={"Smiling": 0.8}, age=31, ethnicity="asian",
+    analysis = FaceAnalysis(face_box=[1, 2, 3, 4, 0.9], celeba_scores={"Smiling": 0.8}, age=31, ethnicity="asian",
                             deepface_gender="Woman")
     return PromptTask(job_id="j1", input_uri="in/x.jpg", output_uri="out/x.jpg", seed=7, prompt="p", negative_prompt="n",
-                      analysis=analysis, models={"facer": "ab" * 32})
+                      analysis=analysis, model_sha256={"facer": "ab" * 32})
 
 
 def test_error_record_status_and_reason():
@@ -44,7 +44,7 @@ def test_error_record_status_and_reason():
 def test_error_record_of_a_prompt_task_keeps_what_was_learnt():
     record = error_record(_prompt_task(), StorageError("S3 down"))
     assert record.age == 31 and record.ethnicity == "asian" and record.prompt == "p"
-    assert record.models == {"facer": "ab" * 32} and record.seed == 7 and record.job_id == "j1"
+    assert record.model_sha256 == {"facer": "ab" * 32} and record.seed == 7 and record.job_id == "j1"
 
 
 def test_read_sidecar_absent_damaged_and_valid(tmp_path):
@@ -60,10 +60,10 @@ def test_read_sidecar_absent_damaged_and_valid(tmp_path):
 
 
 def test_settings_from_env_parses_and_rejects_unknown_names():
-    from shared.settings import SchedulerName, Settings
+    from shared.settings import SamplerName, Settings
 
     s = Settings.from_env({"VEIL_STEPS": "20", "VEIL_SCHEDULER": "fast", "OTHER": "x"}, seed=5)
-    assert (s.steps, s.scheduler, s.seed) == (20, SchedulerName.FAST, 5)
+    assert (s.steps, s.sampler, s.seed) == (20, SamplerName.FAST, 5)
     with pytest.raises(ValueError, match="VEIL_STEPZ"):
         Settings.from_env({"VEIL_STEPZ": "20"})
     with pytest.raises(ValueError, match="steps"):
@@ -71,3 +71,30 @@ def test_settings_from_env_parses_and_rejects_unknown_names():
     secret = Settings.from_env({"VEIL_S3_SECRET_ACCESS_KEY": "hunter2"})
     assert "hunter2" not in repr(secret) and secret.s3_secret_access_key.get_secret_value() == "hunter2"
     assert Settings.from_env({}).s3_secret_access_key is None  # no default for secrets
+
+
+def test_old_scheduler_variable_still_works_with_a_warning(caplog):
+    from shared.settings import SamplerName, Settings
+
+    with caplog.at_level("WARNING"):
+        s = Settings.from_env({"VEIL_SCHEDULER": "fast"})
+    assert s.sampler is SamplerName.FAST and "VEIL_SAMPLER" in caplog.text
+    assert "scheduler" not in s.model_dump()
+    assert Settings.from_env({"VEIL_SCHEDULER": "fast", "VEIL_SAMPLER": "fast"}).sampler is SamplerName.FAST
+    with pytest.raises(ValueError, match="VEIL_SAMPLER"):
+        Settings.from_env({"VEIL_SCHEDULER": "fast", "VEIL_SAMPLER": "faithful"})
+
+
+def test_version_1_records_and_messages_are_read_under_their_old_names():
+    old = ('{"schema_version": 1, "input": "a.jpg", "output": null, "status": "done", '
+           '"models": {"facer": "ab"}, "attributes": {"Smiling": 0.9}}')
+    record = ResultRecord.model_validate_json(old)
+    assert record.model_sha256 == {"facer": "ab"} and record.celeba_scores == {"Smiling": 0.9}
+    dumped = record.model_dump()
+    assert dumped["schema_version"] == 2 and "models" not in dumped and "attributes" not in dumped
+    task = _prompt_task().model_dump(mode="json")
+    task.update(schema_version=1, models=task.pop("model_sha256"))
+    task["analysis"]["celeba"] = task["analysis"].pop("celeba_scores")
+    assert PromptTask.model_validate(task) == _prompt_task()
+    with pytest.raises(ValueError):
+        ImageTask.model_validate({**_image_task().model_dump(), "schema_version": 3})  # unknown: refused

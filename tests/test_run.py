@@ -68,8 +68,8 @@ def test_manifest_rows_hold_the_method_record(run_result):
         assert len(r["attributes"]) == 40 and len(r["face_box"]) == 5
         assert r["prompt"].startswith("closeup portrait photo of a ") and r["negative_prompt"]
         assert isinstance(r["seed"], int) and r["age"] >= 0
-        assert {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224", "deepface-age"} <= set(r["models"])
-        assert all(len(v) == 64 for v in r["models"].values()) and "detector-mtcnn" in r["models"]
+        assert {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224", "deepface-age"} <= set(r["model_sha256"])
+        assert all(len(v) == 64 for v in r["model_sha256"].values()) and "detector-mtcnn" in r["model_sha256"]
 
 
 def test_biggest_face_is_kept(run_result):

@@ -233,8 +233,8 @@ def test_load_sd_components(layout: str, single_dir: Path, folder_dir: Path, ref
         assert {p.dtype for p in module.parameters()} == {torch.float32}
     assert parts.scheduler_config["beta_schedule"] == "scaled_linear"
     assert parts.tokenizer.model_max_length == 77
-    assert set(parts.models) >= {RV_FOLDER, VAE_FOLDER}
-    assert all(len(sha) == 64 for sha in parts.models.values())
+    assert set(parts.model_sha256) >= {RV_FOLDER, VAE_FOLDER}
+    assert all(len(sha) == 64 for sha in parts.model_sha256.values())
 
 
 def test_load_sd_components_casts_to_dtype(single_dir: Path) -> None:

@@ -27,14 +27,14 @@ class CpuModels:
     detector: Detector
     attributes: AttributeModels
     settings: Settings
-    models: dict[str, str] = field(default_factory=dict)
+    model_sha256: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, settings: Settings, device: torch.device) -> "CpuModels":
         detector = build_detector(settings.detector, device, Path(settings.models_dir), settings.min_face_size)
         attributes = AttributeModels.load(Path(settings.models_dir), device)
-        models = {f"detector-{detector.name}": detector.sha256, **attributes.sha256}
-        return cls(detector, attributes, settings, models)
+        model_sha256 = {f"detector-{detector.name}": detector.sha256, **attributes.sha256}
+        return cls(detector, attributes, settings, model_sha256)
 
 
 def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, float] | None = None) -> PromptTask:
@@ -56,18 +56,18 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     analysis = read_attributes(rgb, box, landmarks, cpu)
     timings["attributes"] = time.perf_counter() - t2
     # 4. Write the prompts (Algorithm 1)
-    prompts = build_prompts(analysis.celeba, age=analysis.age, ethnicity=analysis.ethnicity)
+    prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)
     return PromptTask(
         job_id=task.job_id, input_uri=task.input_uri, output_uri=task.output_uri, seed=task.seed,
         prompt=prompts.positive, negative_prompt=prompts.negative, analysis=analysis,
-        models=cpu.models, overwrite=task.overwrite,
+        model_sha256=cpu.model_sha256, overwrite=task.overwrite,
     )
 
 
 def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu: CpuModels) -> FaceAnalysis:
-    celeba = cpu.attributes.facer(rgb, landmarks)
+    celeba_scores = cpu.attributes.facer(rgb, landmarks)
     demography = cpu.attributes.demography(rgb, box, landmarks)
     return FaceAnalysis(
-        face_box=[round(float(v), 2) for v in box[:5]], celeba=celeba, age=demography.age,
+        face_box=[round(float(v), 2) for v in box[:5]], celeba_scores=celeba_scores, age=demography.age,
         ethnicity=demography.ethnicity, deepface_gender=demography.gender,
     )

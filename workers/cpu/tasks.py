@@ -30,12 +30,12 @@ def analyze_image(self, message: dict) -> str:
         # 3. Read the image and analyse its biggest face
         prompt = analyze(task, rt.storage.read(task.input_uri), cpu)
     except TransientError as exc:
-        return retry_or_fail(task, exc, cpu.models, rt, CPU_TASK, rt.settings.cpu_queue)
+        return retry_or_fail(task, exc, cpu.model_sha256, rt, CPU_TASK, rt.settings.cpu_queue)
     except Exception as exc:  # noqa: BLE001 - permanent, missing input, or a bug: never a lost key
         # 4a. A key that can't succeed: its sidecar says why, at once
         if not isinstance(exc, (PermanentError, FileNotFoundError)):
             log.exception("analysis of %s failed", task.input_uri)
-        record = error_record(task, exc, cpu.models)
+        record = error_record(task, exc, cpu.model_sha256)
         publish(record, task.output_uri, rt.storage, rt.jobs)
         return record.status.value
     # 4b. Hand the prompt to the GPU tier, by task name

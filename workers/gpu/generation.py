@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from shared.settings import SchedulerName
+from shared.settings import SamplerName
 from workers.gpu.schedulers import build_sampler
 
 VAE_SCALE = 8
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    scheduler: SchedulerName = SchedulerName.FAITHFUL
+    sampler: SamplerName = SamplerName.FAITHFUL
     steps: int = 15
     guidance_scale: float = 7.0
     image_size: int = 512
@@ -55,7 +55,7 @@ class PortraitGenerator:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.config = config
         self.device, self.dtype = device, dtype
-        self.sampler = build_sampler(config.scheduler, scheduler_config)
+        self.sampler = build_sampler(config.sampler, scheduler_config)
         self._warned_cut = False  # a cut prompt is reported once per process, then at debug level
         self._latent_channels = unet.config.in_channels
         self._vae_scaling = vae.config.scaling_factor

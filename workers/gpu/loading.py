@@ -41,7 +41,6 @@ from models.weights import (
 #: subfolders a diffusers-format generator folder must have (its VAE is not used).
 DIFFUSERS_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
-SHA_CACHE_NAME = ".veil-sha256.json"
 
 
 @dataclass
@@ -54,7 +53,7 @@ class SDComponents:
     tokenizer: Any  # transformers.CLIPTokenizer
     scheduler_config: dict[str, Any]
     #: model name -> sha256 of the files it was loaded from (for the manifest)
-    models: dict[str, str] = field(default_factory=dict)
+    model_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -90,7 +89,7 @@ def load_sd_components(models_dir: Path, device: torch.device, dtype: torch.dtyp
             parts = _load_single_file(models_dir, vae, dtype)
     for module in (parts.unet, parts.vae, parts.text_encoder):
         _freeze(module, device, dtype)
-    parts.models[VAE_FOLDER] = tree_sha256(_model_files(models_dir / VAE_FOLDER))
+    parts.model_sha256[VAE_FOLDER] = tree_sha256(_model_files(models_dir / VAE_FOLDER))
     return parts
 
 
@@ -126,7 +125,7 @@ def _load_diffusers_folder(folder: Path, vae: Any, dtype: torch.dtype) -> SDComp
         ),
         tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
         scheduler_config=_read_json(folder / SCHEDULER_CONFIG),
-        models={RV_FOLDER: tree_sha256(weights)},
+        model_sha256={RV_FOLDER: tree_sha256(weights)},
     )
 
 
@@ -153,7 +152,7 @@ def _load_single_file(models_dir: Path, vae: Any, dtype: torch.dtype) -> SDCompo
         text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer,
         scheduler_config=_read_json(config_dir / SCHEDULER_CONFIG),
-        models={RV_FOLDER: file_sha256(single), SD15_CONFIG: tree_sha256(_model_files(config_dir))},
+        model_sha256={RV_FOLDER: file_sha256(single), SD15_CONFIG: tree_sha256(_model_files(config_dir))},
     )
 
 

@@ -33,7 +33,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from shared.settings import SchedulerName
+from shared.settings import SamplerName
 
 
 @dataclass
@@ -73,17 +73,17 @@ def _fast(config: dict[str, Any]) -> Sampler:
     return Sampler(scheduler, lambda s, seeds: None, step_kwargs)
 
 
-SAMPLERS: dict[SchedulerName, Callable[[dict[str, Any]], Sampler]] = {
-    SchedulerName.FAITHFUL: _faithful,
-    SchedulerName.FAST: _fast,
+SAMPLERS: dict[SamplerName, Callable[[dict[str, Any]], Sampler]] = {
+    SamplerName.FAITHFUL: _faithful,
+    SamplerName.FAST: _fast,
 }
 
 #: UNet evaluations per image for ``steps`` steps (used for FLOP counts in benchmarks).
-UNET_EVALS: dict[SchedulerName, Callable[[int], int]] = {
-    SchedulerName.FAITHFUL: lambda steps: 2 * steps - 1,
-    SchedulerName.FAST: lambda steps: steps,
+UNET_EVALS: dict[SamplerName, Callable[[int], int]] = {
+    SamplerName.FAITHFUL: lambda steps: 2 * steps - 1,
+    SamplerName.FAST: lambda steps: steps,
 }
 
 
-def build_sampler(name: SchedulerName, config: dict[str, Any]) -> Sampler:
+def build_sampler(name: SamplerName, config: dict[str, Any]) -> Sampler:
     return SAMPLERS[name](dict(config))

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class GpuModels:
     generator: PortraitGenerator
-    models: dict[str, str] = field(default_factory=dict)
+    model_sha256: dict[str, str] = field(default_factory=dict)
     #: the largest batch known to fit; lowered when the device runs out of memory
     max_batch: int | None = None
 
@@ -40,13 +40,13 @@ class GpuModels:
     def load(cls, settings: Settings, device: torch.device) -> "GpuModels":
         dtype = generation_dtype(device)
         parts = load_sd_components(Path(settings.models_dir), device, dtype)
-        config = GenerationConfig(scheduler=settings.scheduler, steps=settings.steps,
+        config = GenerationConfig(sampler=settings.sampler, steps=settings.steps,
                                   guidance_scale=settings.guidance_scale, image_size=settings.image_size,
                                   channels_last=settings.channels_last, compile_mode=settings.compile_mode,
                                   prompt_chunks=settings.prompt_chunks)
         generator = PortraitGenerator(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
                                       parts.scheduler_config, config, device, dtype)
-        gpu = cls(generator, dict(parts.models))
+        gpu = cls(generator, dict(parts.model_sha256))
         if device.type == "cuda":
             gpu.max_batch = largest_batch_that_fits(gpu, settings.batch_size)
         return gpu
@@ -116,7 +116,7 @@ def finish_batch(tasks: list[PromptTask], gpu: GpuModels, storage: Storage,
     rather than hand it back."""
     timings = timings if timings is not None else [{} for _ in tasks]
     # 1. Merge the GPU models' digests into each key's
-    tasks = [t.model_copy(update={"models": {**t.models, **gpu.models}}) for t in tasks]
+    tasks = [t.model_copy(update={"model_sha256": {**t.model_sha256, **gpu.model_sha256}}) for t in tasks]
     # 2. One diffusion call for the whole batch (split only on out-of-memory)
     t0 = time.perf_counter()
     try:

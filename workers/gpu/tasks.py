@@ -37,7 +37,7 @@ def generate_portraits(requests) -> None:
     for key in finish_batch(tasks, rt.models("gpu", GpuModels.load), rt.storage):
         # 3. Publish its sidecar, or send a transient failure again
         if key.transient is not None:
-            retry_or_fail(key.task, key.transient, key.task.models, rt, GPU_TASK, rt.settings.gpu_queue)
+            retry_or_fail(key.task, key.transient, key.task.model_sha256, rt, GPU_TASK, rt.settings.gpu_queue)
         elif key.record is not None:
             publish(key.record, key.task.output_uri, rt.storage, rt.jobs)
 
