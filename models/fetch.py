@@ -38,9 +38,16 @@ from typing import Any
 import requests
 from tqdm import tqdm
 
-from shared.errors import (RETRY_POLICY, ChecksumMismatchError, PermanentError, RetryPolicy, SourceNotFoundError,
-                           StorageError, call_with_retries)
 from models.weights import RV_SINGLE_FILE, WeightFile, check_single_file_text_encoder, file_sha256, required_files
+from shared.errors import (
+    RETRY_POLICY,
+    ChecksumMismatchError,
+    PermanentError,
+    RetryPolicy,
+    SourceNotFoundError,
+    StorageError,
+    call_with_retries,
+)
 
 log = logging.getLogger(__name__)
 USER_AGENT = "veil-models-fetch/0.1"
@@ -128,8 +135,10 @@ def fetch_file(
     # 2. Check the caller's digest; make the folder.
     expected_sha256 = _checked_sha256(expected_sha256)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _session_for(session) as s, _Download(s, url, part_path(dest), chunk_size=chunk_size, timeout=timeout,
-                                               progress=progress) as dl:
+    with (
+        _session_for(session) as s,
+        _Download(s, url, part_path(dest), chunk_size=chunk_size, timeout=timeout, progress=progress) as dl,
+    ):
         # 3. The digest to check: the caller's, else the one the server states (LFS).
         expected = expected_sha256 or _head_sha256(s, url, timeout)
         # 4. Download into the part, retrying transient failures.
@@ -165,7 +174,7 @@ class _Progressed(Exception):
     """An attempt failed after appending bytes to the part: the count of failures starts again."""
 
 
-def _download_with_retries(dl: "_Download", policy: RetryPolicy, sleep: Callable[[float], None], dest: Path) -> str:
+def _download_with_retries(dl: _Download, policy: RetryPolicy, sleep: Callable[[float], None], dest: Path) -> str:
     """``dl.attempt()`` until it completes. ``call_with_retries`` spends the policy's retries on
     attempts that add no bytes; an attempt that made progress ends that count (``_Progressed``),
     waits the first backoff and starts a fresh one, so a flaky link still finishes a multi-GB file."""
@@ -203,7 +212,9 @@ class _Download:
     """State of one file's download across attempts: bytes received, progress bar, the
     sha256 the server stated."""
 
-    def __init__(self, session: requests.Session, url: str, part: Path, *, chunk_size: int, timeout: float, progress: bool):
+    def __init__(
+        self, session: requests.Session, url: str, part: Path, *, chunk_size: int, timeout: float, progress: bool
+    ):
         self.session = session
         self.url = url
         self.part = part
@@ -214,7 +225,7 @@ class _Download:
         self.server_sha256: str | None = None
         self.bar: tqdm | None = None
 
-    def __enter__(self) -> "_Download":
+    def __enter__(self) -> _Download:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -225,7 +236,14 @@ class _Download:
         if not self.progress:
             return
         if self.bar is None:
-            self.bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=self.part.name[: -len(".part")])
+            self.bar = tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=self.part.name[: -len(".part")],
+            )
         elif self.bar.n != offset or self.bar.total != total:
             self.bar.reset(total=total)
             self.bar.update(offset)
@@ -272,7 +290,11 @@ class _Download:
         if status == 404:
             raise SourceNotFoundError(f"downloading {self.url}: HTTP 404 {resp.reason}")
         if status not in (200, 206):
-            hint = " (gated or private repository? give a session with an Authorization header)" if status in (401, 403) else ""
+            hint = (
+                " (gated or private repository? give a session with an Authorization header)"
+                if status in (401, 403)
+                else ""
+            )
             raise PermanentError(f"downloading {self.url}: HTTP {status} {resp.reason}{hint}")
 
     def _body_span(self, resp: requests.Response, offset: int) -> tuple[int, int | None, str]:
@@ -281,7 +303,9 @@ class _Download:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
             if not m or int(m.group(1)) != offset:
                 self.part.unlink(missing_ok=True)
-                raise _Retry(f"Content-Range {resp.headers.get('Content-Range')!r} does not start at {offset}; restarting")
+                raise _Retry(
+                    f"Content-Range {resp.headers.get('Content-Range')!r} does not start at {offset}; restarting"
+                )
             return offset, (int(m.group(3)) if m.group(3) != "*" else None), "ab"
         # 200: the whole file, whether or not a range was asked for
         length = resp.headers.get("Content-Length", "")
@@ -344,8 +368,10 @@ def fetch_missing(
     models_dir = Path(models_dir)
     wanted = required_files(models_dir) if files is None else list(files)
     # 2. Each file from the first of its sources that has it.
-    results = [fetch_weight_file(wf, models_dir, session=session, progress=progress, retry_policy=retry_policy,
-                                 sleep=sleep) for wf in wanted]
+    results = [
+        fetch_weight_file(wf, models_dir, session=session, progress=progress, retry_policy=retry_policy, sleep=sleep)
+        for wf in wanted
+    ]
     # 3. Digests into the caches.
     for r in results:
         file_sha256(r.path)

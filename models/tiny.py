@@ -286,7 +286,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in codes)))
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
 def tiny_bpe(words: tuple[str, ...] = TOKENIZER_WORDS) -> tuple[dict[str, int], list[str]]:
@@ -447,7 +447,7 @@ def write_diffusers_folder(folder: Path, tokenizer_dir: Path, models: TinySD15) 
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
     # save_pretrained writes every PNDM default (timestep_spacing "leading", ...); keep the real file's keys
     _write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
     return [p for p in _files(folder) if p.name != Path(RV_SINGLE_FILE).name]

@@ -115,14 +115,29 @@ SD15_CONFIG_FILES = [
 ]
 
 CATALOGUE: list[WeightFile] = [
-    WeightFile(FACER_ATTR, "https://github.com/FacePerceiver/facer/releases/download/models-v1/face_attribute.farl.celeba.pt", Component.ATTRIBUTES),
-    *[WeightFile(f"{DEEPFACE_WEIGHTS}/{name}", DeepFaceUrls(module, name), Component.DEMOGRAPHY)
-      for name, module in DEEPFACE_ONNX_MODULES.items()],
+    WeightFile(
+        FACER_ATTR,
+        "https://github.com/FacePerceiver/facer/releases/download/models-v1/face_attribute.farl.celeba.pt",
+        Component.ATTRIBUTES,
+    ),
+    *[
+        WeightFile(f"{DEEPFACE_WEIGHTS}/{name}", DeepFaceUrls(module, name), Component.DEMOGRAPHY)
+        for name, module in DEEPFACE_ONNX_MODULES.items()
+    ],
     WeightFile(RV_SINGLE_FILE, f"{RV_REPO}/Realistic_Vision_V5.1_fp16-no-ema.safetensors", Component.GENERATOR),
     *[WeightFile(f"{SD15_CONFIG}/{f}", f"{SD15_REPO}/{f}", Component.GENERATOR) for f in SD15_CONFIG_FILES],
     WeightFile(f"{VAE_FOLDER}/config.json", f"{VAE_REPO}/config.json", Component.GENERATOR),
-    WeightFile(f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors", f"{VAE_REPO}/diffusion_pytorch_model.safetensors", Component.GENERATOR),
-    WeightFile(FACER_RETINAFACE, "https://github.com/elliottzheng/face-detection/releases/download/0.0.1/mobilenet0.25_Final.pth", Component.RETINAFACE, optional=True),
+    WeightFile(
+        f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors",
+        f"{VAE_REPO}/diffusion_pytorch_model.safetensors",
+        Component.GENERATOR,
+    ),
+    WeightFile(
+        FACER_RETINAFACE,
+        "https://github.com/elliottzheng/face-detection/releases/download/0.0.1/mobilenet0.25_Final.pth",
+        Component.RETINAFACE,
+        optional=True,
+    ),
 ]
 
 
@@ -145,7 +160,8 @@ def check_single_file_text_encoder(path: Path) -> None:
         raise IncompleteCheckpointError(
             f"{path} has no tensor {SD15_TEXT_ENCODER_KEY!r}, which diffusers needs to find its CLIP text "
             f"encoder: it is not a complete SD 1.5 single-file checkpoint ({len(keys)} tensors); "
-            "replace it with Realistic_Vision_V5.1_fp16-no-ema.safetensors")
+            "replace it with Realistic_Vision_V5.1_fp16-no-ema.safetensors"
+        )
 
 
 def has_diffusers_folder(models_dir: Path) -> bool:
@@ -168,7 +184,11 @@ def required_files(models_dir: Path, components: set[Component] | None = None) -
 
 
 def missing_files(models_dir: Path, components: set[Component] | None = None) -> list[Path]:
-    return [models_dir / wf.relpath for wf in required_files(models_dir, components) if not (models_dir / wf.relpath).is_file()]
+    return [
+        models_dir / wf.relpath
+        for wf in required_files(models_dir, components)
+        if not (models_dir / wf.relpath).is_file()
+    ]
 
 
 def file_sha256(path: Path) -> str:
@@ -221,5 +241,7 @@ def is_tiny(models_dir: Path) -> bool:
 def tiny_warning(models_dir: Path) -> str | None:
     if not is_tiny(models_dir):
         return None
-    return (f"WARNING: {models_dir} holds tiny RANDOM test models: the images written are noise and the "
-            "attributes random. Fetch the real weights with `veil models fetch` for real anonymization.")
+    return (
+        f"WARNING: {models_dir} holds tiny RANDOM test models: the images written are noise and the "
+        "attributes random. Fetch the real weights with `veil models fetch` for real anonymization."
+    )

@@ -67,16 +67,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.embedded import run
     from shared.storage import open_storage
 
-    settings = _settings(device=args.device, batch_size=args.batch_size, seed=args.seed,
-                         sampler=args.sampler, detector=args.detector)
+    settings = _settings(
+        device=args.device, batch_size=args.batch_size, seed=args.seed, sampler=args.sampler, detector=args.detector
+    )
     if warning := tiny_warning(settings.models_dir):
         print(warning, file=sys.stderr)
     try:
-        summary = run(args.input, args.output, settings, open_storage(settings), limit=args.limit,
-                      progress=not args.quiet, overwrite=args.overwrite)
+        summary = run(
+            args.input,
+            args.output,
+            settings,
+            open_storage(settings),
+            limit=args.limit,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+        )
     except KeyboardInterrupt:
-        print("\nveil run: interrupted; finished rows are in the manifest. Run the same command again to resume.",
-              file=sys.stderr)
+        print(
+            "\nveil run: interrupted; finished rows are in the manifest. Run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
     print(summary.text())
     return 0 if summary.ok else 1
@@ -136,11 +146,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure(settings)
-    result = submit(args.source, args.out, settings, open_storage(settings), JobStore.from_url(settings.jobs_url),
-                    name=args.name, overwrite=args.overwrite)
+    result = submit(
+        args.source,
+        args.out,
+        settings,
+        open_storage(settings),
+        JobStore.from_url(settings.jobs_url),
+        name=args.name,
+        overwrite=args.overwrite,
+    )
     print(result.job_id)
-    print(f"submitted {result.count} keys as job {result.job_id}; watch with:  veil status {result.job_id} --watch",
-          file=sys.stderr)
+    print(
+        f"submitted {result.count} keys as job {result.job_id}; watch with:  veil status {result.job_id} --watch",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -191,18 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="anonymize a folder, glob, list file or s3:// prefix in one process")
     run.add_argument("input", help="folder (recursive), glob, text file of paths, or s3://bucket/prefix")
     run.add_argument("output", help="output folder or s3://bucket/prefix (mirrors INPUT's relative paths)")
-    run.add_argument("--device", choices=[d.value for d in DeviceName],
-                     help="where models run; auto = cuda if available, else cpu (VEIL_DEVICE)")
+    run.add_argument(
+        "--device",
+        choices=[d.value for d in DeviceName],
+        help="where models run; auto = cuda if available, else cpu (VEIL_DEVICE)",
+    )
     run.add_argument("--batch-size", type=int, help="prompts per diffusion call (VEIL_BATCH_SIZE)")
     run.add_argument("--seed", type=int, help="base seed; each image's seed derives from it and its key")
     run.add_argument("--limit", type=int, help="process at most N inputs")
-    run.add_argument("--sampler", "--scheduler", dest="sampler", choices=[s.value for s in SamplerName],
-                     help="faithful = the paper's DPM++ SDE Karras (default); fast = DPM++ 2M SDE Karras, "
-                          "about half the UNet work (VEIL_SAMPLER; --scheduler is its old name)")
-    run.add_argument("--detector", choices=[d.value for d in DetectorName],
-                     help="face detector; the biggest face found is anonymized (VEIL_DETECTOR)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="redo inputs the manifest already lists as done or no_face (default: skip them)")
+    run.add_argument(
+        "--sampler",
+        "--scheduler",
+        dest="sampler",
+        choices=[s.value for s in SamplerName],
+        help="faithful = the paper's DPM++ SDE Karras (default); fast = DPM++ 2M SDE Karras, "
+        "about half the UNet work (VEIL_SAMPLER; --scheduler is its old name)",
+    )
+    run.add_argument(
+        "--detector",
+        choices=[d.value for d in DetectorName],
+        help="face detector; the biggest face found is anonymized (VEIL_DETECTOR)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo inputs the manifest already lists as done or no_face (default: skip them)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -244,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local files; never reach a hub
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     quiet_third_party(debug=args.verbose)  # third-party warnings only at -v
     try:
         return int(args.func(args) or 0)

@@ -15,24 +15,25 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
+from models.weights import missing_files
+from orchestrator.inputs import list_inputs
+from orchestrator.submit import image_task
 from shared.devices import resolve_device
 from shared.errors import InputError, MissingWeightsError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record
 from shared.settings import Settings
 from shared.storage import Storage, is_local, is_under, join_uri, scheme_of
-from models.weights import missing_files
-from orchestrator.inputs import list_inputs
-from orchestrator.submit import image_task
 from workers.cpu.stage import CpuModels, analyze
-from workers.gpu.stage import GpuModels, finish_batch
+from workers.gpu.stage import Finished, GpuModels, finish_batch
 
 MANIFEST = "manifest.jsonl"
 
@@ -42,7 +43,7 @@ class RunSummary:
     counts: Counter = field(default_factory=Counter)
     skipped: int = 0
     seconds: float = 0.0
-    stage_seconds: Counter = field(default_factory=Counter)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     @property
     def ok(self) -> bool:
@@ -53,8 +54,10 @@ class RunSummary:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "nothing to do"
         rate = f"{total / self.seconds:.2f} images/s" if self.seconds > 0 and total else ""
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(self.stage_seconds.items()))
-        return (f"veil run: {total} processed ({parts}); {self.skipped} already done; "
-                f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}")
+        return (
+            f"veil run: {total} processed ({parts}); {self.skipped} already done; "
+            f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}"
+        )
 
 
 class Manifest:
@@ -120,8 +123,16 @@ class Manifest:
             self._storage.delete(part)
 
 
-def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, limit: int | None = None,
-        progress: bool = True, overwrite: bool = False) -> RunSummary:
+def run(
+    input_spec: str,
+    output: str,
+    settings: Settings,
+    storage: Storage,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
     # 1. Check the weights before touching any input
@@ -159,6 +170,7 @@ def run(input_spec: str, output: str, settings: Settings, storage: Storage, *, l
         if failed is not None:
             finish([failed])
             continue
+        assert prompt is not None  # _analysed yields a prompt or a failed record, never neither
         batch.append((prompt, timings))
         if len(batch) == settings.batch_size:
             finish(_generate_and_store(batch, gpu, storage, summary))
@@ -181,8 +193,9 @@ def _check_output_outside_input(input_spec: str, output: str) -> None:
 _DONE = object()
 
 
-def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int
-              ) -> Iterator[tuple[PromptTask | None, dict[str, float], ResultRecord | None]]:
+def _analysed(
+    tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int
+) -> Iterator[tuple[PromptTask | None, dict[str, float], ResultRecord | None]]:
     """Reads and analyses the inputs in a background thread, at most ``depth`` ahead of the
     generator; yields (prompt, timings, None) or (None, timings, failure record) in input order."""
     out: queue.Queue = queue.Queue(maxsize=depth)
@@ -195,7 +208,7 @@ def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary:
                     return
                 timings: dict[str, float] = {}
                 try:
-                    data = call_with_retries(lambda: storage.read(task.input_uri))
+                    data = call_with_retries(partial(storage.read, task.input_uri))
                     out.put((analyze(task, data, cpu, timings), timings, None))
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
                     out.put((None, timings, error_record(task, exc, cpu.model_sha256, timings)))
@@ -218,14 +231,22 @@ def _analysed(tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary:
                 pass
 
 
-def _generate_and_store(batch: list[tuple[PromptTask, dict[str, float]]], gpu: GpuModels, storage: Storage,
-                        summary: RunSummary) -> list[ResultRecord]:
+def _generate_and_store(
+    batch: list[tuple[PromptTask, dict[str, float]]], gpu: GpuModels, storage: Storage, summary: RunSummary
+) -> list[ResultRecord]:
     """The GPU stage's ``finish_batch``; a transient failure left after its retries is a failed row
     (run the same command again to retry it)."""
     timings = [t for _, t in batch]
     finished = finish_batch([p for p, _ in batch], gpu, storage, timings, retry_stores=True)
     summary.stage_seconds["generate"] += sum(t.get("generate", 0.0) for t in timings)
-    return [k.record or error_record(k.task, k.transient, timings_s=t) for k, t in zip(finished, timings)]
+    return [_record_of(k, t) for k, t in zip(finished, timings, strict=True)]
+
+
+def _record_of(key: Finished, timings: dict[str, float]) -> ResultRecord:
+    if key.record is not None:
+        return key.record
+    assert key.transient is not None  # finish_batch gives one or the other
+    return error_record(key.task, key.transient, timings_s=timings)
 
 
 __all__ = ["run", "RunSummary", "Manifest"]

@@ -56,6 +56,8 @@ def _relative_to_common(paths: list[str]) -> list[InputItem]:
     """Keys relative to the deepest folder (or key prefix) that holds all the paths of a namespace
     (the local filesystem, one bucket)."""
     split = [split_uri(p) for p in paths]
-    common = {space: posixpath.commonpath([posixpath.dirname(q) for s, q in split if s == space])
-              for space in {s for s, _ in split}}
+    common = {
+        space: posixpath.commonpath([posixpath.dirname(q) for s, q in split if s == space])
+        for space in {s for s, _ in split}
+    }
     return [InputItem(p, posixpath.relpath(q, common[s])) for p, (s, q) in zip(paths, split, strict=True)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lints and type-checks the code (ruff with ruff.toml, mypy with mypy.ini); installs ruff and mypy
-# into the venv if they are missing. Checks only: it never reformats a file. Exit 1 on findings.
+# Lints, format-checks and type-checks the code (ruff with ruff.toml, mypy with mypy.ini); installs
+# ruff and mypy into the venv if they are missing. Checks only: it never reformats a file (run
+# `ruff format shared workers orchestrator models` for that). Exit 1 on findings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -12,6 +13,8 @@ fi
 status=0
 echo "== ruff check ${PACKAGES[*]}"
 "$PY" -m ruff check --config ruff.toml "${PACKAGES[@]}" || status=1
+echo "== ruff format --check ${PACKAGES[*]}"
+"$PY" -m ruff format --config ruff.toml --check "${PACKAGES[@]}" || status=1
 echo "== mypy ${PACKAGES[*]}"
 "$PY" -m mypy --config-file mypy.ini "${PACKAGES[@]}" || status=1
 exit $status

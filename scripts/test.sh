@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything and runs the whole test suite (what CI runs).
+# Installs everything, lints, and runs the whole test suite (what CI runs): tests/unit (no
+# services, no ../shared) first, then tests/integration (Redis, moto_server, worker processes,
+# the real photos in ../shared/faces). Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -7,4 +9,8 @@ bash scripts/services.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 export VEIL_FACES_DIR="${VEIL_FACES_DIR:-$(cd .. && pwd)/shared/faces}"
-python -m pytest -q "$@"
+bash scripts/lint.sh
+echo "== unit tests"
+python -m pytest -q tests/unit "$@"
+echo "== integration tests"
+python -m pytest -q tests/integration "$@"

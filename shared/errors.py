@@ -106,10 +106,14 @@ class RetryPolicy:
         return delay * (0.5 + 0.5 * rng()) if self.jitter else delay
 
 
-def call_with_retries(fn: Callable[[], T], policy: "RetryPolicy | None" = None, *,
-                      retry_on: tuple[type[BaseException], ...] = (TransientError,),
-                      sleep: Callable[[float], None] = time.sleep,
-                      on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+def call_with_retries(
+    fn: Callable[[], T],
+    policy: RetryPolicy | None = None,
+    *,
+    retry_on: tuple[type[BaseException], ...] = (TransientError,),
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> T:
     """``fn()``, retried on ``retry_on`` errors with the policy's backoff; the last error is raised
     once ``max_retries`` retries are spent. The one blocking retry loop of the code base."""
     policy = policy or RETRY_POLICY

@@ -38,13 +38,14 @@ class JobStore:
         self._r = client
 
     @classmethod
-    def from_url(cls, url: str) -> "JobStore":
+    def from_url(cls, url: str) -> JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True))
 
     def create(self, job_id: str, *, name: str, input: str, output: str) -> None:
         now = time.time()
-        self._r.hset(f"veil:job:{job_id}", mapping={"name": name, "input": input, "output": output,
-                                                    "total": 0, "created": now})
+        self._r.hset(
+            f"veil:job:{job_id}", mapping={"name": name, "input": input, "output": output, "total": 0, "created": now}
+        )
         self._r.zadd("veil:jobs", {job_id: now})
 
     def add_total(self, job_id: str, n: int) -> None:
@@ -58,13 +59,19 @@ class JobStore:
         return True
 
     def get(self, job_id: str) -> JobInfo | None:
-        h = self._r.hgetall(f"veil:job:{job_id}")
+        h: dict[str, str] = self._r.hgetall(f"veil:job:{job_id}")  # type: ignore[assignment]  # decode_responses
         if not h:
             return None
-        return JobInfo(job_id=job_id, name=h.get("name", ""), input=h.get("input", ""), output=h.get("output", ""),
-                       total=int(h.get("total", 0)), created=float(h.get("created", 0)),
-                       counts={s: int(h.get(s, 0)) for s in STATUSES})
+        return JobInfo(
+            job_id=job_id,
+            name=h.get("name", ""),
+            input=h.get("input", ""),
+            output=h.get("output", ""),
+            total=int(h.get("total", 0)),
+            created=float(h.get("created", 0)),
+            counts={s: int(h.get(s, 0)) for s in STATUSES},
+        )
 
     def list(self, limit: int = 50) -> list[JobInfo]:
-        ids = self._r.zrevrange("veil:jobs", 0, limit - 1)
+        ids: list[str] = self._r.zrevrange("veil:jobs", 0, limit - 1)  # type: ignore[assignment]  # decode_responses
         return [j for j in (self.get(i) for i in ids) if j is not None]

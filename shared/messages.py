@@ -10,14 +10,14 @@ messages and sidecars/manifests are still read, under their old names.
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION: Final = 2
 
 
-def _renamed(new: str, old: str, **field: object) -> object:
+def _renamed(new: str, old: str, **field: Any) -> Any:
     """A field renamed in version 2: written as ``new``, read as ``new`` or (version 1) ``old``."""
     return Field(validation_alias=AliasChoices(new, old), **field)
 
@@ -34,7 +34,7 @@ class _Message(BaseModel):
 
     @field_validator("schema_version", mode="after")
     @classmethod
-    def _now_current(cls, version: int) -> int:
+    def _now_current(cls, version: int) -> Literal[1, 2]:
         """A known older version is read under its old names and is the current one from then on."""
         return SCHEMA_VERSION
 

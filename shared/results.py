@@ -17,15 +17,29 @@ def seed_for(base_seed: int, relative_key: str) -> int:
 def done_record(task: PromptTask, timings_s: dict[str, float] | None = None) -> ResultRecord:
     a = task.analysis
     return ResultRecord(
-        input=task.input_uri, output=task.output_uri, status=Status.DONE, face_box=a.face_box,
-        celeba_scores=a.celeba_scores, age=a.age, ethnicity=a.ethnicity, deepface_gender=a.deepface_gender,
-        prompt=task.prompt, negative_prompt=task.negative_prompt, seed=task.seed, model_sha256=task.model_sha256,
-        job_id=task.job_id, timings_s=timings_s or {},
+        input=task.input_uri,
+        output=task.output_uri,
+        status=Status.DONE,
+        face_box=a.face_box,
+        celeba_scores=a.celeba_scores,
+        age=a.age,
+        ethnicity=a.ethnicity,
+        deepface_gender=a.deepface_gender,
+        prompt=task.prompt,
+        negative_prompt=task.negative_prompt,
+        seed=task.seed,
+        model_sha256=task.model_sha256,
+        job_id=task.job_id,
+        timings_s=timings_s or {},
     )
 
 
-def error_record(task: ImageTask | PromptTask, exc: BaseException, model_sha256: dict[str, str] | None = None,
-                 timings_s: dict[str, float] | None = None) -> ResultRecord:
+def error_record(
+    task: ImageTask | PromptTask,
+    exc: BaseException,
+    model_sha256: dict[str, str] | None = None,
+    timings_s: dict[str, float] | None = None,
+) -> ResultRecord:
     """``no_face`` for NoFaceError, ``failed`` with the error's reason code and message otherwise.
     No output is ever written for these: the original is never copied."""
     status = Status.NO_FACE if isinstance(exc, NoFaceError) else Status.FAILED
@@ -33,13 +47,25 @@ def error_record(task: ImageTask | PromptTask, exc: BaseException, model_sha256:
     message = str(exc).splitlines()[0] if str(exc) else ""
     extra = {}
     if isinstance(task, PromptTask):
-        extra = dict(face_box=task.analysis.face_box, celeba_scores=task.analysis.celeba_scores, age=task.analysis.age,
-                     ethnicity=task.analysis.ethnicity, deepface_gender=task.analysis.deepface_gender,
-                     prompt=task.prompt, negative_prompt=task.negative_prompt)
+        extra = dict(
+            face_box=task.analysis.face_box,
+            celeba_scores=task.analysis.celeba_scores,
+            age=task.analysis.age,
+            ethnicity=task.analysis.ethnicity,
+            deepface_gender=task.analysis.deepface_gender,
+            prompt=task.prompt,
+            negative_prompt=task.negative_prompt,
+        )
     return ResultRecord(
-        input=task.input_uri, output=None, status=status, reason=f"{code}: {message}" if message else code,
-        seed=task.seed, model_sha256=model_sha256 or getattr(task, "model_sha256", {}) or {}, job_id=task.job_id,
-        timings_s=timings_s or {}, **extra,
+        input=task.input_uri,
+        output=None,
+        status=status,
+        reason=f"{code}: {message}" if message else code,
+        seed=task.seed,
+        model_sha256=model_sha256 or getattr(task, "model_sha256", {}) or {},
+        job_id=task.job_id,
+        timings_s=timings_s or {},
+        **extra,
     )
 
 

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         return value.expanduser()
 
     @model_validator(mode="after")
-    def _deprecated_scheduler(self) -> "Settings":
+    def _deprecated_scheduler(self) -> Settings:
         if self.scheduler is None:
             return self
         if "sampler" in self.model_fields_set and self.sampler != self.scheduler:
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _jobs_url(self) -> "Settings":
+    def _jobs_url(self) -> Settings:
         if not self.jobs_url:
             if not self.broker_url.startswith(("redis://", "rediss://")):
                 raise ValueError("VEIL_JOBS_URL must be set (a redis:// URL) when the broker is not Redis")
@@ -131,17 +131,17 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from the environment, rejecting unknown ``VEIL_*`` variables."""
         env = os.environ if environ is None else environ
         known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
         unknown = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
         if unknown:
-            raise ValueError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if environ is None:
             return cls(**overrides)  # type: ignore[arg-type]
-        values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+        values: dict[str, object] = {
+            k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)
+        }
         values.update(overrides)
         return cls.model_validate(values)

@@ -23,9 +23,22 @@ from typing import Any, ClassVar, Protocol
 from shared.errors import InputError, StorageError
 from shared.settings import Settings
 
-__all__ = ["Backend", "LocalBackend", "ObjectStoreBackend", "S3Backend", "Storage",
-           "backend_class", "is_local", "is_under", "join_uri", "open_storage", "register_backend",
-           "relative_key", "scheme_of", "split_uri"]
+__all__ = [
+    "Backend",
+    "LocalBackend",
+    "ObjectStoreBackend",
+    "S3Backend",
+    "Storage",
+    "backend_class",
+    "is_local",
+    "is_under",
+    "join_uri",
+    "open_storage",
+    "register_backend",
+    "relative_key",
+    "scheme_of",
+    "split_uri",
+]
 
 LOCAL = ""  # the scheme of a plain filesystem path
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -115,7 +128,7 @@ class ObjectStoreBackend:
     def parse(cls, uri: str) -> tuple[str, str]:
         """``scheme://bucket/key`` -> (bucket, key)."""
         head = f"{cls.scheme}://"
-        bucket, _, key = uri[len(head):].partition("/") if uri.startswith(head) else ("", "", "")
+        bucket, _, key = uri[len(head) :].partition("/") if uri.startswith(head) else ("", "", "")
         if not bucket:
             raise InputError(f"not a {head}bucket/key URI: {uri!r}")
         return bucket, key
@@ -130,7 +143,7 @@ class ObjectStoreBackend:
         _, prefix = cls.parse(root)
         _, key = cls.parse(uri)
         base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
-        return key[len(base):] if key.startswith(base) else key.rsplit("/", 1)[-1]
+        return key[len(base) :] if key.startswith(base) else key.rsplit("/", 1)[-1]
 
     @classmethod
     def split(cls, uri: str) -> tuple[str, str]:

@@ -19,8 +19,22 @@ from shared.settings import Settings
 
 
 def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str]:
-    return ["worker", "-Q", queue, "-n", f"{name}@{socket.gethostname()}", "-P", pool, "-c", str(concurrency),
-            "-l", "INFO", "-E", "--without-gossip", "--without-mingle"]
+    return [
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@{socket.gethostname()}",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-l",
+        "INFO",
+        "-E",
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 def run_cpu_worker(settings: Settings, concurrency: int) -> None:

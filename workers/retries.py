@@ -15,13 +15,20 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def retry_or_fail(task: ImageTask | PromptTask, exc: TransientError, model_sha256: dict[str, str], rt: Runtime,
-                  task_name: str, queue: str) -> str:
+def retry_or_fail(
+    task: ImageTask | PromptTask,
+    exc: TransientError,
+    model_sha256: dict[str, str],
+    rt: Runtime,
+    task_name: str,
+    queue: str,
+) -> str:
     if task.attempt < RETRY_POLICY.max_retries:
         retry = task.model_copy(update={"attempt": task.attempt + 1})
         log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
-        app.send_task(task_name, args=[retry.model_dump(mode="json")], queue=queue,
-                      countdown=RETRY_POLICY.countdown(task.attempt))
+        app.send_task(
+            task_name, args=[retry.model_dump(mode="json")], queue=queue, countdown=RETRY_POLICY.countdown(task.attempt)
+        )
         return "retrying"
     publish(error_record(task, exc, model_sha256), task.output_uri, rt.storage, rt.jobs)
     return Status.FAILED.value

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.errors import MissingWeightsError
-from shared.quiet import quiet_third_party
-from shared.prompts import CELEBA_LABELS
 from models.weights import DEEPFACE_HOME, DEEPFACE_WEIGHTS, FACER_ATTR, Component, file_sha256, missing_files
+from shared.errors import MissingWeightsError
+from shared.prompts import CELEBA_LABELS
+from shared.quiet import quiet_third_party
 
 #: CLIP normalisation used by FaRL (facer/face_attribute/farl.py)
 _FARL_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -59,7 +59,7 @@ class FacerAttributes:
         aligned = (aligned - _FARL_MEAN.to(self._device)) / _FARL_STD.to(self._device)
         with torch.inference_mode():
             probs = torch.sigmoid(self._net(aligned))[0].float().cpu().numpy()
-        return {label: float(p) for label, p in zip(CELEBA_LABELS, probs)}
+        return {label: float(p) for label, p in zip(CELEBA_LABELS, probs, strict=True)}
 
 
 class DeepFaceDemography:
@@ -73,8 +73,8 @@ class DeepFaceDemography:
         # deepface reads these when it builds a model; set them before it is imported.
         os.environ["DEEPFACE_HOME"] = str(models_dir / DEEPFACE_HOME)
         os.environ["DEEPFACE_BACKEND_ENGINE"] = "onnx"
-        from deepface.models.demography.onnx import Age, Gender, Race
         from deepface.models.demography.DemographyUtils import GENDER_LABELS, RACE_LABELS
+        from deepface.models.demography.onnx import Age, Gender, Race
         from deepface.models.Detector import FacialAreaRegion
         from deepface.modules import detection, preprocessing
 
@@ -120,11 +120,19 @@ class DeepFaceDemography:
         x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
         # DeepFace's eyes are the person's: its left eye is on the image's right.
         right_eye, left_eye = (tuple(int(round(float(c))) for c in landmarks[i]) for i in (0, 1))
-        region = self._region(x=x1, y=y1, w=x2 - x1, h=y2 - y1, left_eye=left_eye, right_eye=right_eye,
-                              confidence=float(box[4]))
+        region = self._region(
+            x=x1, y=y1, w=x2 - x1, h=y2 - y1, left_eye=left_eye, right_eye=right_eye, confidence=float(box[4])
+        )
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        face = self._extract_face(facial_area=region, img=bgr, align=True, expand_percentage=0, width_border=0,
-                                  height_border=0, detector_backend="mtcnn").img
+        face = self._extract_face(
+            facial_area=region,
+            img=bgr,
+            align=True,
+            expand_percentage=0,
+            width_border=0,
+            height_border=0,
+            detector_backend="mtcnn",
+        ).img
         return face if face.size else crop_box(rgb, box)[:, :, ::-1]
 
 
@@ -147,7 +155,7 @@ class AttributeModels:
     demography: DeepFaceDemography
 
     @classmethod
-    def load(cls, models_dir: Path, device: torch.device) -> "AttributeModels":
+    def load(cls, models_dir: Path, device: torch.device) -> AttributeModels:
         missing = missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
         if missing:
             raise MissingWeightsError([str(p) for p in missing], str(models_dir))

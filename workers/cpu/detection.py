@@ -7,16 +7,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from models.weights import FACER_RETINAFACE, file_sha256, tree_sha256
 from shared.errors import MissingWeightsError
 from shared.settings import DetectorName
-from models.weights import FACER_RETINAFACE, file_sha256, tree_sha256
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Detections:
     landmarks: np.ndarray  # (N, 5, 2) float32
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))
 
     def __len__(self) -> int:
@@ -71,8 +72,8 @@ class MTCNNDetector:
     name = "mtcnn"
 
     def __init__(self, device: torch.device, min_face_size: int = 20):
-        from facenet_pytorch import MTCNN
         import facenet_pytorch
+        from facenet_pytorch import MTCNN
 
         self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)
         data = Path(facenet_pytorch.__file__).parent / "data"
@@ -99,7 +100,9 @@ class RetinaFaceDetector:
         if not path.is_file():
             raise MissingWeightsError([str(path)], str(models_dir))
         self._device = device
-        self._net = facer.face_detector("retinaface/mobilenet", device=device, model_path=str(path), threshold=threshold)
+        self._net = facer.face_detector(
+            "retinaface/mobilenet", device=device, model_path=str(path), threshold=threshold
+        )
         self.sha256 = file_sha256(path)
 
     def __call__(self, rgb: np.ndarray) -> Detections:

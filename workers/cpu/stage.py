@@ -30,7 +30,7 @@ class CpuModels:
     model_sha256: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, settings: Settings, device: torch.device) -> "CpuModels":
+    def load(cls, settings: Settings, device: torch.device) -> CpuModels:
         detector = build_detector(settings.detector, device, Path(settings.models_dir), settings.min_face_size)
         attributes = AttributeModels.load(Path(settings.models_dir), device)
         model_sha256 = {f"detector-{detector.name}": detector.sha256, **attributes.sha256}
@@ -58,9 +58,15 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     # 4. Write the prompts (Algorithm 1)
     prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)
     return PromptTask(
-        job_id=task.job_id, input_uri=task.input_uri, output_uri=task.output_uri, seed=task.seed,
-        prompt=prompts.positive, negative_prompt=prompts.negative, analysis=analysis,
-        model_sha256=cpu.model_sha256, overwrite=task.overwrite,
+        job_id=task.job_id,
+        input_uri=task.input_uri,
+        output_uri=task.output_uri,
+        seed=task.seed,
+        prompt=prompts.positive,
+        negative_prompt=prompts.negative,
+        analysis=analysis,
+        model_sha256=cpu.model_sha256,
+        overwrite=task.overwrite,
     )
 
 
@@ -68,6 +74,9 @@ def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu
     celeba_scores = cpu.attributes.facer(rgb, landmarks)
     demography = cpu.attributes.demography(rgb, box, landmarks)
     return FaceAnalysis(
-        face_box=[round(float(v), 2) for v in box[:5]], celeba_scores=celeba_scores, age=demography.age,
-        ethnicity=demography.ethnicity, deepface_gender=demography.gender,
+        face_box=[round(float(v), 2) for v in box[:5]],
+        celeba_scores=celeba_scores,
+        age=demography.age,
+        ethnicity=demography.ethnicity,
+        deepface_gender=demography.gender,
     )

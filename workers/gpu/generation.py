@@ -50,8 +50,17 @@ class GenerationConfig:
 
 
 class PortraitGenerator:
-    def __init__(self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler_config: dict[str, Any],
-                 config: GenerationConfig, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        unet: Any,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        scheduler_config: dict[str, Any],
+        config: GenerationConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.config = config
         self.device, self.dtype = device, dtype
@@ -121,14 +130,20 @@ class PortraitGenerator:
         width = tok.model_max_length - 2  # 75 content tokens between BOS and EOS
         content = tok(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         if len(content) > chunks * width:
-            log.log(logging.WARNING if not self._warned_cut else logging.DEBUG,"prompt of %d tokens cut to %d (VEIL_PROMPT_CHUNKS=%d): %.60s...", len(content),
-                        chunks * width, chunks, text)
+            log.log(
+                logging.WARNING if not self._warned_cut else logging.DEBUG,
+                "prompt of %d tokens cut to %d (VEIL_PROMPT_CHUNKS=%d): %.60s...",
+                len(content),
+                chunks * width,
+                chunks,
+                text,
+            )
             self._warned_cut = True
             content = content[: chunks * width]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = []
         for k in range(chunks):
-            piece = content[k * width: (k + 1) * width]
+            piece = content[k * width : (k + 1) * width]
             row = [tok.bos_token_id, *piece, tok.eos_token_id]
             rows.append(row + [pad] * (tok.model_max_length - len(row)))
         return torch.tensor(rows, dtype=torch.long)
@@ -146,8 +161,13 @@ class PortraitGenerator:
         latents = latents.to(self.device) * self.sampler.scheduler.init_noise_sigma
         return latents
 
-    def _denoise(self, latents: torch.Tensor, embeddings: torch.Tensor, timesteps: torch.Tensor,
-                 generators: list[torch.Generator]) -> torch.Tensor:
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        embeddings: torch.Tensor,
+        timesteps: torch.Tensor,
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
         scheduler, scale = self.sampler.scheduler, self.config.guidance_scale
         for t in timesteps:
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(self.dtype)

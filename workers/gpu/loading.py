@@ -23,8 +23,6 @@ from typing import Any
 
 import torch
 
-from shared.errors import MissingWeightsError
-from shared.quiet import quiet_third_party
 from models.weights import (
     RV_FOLDER,
     RV_SINGLE_FILE,
@@ -37,6 +35,8 @@ from models.weights import (
     missing_files,
     tree_sha256,
 )
+from shared.errors import MissingWeightsError
+from shared.quiet import quiet_third_party
 
 #: subfolders a diffusers-format generator folder must have (its VAE is not used).
 DIFFUSERS_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -120,9 +120,7 @@ def _load_diffusers_folder(folder: Path, vae: Any, dtype: torch.dtype) -> SDComp
     return SDComponents(
         unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True, torch_dtype=dtype),
         vae=vae,
-        text_encoder=CLIPTextModel.from_pretrained(
-            root, subfolder="text_encoder", local_files_only=True, dtype=dtype
-        ),
+        text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True, dtype=dtype),
         tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
         scheduler_config=_read_json(folder / SCHEDULER_CONFIG),
         model_sha256={RV_FOLDER: tree_sha256(weights)},

@@ -26,8 +26,9 @@ random numbers do not depend on its batch-mates (its pixels may, by rounding: se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler
@@ -62,7 +63,10 @@ def _faithful(config: dict[str, Any]) -> Sampler:
 
 def _fast(config: dict[str, Any]) -> Sampler:
     scheduler = DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True, solver_order=2,
+        config,
+        algorithm_type="sde-dpmsolver++",
+        use_karras_sigmas=True,
+        solver_order=2,
         timestep_spacing=TIMESTEP_SPACING,
     )
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +38,21 @@ class GpuModels:
     max_batch: int | None = None
 
     @classmethod
-    def load(cls, settings: Settings, device: torch.device) -> "GpuModels":
+    def load(cls, settings: Settings, device: torch.device) -> GpuModels:
         dtype = generation_dtype(device)
         parts = load_sd_components(Path(settings.models_dir), device, dtype)
-        config = GenerationConfig(sampler=settings.sampler, steps=settings.steps,
-                                  guidance_scale=settings.guidance_scale, image_size=settings.image_size,
-                                  channels_last=settings.channels_last, compile_mode=settings.compile_mode,
-                                  prompt_chunks=settings.prompt_chunks)
-        generator = PortraitGenerator(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer,
-                                      parts.scheduler_config, config, device, dtype)
+        config = GenerationConfig(
+            sampler=settings.sampler,
+            steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            image_size=settings.image_size,
+            channels_last=settings.channels_last,
+            compile_mode=settings.compile_mode,
+            prompt_chunks=settings.prompt_chunks,
+        )
+        generator = PortraitGenerator(
+            parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler_config, config, device, dtype
+        )
         gpu = cls(generator, dict(parts.model_sha256))
         if device.type == "cuda":
             gpu.max_batch = largest_batch_that_fits(gpu, settings.batch_size)
@@ -57,8 +64,9 @@ def largest_batch_that_fits(gpu: GpuModels, wanted: int) -> int:
     until it fits. The peak is the UNet at the batch size plus the VAE decode of the batch, so a
     run of the real path at that size is the honest test."""
     gpu.max_batch = wanted
-    _largest_chunk(0, wanted, lambda a, b: gpu.generator(["probe"] * (b - a), ["probe"] * (b - a), list(range(a, b))),
-                   gpu)
+    _largest_chunk(
+        0, wanted, lambda a, b: gpu.generator(["probe"] * (b - a), ["probe"] * (b - a), list(range(a, b))), gpu
+    )
     if gpu.max_batch < wanted:
         log.warning("batch %d does not fit this device; using %d", wanted, gpu.max_batch)
     return gpu.max_batch
@@ -109,8 +117,14 @@ class Finished:
     transient: TransientError | None = None
 
 
-def finish_batch(tasks: list[PromptTask], gpu: GpuModels, storage: Storage,
-                 timings: list[dict[str, float]] | None = None, *, retry_stores: bool = False) -> list[Finished]:
+def finish_batch(
+    tasks: list[PromptTask],
+    gpu: GpuModels,
+    storage: Storage,
+    timings: list[dict[str, float]] | None = None,
+    *,
+    retry_stores: bool = False,
+) -> list[Finished]:
     """Generate, store, and build each key's record: the GPU stage of ``veil run`` and of the GPU
     Celery task. ``retry_stores``: retry a transient upload failure here, per ``RETRY_POLICY``,
     rather than hand it back."""
@@ -125,17 +139,17 @@ def finish_batch(tasks: list[PromptTask], gpu: GpuModels, storage: Storage,
         return [Finished(t, None, exc) for t in tasks]
     except Exception as exc:  # noqa: BLE001 - a bug or a bad model: every key gets its record
         log.exception("batch of %d failed", len(tasks))
-        return [Finished(t, error_record(t, exc, timings_s=tm)) for t, tm in zip(tasks, timings)]
+        return [Finished(t, error_record(t, exc, timings_s=tm)) for t, tm in zip(tasks, timings, strict=True)]
     per_image = (time.perf_counter() - t0) / len(tasks)
     # 3. Encode and upload the images in parallel
     errors = store_images(tasks, images, storage)
     # 4. A record per key: done, failed, or a transient failure handed back
     finished = []
-    for task, tm, pixels, error in zip(tasks, timings, images, errors):
+    for task, tm, pixels, error in zip(tasks, timings, images, errors, strict=True):
         tm["generate"] = per_image
         if isinstance(error, TransientError) and retry_stores:
             try:
-                call_with_retries(lambda t=task, px=pixels: store_image(t, px, storage))
+                call_with_retries(partial(store_image, task, pixels, storage))
                 error = None
             except Exception as exc:  # noqa: BLE001
                 error = exc
@@ -148,14 +162,15 @@ def finish_batch(tasks: list[PromptTask], gpu: GpuModels, storage: Storage,
     return finished
 
 
-def store_images(tasks: list[PromptTask], images: list[np.ndarray], storage: Storage,
-                 threads: int = 8) -> list[BaseException | None]:
+def store_images(
+    tasks: list[PromptTask], images: list[np.ndarray], storage: Storage, threads: int = 8
+) -> list[BaseException | None]:
     """Encode and upload a batch's images in parallel threads (PIL encoding and S3 uploads
     release the GIL); returns each image's exception, or None where it was stored."""
     if not tasks:
         return []
     with ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
-        futures = [pool.submit(store_image, t, px, storage) for t, px in zip(tasks, images)]
+        futures = [pool.submit(store_image, t, px, storage) for t, px in zip(tasks, images, strict=True)]
     return [f.exception() for f in futures]
 
 

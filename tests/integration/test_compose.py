@@ -20,9 +20,9 @@ import yaml
 
 from shared.settings import ENV_PREFIX, Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "compose-spec.json"
 DOCKERFILE_CPU = ROOT / "deploy" / "Dockerfile.cpu"
 DOCKERFILE_GPU = ROOT / "deploy" / "Dockerfile.gpu"
 

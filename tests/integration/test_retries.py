@@ -4,6 +4,7 @@ the retry policy is spent, recorded as failed in the key's sidecar with the reas
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import redis
 
@@ -28,9 +29,17 @@ def test_retry_then_fail_with_reason(tmp_path):
         broker = redis.Redis.from_url(settings.broker_url)
 
         # 1. A transient failure with retries left: the message goes back on the queue, delayed
-        assert retry_or_fail(task, StorageError("S3 503"), {}, rt, CPU_TASK, "retry-cpu") == "retrying"
+        second = task.model_copy(update={"attempt": 2})
+        sent = datetime.now(timezone.utc)
+        assert retry_or_fail(second, StorageError("S3 503"), {}, rt, CPU_TASK, "retry-cpu") == "retrying"
         message = json.loads(broker.lpop("retry-cpu"))
-        assert message["headers"]["task"] == CPU_TASK and message["headers"]["eta"]
+        assert message["headers"]["task"] == CPU_TASK
+        # the eta is the policy's backoff for the third attempt, jittered into [d/2, d]
+        delay = (datetime.fromisoformat(message["headers"]["eta"]) - sent).total_seconds()
+        full = min(RETRY_POLICY.backoff_max_s, RETRY_POLICY.backoff_s * 2**2)
+        assert full / 2 - 0.5 <= delay <= full + 0.5, delay
+        body = json.loads(__import__("base64").b64decode(message["body"]))
+        assert body[0][0]["attempt"] == 3
         assert not rt.storage.exists("s3://bkt/out/a.jpg.json")
 
         # 2. Retries spent: the sidecar says failed, with the reason, and the job counts it
