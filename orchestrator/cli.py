@@ -206,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veil", description="Anonymize face images with foundation models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_distributed(sub)
+    _add_models(sub)
+    return parser
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="anonymize a folder, glob, list file or s3:// prefix in one process")
     run.add_argument("input", help="folder (recursive), glob, text file of paths, or s3://bucket/prefix")
     run.add_argument("output", help="output folder or s3://bucket/prefix (mirrors INPUT's relative paths)")
@@ -239,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
+
+def _add_distributed(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="enqueue a job on the distributed pipeline; prints its id")
     submit.add_argument("source", help="s3://bucket/prefix, a folder, or a manifest file of keys")
     submit.add_argument("--out", required=True, help="s3://bucket/outprefix for images and sidecars")
@@ -261,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("flower", help="Flower dashboard for both tiers, behind basic auth").set_defaults(func=cmd_flower)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="check, fetch or write model weights")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("check", help="list the weight files and whether each is there").set_defaults(func=cmd_models_check)
@@ -271,7 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = msub.add_parser("tiny", help="write tiny RANDOM test models (noise images) into DIR")
     tiny.add_argument("dir")
     tiny.set_defaults(func=cmd_models_tiny)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
