@@ -90,7 +90,7 @@ def check_outputs(client, out_prefix: str):
         has_image = f"{out_prefix}/{rel}" in images
         assert has_image == (status == "done"), rel  # never a copy of the original
         if status == "done":
-            assert len(row["attributes"]) == 40 and row["prompt"].startswith("closeup portrait photo of a ")
+            assert len(row["celeba_scores"]) == 40 and row["prompt"].startswith("closeup portrait photo of a ")
             assert set(row["model_sha256"]) >= {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224"}
             body = client.get_object(Bucket=BUCKET, Key=f"{out_prefix}/{rel}")["Body"].read()
             assert body[:2] == b"\xff\xd8"  # a JPEG, as the input's name says

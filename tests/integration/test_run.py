@@ -65,7 +65,7 @@ def test_manifest_rows_hold_the_method_record(run_result):
     assert reasons["zero_bytes.jpg"].startswith("undecodable")
     assert reasons["no_face.jpg"].startswith("no_face")
     for r in done:
-        assert len(r["attributes"]) == 40 and len(r["face_box"]) == 5
+        assert len(r["celeba_scores"]) == 40 and len(r["face_box"]) == 5
         assert r["prompt"].startswith("closeup portrait photo of a ") and r["negative_prompt"]
         assert isinstance(r["seed"], int) and r["age"] >= 0
         assert {"realistic-vision-v5.1", "sd-vae-ft-mse", "facer-farl-celeba-224", "deepface-age"} <= set(r["model_sha256"])
