@@ -92,11 +92,21 @@ class DeviceOutOfMemoryError(TransientError):
     reason = "out_of_memory"
 
 
+class BrokerError(TransientError):
+    """Redis (queues or job counters) unreachable."""
+
+    reason = "broker"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_retries: int = 5
+    # 2, 4, 8, 16, then 30 s per wait: 270 s in all, at least 135 s with the jitter, so a key
+    # outlives a 2-minute S3 or Redis outage before it is recorded failed. The longest wait
+    # (30 s) is a Redis ETA message held unacknowledged: it must stay well under
+    # VEIL_VISIBILITY_TIMEOUT_S, or Redis redelivers the waiting message.
+    max_retries: int = 12
     backoff_s: float = 2.0
-    backoff_max_s: float = 120.0
+    backoff_max_s: float = 30.0
     #: spread each wait over [d/2, d] so that workers failing together do not retry together
     jitter: bool = True
 
@@ -104,6 +114,11 @@ class RetryPolicy:
         """Seconds to wait before retry number ``attempt + 1`` (``attempt`` = failures so far - 1)."""
         delay = min(self.backoff_max_s, self.backoff_s * (2**attempt))
         return delay * (0.5 + 0.5 * rng()) if self.jitter else delay
+
+    def least_total_wait(self) -> float:
+        """The shortest time all retries can span (every jittered wait at its lower bound)."""
+        delays = (min(self.backoff_max_s, self.backoff_s * 2**a) for a in range(self.max_retries))
+        return sum(d * (0.5 if self.jitter else 1.0) for d in delays)
 
 
 def call_with_retries(

@@ -13,9 +13,19 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.errors import BrokerError
 from shared.messages import Status
 
 STATUSES = tuple(s.value for s in Status)
+
+# Add the key to the job's finished set and count its status, atomically (Lua runs whole).
+_RECORD = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  return 1
+end
+return 0
+"""
 
 
 @dataclass
@@ -52,11 +62,14 @@ class JobStore:
         self._r.hincrby(f"veil:job:{job_id}", "total", n)
 
     def record(self, job_id: str, input_uri: str, status: str) -> bool:
-        """Counts a finished key once; returns False when it was already counted."""
-        if not self._r.sadd(f"veil:job:{job_id}:keys", input_uri):
-            return False
-        self._r.hincrby(f"veil:job:{job_id}", status, 1)
-        return True
+        """Counts a finished key once; returns False when it was already counted. Both writes go
+        in one MULTI, so a Redis cut between them cannot mark a key counted without counting it.
+        Redis unreachable: ``BrokerError`` (transient)."""
+        script = self._r.register_script(_RECORD)
+        try:
+            return bool(script(keys=[f"veil:job:{job_id}:keys", f"veil:job:{job_id}"], args=[input_uri, status]))
+        except redis.RedisError as exc:
+            raise BrokerError(f"job counters: {type(exc).__name__}: {exc}") from exc
 
     def get(self, job_id: str) -> JobInfo | None:
         h: dict[str, str] = self._r.hgetall(f"veil:job:{job_id}")  # type: ignore[assignment]  # decode_responses

@@ -45,7 +45,7 @@ class ImageTask(_Message):
     job_id: str
     input_uri: str  # file path or s3://bucket/key
     output_uri: str  # where the anonymized image goes (same relative key)
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**64)  # a torch generator's range
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
 
@@ -66,7 +66,7 @@ class PromptTask(_Message):
     job_id: str
     input_uri: str
     output_uri: str
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**64)  # a torch generator's range
     prompt: str
     negative_prompt: str
     analysis: FaceAnalysis

@@ -93,8 +93,13 @@ class Settings(BaseSettings):
     cpu_queue: str = "veil.cpu"
     gpu_queue: str = "veil.gpu"
     gpu_batch_wait_s: float = Field(2.0, gt=0)
-    # Above the longest batch a GPU worker can run, or Redis redelivers work in flight.
-    visibility_timeout_s: int = Field(3600, ge=1)
+    # How long a message may stay unacknowledged before Redis hands it to another worker: the
+    # time to recover the keys of a worker that died (SIGKILL, OOM kill, lost node). It must
+    # exceed what a worker holds a message for: the prefetched next batch waits out the current
+    # one, so 2 x the longest GPU batch + VEIL_GPU_BATCH_WAIT_S, and the longest retry wait
+    # (RETRY_POLICY.backoff_max_s, 30 s; a retry is an ETA message held unacknowledged). Too low
+    # gives duplicate work, never duplicate outputs (a key's sidecar is its commit marker).
+    visibility_timeout_s: int = Field(300, ge=1)
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr | None = None

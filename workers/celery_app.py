@@ -10,7 +10,9 @@ This module imports no task module: each worker imports its own tier's tasks
 
 Delivery is at-least-once with idempotent results: tasks are acknowledged late and rejected
 (so redelivered) when their worker dies; Redis redelivers unacknowledged messages after
-``visibility_timeout_s``, which must exceed the longest GPU batch.
+``visibility_timeout_s`` (default 300 s; see ``shared/settings.py`` for how it relates to the
+longest batch). On SIGTERM a worker finishes the batch it runs (warm shutdown) and returns the
+messages it holds but has not started to the queue as it closes its channel.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu scans for expired unacknowledged messages every interval x throttle s
+            # (default 10 x 10): scan every ~visibility/5 s, so a dead worker's keys come back
+            # within ~1.2 x the visibility timeout, on any live or restarted worker.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 5)),
+            "unacked_restore_throttle": 1,
+        },
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -137,8 +137,15 @@ def finish_batch(
         images = generate_batch(tasks, gpu)
     except TransientError as exc:
         return [Finished(t, None, exc) for t in tasks]
-    except Exception as exc:  # noqa: BLE001 - a bug or a bad model: every key gets its record
-        log.exception("batch of %d failed", len(tasks))
+    except Exception as exc:  # noqa: BLE001 - a bug, a bad model or one bad key
+        if len(tasks) > 1:  # each key alone, so that one bad key fails alone
+            log.exception("batch of %d failed; generating its keys one by one", len(tasks))
+            return [
+                f
+                for t, tm in zip(tasks, timings, strict=True)
+                for f in finish_batch([t], gpu, storage, [tm], retry_stores=retry_stores)
+            ]
+        log.exception("generation of %s failed", tasks[0].input_uri)
         return [Finished(t, error_record(t, exc, timings_s=tm)) for t, tm in zip(tasks, timings, strict=True)]
     per_image = (time.perf_counter() - t0) / len(tasks)
     # 3. Encode and upload the images in parallel
