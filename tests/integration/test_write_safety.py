@@ -29,16 +29,27 @@ def s3_settings(endpoint: str, **kw) -> Settings:
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # 5. Path traversal from S3 keys
 
+
 def test_traversal_keys_are_refused_and_nothing_escapes(tmp_path, tiny_models):
     tag = uuid.uuid4().hex[:8]
-    hostile = [f"in/../../../../tmp/veil-esc-{tag}.jpg", f"in//tmp/veil-esc2-{tag}.jpg", "in/sub/../../esc.jpg",
-               "in/manifest.parts/evil.jpg"]
+    hostile = [
+        f"in/../../../../tmp/veil-esc-{tag}.jpg",
+        f"in//tmp/veil-esc2-{tag}.jpg",
+        "in/sub/../../esc.jpg",
+        "in/manifest.parts/evil.jpg",
+    ]
     out = tmp_path / "deep" / "out"
     with moto_s3() as endpoint:
         client = open_storage(s3_settings(endpoint)).backend("s3://bkt/x")._client
@@ -46,19 +57,25 @@ def test_traversal_keys_are_refused_and_nothing_escapes(tmp_path, tiny_models):
         for key in hostile:
             client.put_object(Bucket="bkt", Key=key, Body=b"not an image")
         assert {o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]} == set(hostile)
-        env = worker_env(models_dir=tiny_models, s3_endpoint_url=endpoint, s3_access_key_id="k",
-                         s3_secret_access_key="s")
+        env = worker_env(
+            models_dir=tiny_models, s3_endpoint_url=endpoint, s3_access_key_id="k", s3_secret_access_key="s"
+        )
         local = cli("run", "s3://bkt/in/", str(out), "-q", env=env)
         remote = cli("run", "s3://bkt/in/", "s3://bkt/out/", "-q", env=env)
-        s3_rows = [json.loads(x) for x in client.get_object(Bucket="bkt", Key="out/manifest.jsonl")["Body"]
-                   .read().decode().splitlines()]
+        s3_rows = [
+            json.loads(x)
+            for x in client.get_object(Bucket="bkt", Key="out/manifest.jsonl")["Body"].read().decode().splitlines()
+        ]
         s3_keys = {o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]}
-    for proc, rows in ((local, [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]),
-                       (remote, s3_rows)):
+    for proc, rows in (
+        (local, [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]),
+        (remote, s3_rows),
+    ):
         assert proc.returncode == 1, proc.stderr[-2000:]  # failed rows: exit 1, never "done"
         assert sorted(r["input"] for r in rows) == sorted(f"s3://bkt/{k}" for k in hostile)
-        assert all(r["status"] == "failed" and r["reason"].startswith("unsafe_key") and r["output"] is None
-                   for r in rows), rows
+        assert all(
+            r["status"] == "failed" and r["reason"].startswith("unsafe_key") and r["output"] is None for r in rows
+        ), rows
         assert "failed 4" in proc.stdout
     assert not os.path.exists(f"/tmp/veil-esc-{tag}.jpg") and not os.path.exists(f"/tmp/veil-esc2-{tag}.jpg")
     assert not (tmp_path / "deep" / "esc.jpg").exists() and not (tmp_path / "esc.jpg").exists()
@@ -67,6 +84,7 @@ def test_traversal_keys_are_refused_and_nothing_escapes(tmp_path, tiny_models):
 
 
 # 6. Originals overwritten: every INPUT form, refused before any model loads
+
 
 @pytest.fixture
 def photos(tmp_path, faces_dir):
@@ -88,8 +106,12 @@ def _refused(spec: str, output: str, settings: Settings, storage) -> str:
 
 @pytest.mark.parametrize("form", ["folder", "glob", "single file", "list file"])
 def test_output_on_an_input_is_refused_for_every_local_form(form, photos, tiny_models):
-    spec = {"folder": photos, "glob": photos / "*.jpg", "single file": photos / "id01_5.jpg",
-            "list file": photos / "list.txt"}[form]
+    spec = {
+        "folder": photos,
+        "glob": photos / "*.jpg",
+        "single file": photos / "id01_5.jpg",
+        "list file": photos / "list.txt",
+    }[form]
     before = {p.name: p.read_bytes() for p in photos.iterdir()}
     settings = Settings.from_env({}, models_dir=tiny_models)
     message = _refused(str(spec), str(photos), settings, open_storage(settings))
@@ -119,6 +141,7 @@ def test_the_glob_of_the_issue_is_refused_by_the_cli(photos, tiny_models):
 
 # 7. Two inputs, one output
 
+
 def test_a_prefix_is_a_folder():
     with moto_s3() as endpoint:
         storage = open_storage(s3_settings(endpoint))
@@ -127,7 +150,9 @@ def test_a_prefix_is_a_folder():
             storage.write(f"s3://bkt/{key}", b"x")
         for spec in ("s3://bkt/in", "s3://bkt/in/"):
             assert [(i.uri, i.key) for i in list_inputs(spec, storage)] == [
-                ("s3://bkt/in/good.jpg", "good.jpg"), ("s3://bkt/in/sub/b.png", "sub/b.png")]
+                ("s3://bkt/in/good.jpg", "good.jpg"),
+                ("s3://bkt/in/sub/b.png", "sub/b.png"),
+            ]
         assert [i.key for i in list_inputs("s3://bkt/inx/good.jpg", storage)] == ["good.jpg"]  # one object
 
 
@@ -153,6 +178,7 @@ def test_colliding_outputs_refuse_the_run_with_the_list(tmp_path, tiny_models):
 
 
 # 13. One veil run per OUTPUT
+
 
 def test_a_second_run_on_one_output_refuses(tmp_path, tiny_models, faces_dir):
     src, out = tmp_path / "in", tmp_path / "out"

@@ -101,8 +101,14 @@ def test_a_safe_received_output_uri_passes():
 def _prompt(output_uri: str) -> PromptTask:
     analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba_scores={}, age=30, ethnicity="x", deepface_gender="y")
     return PromptTask(
-        job_id="j", input_uri="s3://bkt/in/a.jpg", output_uri=output_uri, seed=1, prompt="p", negative_prompt="n",
-        analysis=analysis, model_sha256={},
+        job_id="j",
+        input_uri="s3://bkt/in/a.jpg",
+        output_uri=output_uri,
+        seed=1,
+        prompt="p",
+        negative_prompt="n",
+        analysis=analysis,
+        model_sha256={},
     )
 
 
