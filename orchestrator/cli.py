@@ -156,6 +156,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(result.job_id)
+    if result.repeats:
+        print(f"{result.repeats} input(s) listed more than once: each enqueued once", file=sys.stderr)
+    for uri in result.unsafe:
+        print(f"refused (unsafe_key, counted failed): {uri}", file=sys.stderr)
     print(
         f"submitted {result.count} keys as job {result.job_id}; watch with:  veil status {result.job_id} --watch",
         file=sys.stderr,

@@ -24,12 +24,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models.weights import missing_files
-from orchestrator.inputs import list_inputs
+from orchestrator.inputs import OutputPlan, list_inputs_with_repeats, plan_outputs
+from orchestrator.outputlock import output_lock
 from orchestrator.submit import image_task
 from shared.devices import resolve_device
 from shared.errors import InputError, MissingWeightsError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
-from shared.results import error_record
+from shared.results import error_record, refused_record
 from shared.settings import Settings
 from shared.storage import Storage, is_local, is_under, join_uri, scheme_of
 from workers.cpu.stage import CpuModels, analyze
@@ -42,6 +43,7 @@ MANIFEST = "manifest.jsonl"
 class RunSummary:
     counts: Counter = field(default_factory=Counter)
     skipped: int = 0
+    repeats: int = 0  # inputs listed more than once, processed once
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -56,7 +58,8 @@ class RunSummary:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(self.stage_seconds.items()))
         return (
             f"veil run: {total} processed ({parts}); {self.skipped} already done; "
-            f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}"
+            + (f"{self.repeats} listed twice or more, processed once; " if self.repeats else "")
+            + f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}"
         )
 
 
@@ -139,10 +142,34 @@ def run(
     missing = missing_files(Path(settings.models_dir))
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
-    # 2. List the inputs and skip those already finished (unless overwriting: new rows then win)
+    # 2. List the inputs, each once, and check every output: under OUTPUT, on no input, one input
+    #    per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest of the run
     _check_output_outside_input(input_spec, output)
-    items = list_inputs(input_spec, storage)[: limit or None]
+    all_items, repeats = list_inputs_with_repeats(input_spec, storage)
+    plan = plan_outputs(all_items[: limit or None], output, input_spec)
+    summary.repeats = len(repeats)
+    with output_lock(output, storage):
+        return _run_locked(plan, output, settings, storage, summary, started, progress=progress, overwrite=overwrite)
+
+
+def _run_locked(
+    plan: OutputPlan,
+    output: str,
+    settings: Settings,
+    storage: Storage,
+    summary: RunSummary,
+    started: float,
+    *,
+    progress: bool,
+    overwrite: bool,
+) -> RunSummary:
+    # 2b. Record the refused keys; skip the inputs already finished (unless overwriting: new rows then win)
+    job_id = uuid.uuid4().hex[:12]
+    items = [item for item, _ in plan.outputs]
     manifest = Manifest(output, storage)
+    refused = [refused_record(item.uri, exc, job_id) for item, exc in plan.unsafe]
+    manifest.append(refused)
+    summary.counts.update(r.status.value for r in refused)
     finished = set() if overwrite else manifest.finished_inputs()
     todo = [i for i in items if i.uri not in finished]
     summary.skipped = len(items) - len(todo)
@@ -153,7 +180,6 @@ def run(
     # 3. Load the models once
     device = resolve_device(settings.device)
     cpu, gpu = CpuModels.load(settings, device), GpuModels.load(settings, device)
-    job_id = uuid.uuid4().hex[:12]
     tasks = [image_task(item, output, settings, job_id) for item in todo]
     # 4. Analyse in a background thread while the main thread generates full batches
     bar = tqdm(total=len(todo), unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)

@@ -3,6 +3,11 @@
 INPUT is a folder (recursive), a glob, a text file of paths (one per line, ``#`` comments),
 or a prefix in object storage (``s3://bucket/prefix``, or any scheme ``shared.storage`` serves).
 The relative key is what the output mirrors. Nothing here depends on a URI's scheme.
+
+A prefix is a folder: ``s3://bkt/in`` lists ``in/...`` only, never ``inx/...``. An input listed
+twice (a list file naming one file twice) is processed once. ``plan_outputs`` checks, before any
+model loads, that every output lies under OUTPUT (``UnsafeKeyError`` per key), that no output
+lands on an input and that no two inputs share an output (``InputError`` for the whole run).
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import InputError
-from shared.imageio import IMAGE_EXTENSIONS
-from shared.storage import Storage, is_local, relative_key, split_uri
+from shared.errors import InputError, UnsafeKeyError
+from shared.imageio import IMAGE_EXTENSIONS, output_name
+from shared.storage import Storage, is_local, relative_key, safe_join, split_uri
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,17 @@ def _is_image_name(name: str) -> bool:
 
 
 def list_inputs(spec: str, storage: Storage) -> list[InputItem]:
-    if not is_local(spec) or os.path.isdir(spec):
+    """INPUT's images, each once (the first listing of a repeated input is kept)."""
+    return list_inputs_with_repeats(spec, storage)[0]
+
+
+def _list(spec: str, storage: Storage) -> list[InputItem]:
+    if not is_local(spec):
+        folder = spec.rstrip("/") + "/" if not spec.endswith("://") else spec
+        items = [InputItem(u, relative_key(folder, u)) for u in storage.list(folder) if _is_image_name(u)]
+        if not items and _is_image_name(spec) and storage.exists(spec):  # one object named whole
+            items = [InputItem(spec, spec.rstrip("/").rsplit("/", 1)[-1])]
+    elif os.path.isdir(spec):
         items = [InputItem(u, relative_key(spec, u)) for u in storage.list(spec) if _is_image_name(u)]
     elif os.path.isfile(spec) and not _is_image_name(spec):
         items = _from_list_file(Path(spec))
@@ -61,3 +76,64 @@ def _relative_to_common(paths: list[str]) -> list[InputItem]:
         for space in {s for s, _ in split}
     }
     return [InputItem(p, posixpath.relpath(q, common[s])) for p, (s, q) in zip(paths, split, strict=True)]
+
+
+def _identity(uri: str) -> str:
+    """What makes two URIs one object: the resolved path locally, the URI itself elsewhere."""
+    return os.path.realpath(uri) if is_local(uri) else uri
+
+
+def _unique(items: list[InputItem]) -> tuple[list[InputItem], list[InputItem]]:
+    seen: set[str] = set()
+    kept: list[InputItem] = []
+    repeats: list[InputItem] = []
+    for item in items:
+        ident = _identity(item.uri)
+        (repeats if ident in seen else kept).append(item)
+        seen.add(ident)
+    return kept, repeats
+
+
+def list_inputs_with_repeats(spec: str, storage: Storage) -> tuple[list[InputItem], list[InputItem]]:
+    """(INPUT's images, each once; the repeats that were dropped)."""
+    return _unique(_list(spec, storage))
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    outputs: list[tuple[InputItem, str]]  # each safe input and its output URI
+    unsafe: list[tuple[InputItem, UnsafeKeyError]]  # keys refused, each with why
+
+
+def plan_outputs(items: list[InputItem], output: str, input_spec: str) -> OutputPlan:
+    """Each input's output under ``output``, checked before any work starts. A key that would
+    leave OUTPUT is refused alone (``unsafe``); an output that lands on an input, or two inputs
+    sharing one output, refuse the whole run with an ``InputError`` that lists them: which of two
+    inputs should win is not ours to guess, and the operator's fix (a narrower INPUT, another
+    OUTPUT) is the same for every key."""
+    outputs: list[tuple[InputItem, str]] = []
+    unsafe: list[tuple[InputItem, UnsafeKeyError]] = []
+    for item in items:
+        try:
+            outputs.append((item, safe_join(output, output_name(item.key))))
+        except UnsafeKeyError as exc:
+            unsafe.append((item, exc))
+    inputs = {_identity(i.uri) for i in items}
+    clobbered = [(i, o) for i, o in outputs if _identity(o) in inputs]
+    if clobbered:
+        shown = "; ".join(f"{o} <- {i.uri}" for i, o in clobbered[:5])
+        raise InputError(
+            f"OUTPUT {output!r} would overwrite {len(clobbered)} of INPUT {input_spec!r}'s own images "
+            f"({shown}{'; ...' if len(clobbered) > 5 else ''}): choose an OUTPUT that holds no input"
+        )
+    by_output: dict[str, list[str]] = {}
+    for item, out in outputs:
+        by_output.setdefault(_identity(out), []).append(item.uri)
+    shared = {o: uris for o, uris in by_output.items() if len(uris) > 1}
+    if shared:
+        shown = "; ".join(f"{o} <- {', '.join(uris)}" for o, uris in list(shared.items())[:5])
+        raise InputError(
+            f"INPUT {input_spec!r}: {len(shared)} output(s) under OUTPUT {output!r} would be written by two or "
+            f"more different inputs ({shown}{'; ...' if len(shared) > 5 else ''}): name fewer inputs or split the run"
+        )
+    return OutputPlan(outputs, unsafe)

@@ -84,6 +84,20 @@ class InputError(PermanentError):
     reason = "bad_input"
 
 
+class UnsafeKeyError(PermanentError):
+    """A key or output URI that would resolve outside its output root (``..``, ``.``, an empty
+    segment as in ``in//tmp/x``, an absolute path, NUL, a symlink leaving the root) or onto a
+    name Veil keeps for itself (``manifest.jsonl``, ``manifest.parts/``, ``.veil.lock``)."""
+
+    reason = "unsafe_key"
+
+
+class OutputInUseError(InputError):
+    """Another ``veil run`` holds OUTPUT's lock."""
+
+    reason = "output_in_use"
+
+
 class StorageError(TransientError):
     reason = "storage"
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
-from shared.errors import NoFaceError, VeilError
+from shared.errors import NoFaceError, UnsafeKeyError, VeilError
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
+from shared.storage import check_output_uri
 
 
 def seed_for(base_seed: int, relative_key: str) -> int:
@@ -69,6 +71,13 @@ def error_record(
     )
 
 
+def refused_record(input_uri: str, exc: VeilError, job_id: str | None = None) -> ResultRecord:
+    """The row of a key refused before any task was built for it (``unsafe_key``): no output."""
+    return ResultRecord(
+        input=input_uri, output=None, status=Status.FAILED, reason=f"{exc.reason}: {exc}", job_id=job_id
+    )
+
+
 def sidecar_uri(output_uri: str) -> str:
     """The sidecar JSON of a key sits beside its output image: ``out/a/b.jpg.json``."""
     return output_uri + ".json"
@@ -94,7 +103,14 @@ def already_done(task: ImageTask | PromptTask, storage, jobs=None) -> bool:
 
 
 def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
-    """Writes the sidecar (the key's commit marker, after its image) and counts it once."""
-    storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")
+    """Writes the sidecar (the key's commit marker, after its image) and counts it once. An unsafe
+    ``output_uri`` (a forged message) gets no sidecar, which would land beside it: it is counted
+    and logged only."""
+    try:
+        check_output_uri(output_uri)
+    except UnsafeKeyError as exc:
+        logging.getLogger(__name__).warning("no sidecar for %s: %s", record.input, exc)
+    else:
+        storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")
     if jobs is not None and record.job_id:
         jobs.record(record.job_id, record.input, record.status.value)

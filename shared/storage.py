@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from shared.errors import InputError, StorageError
+from shared.errors import InputError, StorageError, UnsafeKeyError
 from shared.settings import Settings
 
 __all__ = [
@@ -29,13 +30,17 @@ __all__ = [
     "ObjectStoreBackend",
     "S3Backend",
     "Storage",
+    "RESERVED_NAMES",
     "backend_class",
+    "check_key",
+    "check_output_uri",
     "is_local",
     "is_under",
     "join_uri",
     "open_storage",
     "register_backend",
     "relative_key",
+    "safe_join",
     "scheme_of",
     "split_uri",
 ]
@@ -99,9 +104,14 @@ class LocalBackend:
         """Atomic: written to a temporary file, then renamed, so a crash leaves no half file."""
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        # unique per call (threads of one process too) and short whatever the target's length
+        tmp = path.with_name(f".veil-{uuid.uuid4().hex[:16]}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def exists(self, uri: str) -> bool:
         return Path(uri).is_file()
@@ -209,6 +219,20 @@ class S3Backend(ObjectStoreBackend):
         bucket, key = self.parse(uri)
         self._call(self._client.delete_object, Bucket=bucket, Key=key)
 
+    def create(self, uri: str, data: bytes, content_type: str | None = None) -> bool:
+        """Write only if no object has the key (``If-None-Match: *``); False if one has."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = self.parse(uri)
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            self._call(self._client.put_object, Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", **extra)
+            return True
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("PreconditionFailed", "412"):
+                return False
+            raise
+
     def list(self, prefix: str) -> Iterator[str]:
         bucket, key_prefix = self.parse(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
@@ -262,6 +286,61 @@ def split_uri(uri: str) -> tuple[str, str]:
 def is_under(root: str, uri: str) -> bool:
     """Whether ``uri`` lies inside the folder or prefix ``root`` (never across schemes)."""
     return scheme_of(root) == scheme_of(uri) and backend_class(root).is_under(root, uri)
+
+
+#: Names Veil writes at the top of an output root: no input key may map onto them.
+RESERVED_NAMES = frozenset({"manifest.jsonl", "manifest.parts", ".veil.lock"})
+
+
+def check_key(relative: str) -> str:
+    """``relative`` if it is a safe relative key (POSIX ``/``-separated): not empty, not absolute,
+    no NUL, no empty, ``.`` or ``..`` segment, and not under a reserved name. Raises
+    ``UnsafeKeyError`` otherwise. Refusing rather than normalising: ``in//tmp/x.jpg`` and
+    ``in/tmp/x.jpg`` are different objects, and must not share one output."""
+    if not relative:
+        raise UnsafeKeyError("empty key")
+    if "\x00" in relative:
+        raise UnsafeKeyError(f"key {relative!r} contains NUL")
+    if relative.startswith("/"):
+        raise UnsafeKeyError(f"key {relative!r} is absolute (an empty segment: '//' in the input key?)")
+    parts = relative.split("/")
+    for bad, what in (("..", "a '..'"), (".", "a '.'"), ("", "an empty")):
+        if bad in parts:
+            raise UnsafeKeyError(f"key {relative!r} has {what} segment")
+    if parts[0] in RESERVED_NAMES:
+        raise UnsafeKeyError(f"key {relative!r} would replace {parts[0]!r}, which veil writes in OUTPUT")
+    return relative
+
+
+def safe_join(root: str, relative: str) -> str:
+    """``join_uri(root, relative)``, guaranteed to lie under ``root``: the key is checked by
+    ``check_key``; a local root is made absolute and the joined path is resolved (symlinks
+    included) and must stay inside the resolved root. Raises ``UnsafeKeyError``."""
+    check_key(relative)
+    if not is_local(root):
+        return join_uri(root, relative)
+    uri = os.path.join(os.path.abspath(root), relative)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(uri)
+    if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+        raise UnsafeKeyError(f"key {relative!r} resolves to {real}, outside OUTPUT {root!r} (a symlink?)")
+    return uri
+
+
+def check_output_uri(uri: str) -> str:
+    """The check a worker makes on a received message's ``output_uri`` (built by ``safe_join``;
+    a message that was not is refused): no NUL; no empty, ``.`` or ``..`` segment in an object
+    key; a local path absolute and already normal (``os.path.normpath``). Raises ``UnsafeKeyError``."""
+    if "\x00" in uri:
+        raise UnsafeKeyError(f"output_uri {uri!r} contains NUL")
+    if is_local(uri):
+        if not os.path.isabs(uri) or os.path.normpath(uri) != uri:
+            raise UnsafeKeyError(f"output_uri {uri!r}: a local output must be an absolute, normal path")
+        return uri
+    key = backend_class(uri).split(uri)[1]
+    if any(p in ("", ".", "..") for p in key.split("/")[1:]):
+        raise UnsafeKeyError(f"output_uri {uri!r} has an empty, '.' or '..' segment")
+    return uri
 
 
 @dataclass

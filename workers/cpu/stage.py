@@ -18,6 +18,7 @@ from shared.imageio import decode_image
 from shared.messages import FaceAnalysis, ImageTask, PromptTask
 from shared.prompts import build_prompts
 from shared.settings import Settings
+from shared.storage import check_output_uri
 from workers.cpu.attributes import AttributeModels
 from workers.cpu.detection import Detector, biggest_face, build_detector, detect_downscaled
 
@@ -38,8 +39,10 @@ class CpuModels:
 
 
 def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, float] | None = None) -> PromptTask:
-    """Raises ``ImageDecodeError``/``ImageTooLargeError`` for bad input, ``NoFaceError`` with no face."""
+    """Raises ``UnsafeKeyError`` for an unsafe ``output_uri``, ``ImageDecodeError``/``ImageTooLargeError``
+    for bad input, ``NoFaceError`` with no face."""
     timings = {} if timings is None else timings
+    check_output_uri(task.output_uri)  # a received message: its output stays under its root
     # 1. Decode the untrusted bytes
     t0 = time.perf_counter()
     rgb = decode_image(data, max_pixels=cpu.settings.max_image_pixels)

@@ -23,7 +23,7 @@ from shared.imageio import content_type, encode_image
 from shared.messages import PromptTask, ResultRecord
 from shared.results import done_record, error_record
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import Storage, check_output_uri
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
 
@@ -182,4 +182,5 @@ def store_images(
 
 
 def store_image(task: PromptTask, pixels: np.ndarray, storage: Storage) -> None:
+    check_output_uri(task.output_uri)  # a received message: ``UnsafeKeyError``, a failed record, no write
     storage.write(task.output_uri, encode_image(pixels, task.output_uri), content_type(task.output_uri))
