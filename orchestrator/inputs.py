@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shared.errors import InputError
 from shared.imageio import IMAGE_EXTENSIONS
+from shared.inputfiles import UNSUPPORTED_IMAGE_EXTENSIONS, walk_folder
 from shared.storage import Storage, is_local, relative_key, split_uri
 
 
@@ -25,16 +26,17 @@ class InputItem:
 
 
 def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS | UNSUPPORTED_IMAGE_EXTENSIONS  # the latter: a row saying why
 
 
 def list_inputs(spec: str, storage: Storage) -> list[InputItem]:
     if not is_local(spec) or os.path.isdir(spec):
-        items = [InputItem(u, relative_key(spec, u)) for u in storage.list(spec) if _is_image_name(u)]
+        found = walk_folder(spec, _is_image_name) if is_local(spec) else storage.list(spec)  # odd entries too
+        items = [InputItem(u, relative_key(spec, u)) for u in found if _is_image_name(u)]
     elif os.path.isfile(spec) and not _is_image_name(spec):
         items = _from_list_file(Path(spec))
     elif glob.has_magic(spec):
-        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p) or _is_image_name(p))
         items = _relative_to_common(paths)
     elif os.path.isfile(spec):
         items = [InputItem(spec, Path(spec).name)]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from shared.diskio import write_then_rename
 from shared.errors import InputError, StorageError
 from shared.settings import Settings
 
@@ -100,8 +101,7 @@ class LocalBackend:
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_then_rename(tmp, path, data)  # the temporary file is removed on any failure
 
     def exists(self, uri: str) -> bool:
         return Path(uri).is_file()
