@@ -110,24 +110,29 @@ def _reduced(img: Image.Image, factor: int) -> Image.Image:
     if img.format == "JPEG":
         img.draft(None, (-(-width // factor), -(-height // factor)))  # DCT scaling by 1/2, 1/4 or 1/8
         img.load()
-        factor = max(width, height) // max(img.size)
+        factor //= max(width, height) // max(img.size)  # what DCT scaling left to do
         if factor < 2:
             return img
     else:
         img.load()
     info = img.info
-    if img.mode.startswith("I;16"):  # reduce() does not take 16-bit modes: block mean in numpy
-        arr = np.asarray(img)
-        del img
-        h, w = arr.shape[0] // factor * factor, arr.shape[1] // factor * factor
-        blocks = arr[:h, :w].reshape(h // factor, factor, w // factor, factor)
-        small = Image.fromarray(np.round(blocks.mean(axis=(1, 3), dtype=np.float32)).astype(np.uint16))
+    if img.mode.startswith("I;16"):  # reduce() does not take 16-bit modes: block means in numpy,
+        small = Image.fromarray(_block_mean_16(img, factor))  # a strip at a time (no full-size copy)
     else:
         if img.mode in ("1", "P", "PA"):
             img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
         small = img.reduce(factor)
     small.info = info  # the EXIF orientation still applies
     return small
+
+
+def _block_mean_16(img: Image.Image, factor: int, rows: int = 64) -> np.ndarray:
+    w, h = img.size[0] // factor * factor, img.size[1] // factor * factor
+    out = []
+    for y in range(0, h, factor * rows):
+        strip = np.asarray(img.crop((0, y, w, min(h, y + factor * rows))), dtype=np.float32)
+        out.append(strip.reshape(strip.shape[0] // factor, factor, w // factor, factor).mean(axis=(1, 3)))
+    return np.round(np.concatenate(out)).astype(np.uint16)
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
