@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from shared.errors import InputError, MissingWeightsError, VeilError
+from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
 from shared.quiet import quiet_third_party
 from shared.settings import ENV_PREFIX, DetectorName, DeviceName, SamplerName, Settings
 
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingWeightsError as exc:
         print(f"veil: {exc}", file=sys.stderr)
         return 2
+    except DiskFullError as exc:  # one line; rows written so far are whole, the run resumes
+        print(f"veil: disk full: {exc}", file=sys.stderr)
+        return 3
     except (InputError, ValueError) as exc:
         print(f"veil: {exc}", file=sys.stderr)
         return 2

@@ -25,10 +25,13 @@ from tqdm import tqdm
 
 from models.weights import missing_files
 from orchestrator.inputs import OutputPlan, list_inputs_with_repeats, plan_outputs
+from orchestrator.outputcheck import check_output_writable, stop_if_disk_full
 from orchestrator.outputlock import output_lock
 from orchestrator.submit import image_task
 from shared.devices import resolve_device
+from shared.diskio import append_whole
 from shared.errors import InputError, MissingWeightsError, call_with_retries
+from shared.inputfiles import read_input
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
 from shared.settings import Settings
@@ -105,11 +108,7 @@ class Manifest:
         if not text:
             return
         if self._local:
-            Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
-            with open(self._uri, "a", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            append_whole(Path(self._uri), text.encode())  # whole rows or none; a torn last row is cut first
             return
         self._seq += 1
         part = join_uri(self._output, f"{self.PARTS}/{self._run}-{self._seq:08d}.jsonl")
@@ -138,7 +137,8 @@ def run(
 ) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
-    # 1. Check the weights before touching any input
+    # 1. Check OUTPUT and the weights before touching any input
+    check_output_writable(output)
     missing = missing_files(Path(settings.models_dir))
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
@@ -149,11 +149,14 @@ def run(
     plan = plan_outputs(all_items[: limit or None], output, input_spec)
     summary.repeats = len(repeats)
     with output_lock(output, storage):
-        return _run_locked(plan, output, settings, storage, summary, started, progress=progress, overwrite=overwrite)
+        return _run_locked(
+            plan, input_spec, output, settings, storage, summary, started, progress=progress, overwrite=overwrite
+        )
 
 
 def _run_locked(
     plan: OutputPlan,
+    input_spec: str,
     output: str,
     settings: Settings,
     storage: Storage,
@@ -186,13 +189,15 @@ def _run_locked(
 
     def finish(records: list[ResultRecord]) -> None:
         manifest.append(records)
+        stop_if_disk_full(records)
         for record in records:
             summary.counts[record.status.value] += 1
         bar.update(len(records))
         bar.set_postfix(dict(summary.counts))
 
     batch: list[tuple[PromptTask, dict[str, float]]] = []
-    for prompt, timings, failed in _analysed(tasks, cpu, storage, summary, depth=2 * settings.batch_size):
+    root = input_spec if is_local(input_spec) and os.path.isdir(input_spec) else None  # symlinks stay in it
+    for prompt, timings, failed in _analysed(tasks, cpu, storage, summary, 2 * settings.batch_size, root):
         if failed is not None:
             finish([failed])
             continue
@@ -220,7 +225,7 @@ _DONE = object()
 
 
 def _analysed(
-    tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int
+    tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int, root: str | None
 ) -> Iterator[tuple[PromptTask | None, dict[str, float], ResultRecord | None]]:
     """Reads and analyses the inputs in a background thread, at most ``depth`` ahead of the
     generator; yields (prompt, timings, None) or (None, timings, failure record) in input order."""
@@ -234,7 +239,10 @@ def _analysed(
                     return
                 timings: dict[str, float] = {}
                 try:
-                    data = call_with_retries(partial(storage.read, task.input_uri))
+                    max_bytes = cpu.settings.max_input_bytes
+                    data = call_with_retries(
+                        partial(read_input, storage, task.input_uri, max_bytes=max_bytes, root=root)
+                    )
                     out.put((analyze(task, data, cpu, timings), timings, None))
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
                     out.put((None, timings, error_record(task, exc, cpu.model_sha256, timings)))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shared.errors import InputError, UnsafeKeyError
 from shared.imageio import IMAGE_EXTENSIONS, output_name
+from shared.inputfiles import UNSUPPORTED_IMAGE_EXTENSIONS, walk_folder
 from shared.storage import Storage, is_local, relative_key, safe_join, split_uri
 
 
@@ -30,7 +31,7 @@ class InputItem:
 
 
 def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS | UNSUPPORTED_IMAGE_EXTENSIONS  # the latter: a row saying why
 
 
 def list_inputs(spec: str, storage: Storage) -> list[InputItem]:
@@ -44,12 +45,12 @@ def _list(spec: str, storage: Storage) -> list[InputItem]:
         items = [InputItem(u, relative_key(folder, u)) for u in storage.list(folder) if _is_image_name(u)]
         if not items and _is_image_name(spec) and storage.exists(spec):  # one object named whole
             items = [InputItem(spec, spec.rstrip("/").rsplit("/", 1)[-1])]
-    elif os.path.isdir(spec):
-        items = [InputItem(u, relative_key(spec, u)) for u in storage.list(spec) if _is_image_name(u)]
+    elif os.path.isdir(spec):  # odd entries (FIFOs, folders named like images) too: each gets a row
+        items = [InputItem(u, relative_key(spec, u)) for u in walk_folder(spec, _is_image_name) if _is_image_name(u)]
     elif os.path.isfile(spec) and not _is_image_name(spec):
         items = _from_list_file(Path(spec))
     elif glob.has_magic(spec):
-        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p) or _is_image_name(p))
         items = _relative_to_common(paths)
     elif os.path.isfile(spec):
         items = [InputItem(spec, Path(spec).name)]

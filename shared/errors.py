@@ -98,6 +98,47 @@ class OutputInUseError(InputError):
     reason = "output_in_use"
 
 
+class InputFileError(PermanentError):
+    """An input path that is not a readable image file: refused before any byte is read."""
+
+    reason = "not_a_file"
+
+
+class NotAFileError(InputFileError):
+    """A directory, FIFO, device or socket (a FIFO would hang the read, ``/dev/zero`` never ends)."""
+
+    reason = "not_a_file"
+
+
+class InputFileTooLargeError(InputFileError):
+    """More bytes than ``VEIL_MAX_INPUT_BYTES`` (checked with ``fstat`` before reading)."""
+
+    reason = "file_too_large"
+
+
+class SymlinkOutsideError(InputFileError):
+    """A symlink in the INPUT folder that points outside it: not followed."""
+
+    reason = "symlink_outside_input"
+
+
+class SymlinkLoopError(InputFileError):
+    reason = "symlink_loop"
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """A real image Veil does not anonymize: animated (GIF, APNG, WebP), HEIC/HEIF/AVIF."""
+
+    reason = "unsupported_format"
+
+
+class DiskFullError(PermanentError):
+    """The output's filesystem is full (ENOSPC/EDQUOT): the run stops; rows written so far are
+    whole, and running the same command again after freeing space resumes it."""
+
+    reason = "disk_full"
+
+
 class StorageError(TransientError):
     reason = "storage"
 

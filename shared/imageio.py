@@ -9,6 +9,7 @@ alpha onto white, converts CMYK, palette and grayscale to RGB and scales 16-bit 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -16,7 +17,7 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared.errors import ImageDecodeError, ImageTooLargeError
+from shared.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 
 @dataclass(frozen=True)
@@ -50,29 +51,88 @@ def content_type(name: str) -> str:
     return image_format(name).content_type
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Bytes -> (H, W, 3) uint8 RGB array, upright. Raises a ``PermanentError`` on bad input."""
+#: Pillow's pixel limit is one global: it is set to each decode's ``max_pixels`` under this lock.
+_PILLOW_LIMIT = threading.Lock()
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_side: int | None = None) -> np.ndarray:
+    """Bytes -> (H, W, 3) uint8 RGB array, upright. Raises a ``PermanentError`` on bad input.
+    ``max_side``: decode at most about this many pixels on the longer side (see ``decode_scaled``)."""
+    return decode_scaled(data, max_pixels=max_pixels, max_side=max_side)[0]
+
+
+def decode_scaled(data: bytes, *, max_pixels: int, max_side: int | None = None) -> tuple[np.ndarray, float]:
+    """``decode_image`` and the scale: input pixels per decoded pixel (1.0 unless reduced).
+
+    With ``max_side``, a larger image is reduced by a whole factor while decoding, keeping its
+    longer side >= ``max_side``: JPEG by DCT scaling (``draft``, never decoded at full size),
+    other formats by ``reduce`` right after loading, so no float copy of the full image is made.
+    """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with _PILLOW_LIMIT, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size  # from the header, before any pixel is decoded
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{width}x{height} = {width * height} pixels exceeds VEIL_MAX_IMAGE_PIXELS={max_pixels}"
-                )
-            img.load()
-    except ImageTooLargeError:
+            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses above it, whatever its default
+            opened = Image.open(io.BytesIO(data))
+        width, height = opened.size  # from the header, before any pixel is decoded
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{width}x{height} = {width * height} pixels exceeds VEIL_MAX_IMAGE_PIXELS={max_pixels}"
+            )
+        if getattr(opened, "is_animated", False):
+            raise UnsupportedImageError(f"animated {opened.format} ({getattr(opened, 'n_frames', '?')} frames)")
+        factor = max(width, height) // max_side if max_side else 1
+        img = _reduced(opened, factor) if factor >= 2 else _loaded(opened)
+    except (ImageTooLargeError, UnsupportedImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(str(exc)) from exc
     except UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            raise UnsupportedImageError(f"HEIF/AVIF ({data[8:12].decode()}): convert to JPEG or PNG") from exc
         raise ImageDecodeError("not an image format Pillow can read") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise ImageDecodeError(f"corrupt image: {exc}") from exc
-    return _to_rgb_array(ImageOps.exif_transpose(img))
+    scale = max(width, height) / max(img.size)
+    return _to_rgb_array(ImageOps.exif_transpose(img)), scale
+
+
+def _loaded(img: Image.Image) -> Image.Image:
+    img.load()
+    return img
+
+
+def _reduced(img: Image.Image, factor: int) -> Image.Image:
+    """``img`` reduced by about ``factor`` (a whole number >= 2) while or right after decoding."""
+    width, height = img.size
+    if img.format == "JPEG":
+        img.draft(None, (-(-width // factor), -(-height // factor)))  # DCT scaling by 1/2, 1/4 or 1/8
+        img.load()
+        factor //= max(width, height) // max(img.size)  # what DCT scaling left to do
+        if factor < 2:
+            return img
+    else:
+        img.load()
+    info = img.info
+    if img.mode.startswith("I;16"):  # reduce() does not take 16-bit modes: block means in numpy,
+        small = Image.fromarray(_block_mean_16(img, factor))  # a strip at a time (no full-size copy)
+    else:
+        if img.mode in ("1", "P", "PA"):
+            img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+        small = img.reduce(factor)
+    small.info = info  # the EXIF orientation still applies
+    return small
+
+
+def _block_mean_16(img: Image.Image, factor: int, rows: int = 64) -> np.ndarray:
+    w, h = img.size[0] // factor * factor, img.size[1] // factor * factor
+    out = []
+    for y in range(0, h, factor * rows):
+        strip = np.asarray(img.crop((0, y, w, min(h, y + factor * rows))), dtype=np.float32)
+        out.append(strip.reshape(strip.shape[0] // factor, factor, w // factor, factor).mean(axis=(1, 3)))
+    return np.round(np.concatenate(out)).astype(np.uint16)
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

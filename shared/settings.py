@@ -77,14 +77,18 @@ class Settings(BaseSettings):
     channels_last: bool = False
     compile_mode: Literal["default", "max-autotune", "reduce-overhead"] | None = None
     seed: int = Field(0, ge=0)
-    # Smallest face to look for (box side, pixels): MTCNN's own min_face_size, which sets its
-    # image pyramid's smallest scale (a somewhat smaller face can still be found). RetinaFace
-    # does not use it.
+    # Smallest face to keep (box side, input pixels): MTCNN's own min_face_size (its image
+    # pyramid's smallest scale), and every detector's boxes are filtered by it after detection.
+    # An image whose shorter side is below it is no_face without running the detector.
     min_face_size: int = Field(20, ge=8)
     # Detection runs on a copy whose longer side is at most this (boxes mapped back).
     detect_max_side: int = Field(1024, ge=128)
-    # Refuse to decode images with more pixels than this (decompression bombs).
+    # Refuse to decode images with more pixels than this (decompression bombs). Pillow's own
+    # limit (Image.MAX_IMAGE_PIXELS) is set to it for each decode, so it is raised and lowered.
     max_image_pixels: int = Field(120_000_000, ge=1)
+    # Refuse input files larger than this (bytes), checked before reading: a 3 GB sparse .jpg or
+    # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
+    max_input_bytes: int = Field(64 * 2**20, ge=1)
 
     # -- the distributed tiers --------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -107,6 +111,9 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_user: str = "veil"
     flower_password: SecretStr | None = None
+    # Flower's /metrics (Prometheus: worker and task names) behind the same basic auth unless
+    # true. /healthcheck stays open (it answers only "OK").
+    flower_public_metrics: bool = False
 
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from shared.diskio import write_then_rename
 from shared.errors import InputError, StorageError, UnsafeKeyError
 from shared.settings import Settings
 
@@ -106,12 +107,7 @@ class LocalBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         # unique per call (threads of one process too) and short whatever the target's length
         tmp = path.with_name(f".veil-{uuid.uuid4().hex[:16]}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_then_rename(tmp, path, data)  # the temporary file is removed on any failure
 
     def exists(self, uri: str) -> bool:
         return Path(uri).is_file()

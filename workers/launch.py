@@ -103,6 +103,24 @@ def run_flower(settings: Settings) -> None:
     if settings.flower_password is None:
         raise ValueError("VEIL_FLOWER_PASSWORD must be set: Flower always runs behind basic auth")
     app = configure(settings)  # no task module: Flower only watches events and queues
+    if not settings.flower_public_metrics:
+        _metrics_behind_auth()
     # Through the environment, so the password shows in neither argv nor logs.
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])
+
+
+def _metrics_behind_auth() -> None:
+    """Flower serves /metrics (worker and task names) without auth; this puts it behind the same
+    basic auth as every page: reading ``current_user`` runs Flower's check, which answers 401."""
+    from flower.views.monitor import Metrics
+    from tornado.web import HTTPError
+
+    get = Metrics.get
+
+    async def guarded(self):  # type: ignore[no-untyped-def]
+        if not self.current_user:
+            raise HTTPError(401)
+        await get(self)
+
+    Metrics.get = guarded  # type: ignore[method-assign]

@@ -36,25 +36,43 @@ class Detections:
 class Detector(Protocol):
     name: str
     sha256: str
+    min_side: int  # the shortest image side the detector accepts (smaller: no face)
 
     def __call__(self, rgb: np.ndarray) -> Detections: ...
 
 
-def detect_downscaled(detector: Detector, rgb: np.ndarray, max_side: int = 1024) -> Detections:
+def detect_downscaled(
+    detector: Detector, rgb: np.ndarray, max_side: int = 1024, min_face_size: float = 1
+) -> Detections:
     """Run ``detector`` on a copy no larger than ``max_side`` and map the results back to
     input pixels: a 4000 px photo costs what a 1024 px one does, and faces that small in a
-    large photo are too small to anonymize well anyway."""
+    large photo are too small to anonymize well anyway.
+
+    ``min_face_size`` (input pixels) holds for every detector: an image whose shorter side is
+    below it, or whose downscaled copy is below the detector's own minimum (MTCNN fails on
+    those), has no face; boxes whose longer side is below it are dropped."""
     h, w = rgb.shape[:2]
+    if min(h, w) < min_face_size:
+        return Detections.empty()
     scale = max(h, w) / max_side
     if scale <= 1:
-        return detector(rgb)
+        found = detector(rgb) if min(h, w) >= getattr(detector, "min_side", 1) else Detections.empty()
+        return _at_least(found, min_face_size)
     import cv2
 
     small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+    if min(small.shape[:2]) < getattr(detector, "min_side", 1):
+        return Detections.empty()
     found = detector(small)
     boxes = found.boxes.copy()
     boxes[:, :4] *= scale
-    return Detections(boxes, found.landmarks * scale)
+    return _at_least(Detections(boxes, found.landmarks * scale), min_face_size)
+
+
+def _at_least(found: Detections, min_face_size: float) -> Detections:
+    b = found.boxes
+    keep = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_face_size
+    return found if keep.all() else Detections(b[keep], found.landmarks[keep])
 
 
 def biggest_face(detections: Detections) -> int | None:
@@ -76,6 +94,7 @@ class MTCNNDetector:
         from facenet_pytorch import MTCNN
 
         self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)
+        self.min_side = min_face_size  # its image pyramid is empty below this (torch.cat() of nothing)
         data = Path(facenet_pytorch.__file__).parent / "data"
         self.sha256 = tree_sha256([data / f"{n}.pt" for n in ("pnet", "rnet", "onet")])
 
@@ -100,6 +119,7 @@ class RetinaFaceDetector:
         if not path.is_file():
             raise MissingWeightsError([str(path)], str(models_dir))
         self._device = device
+        self.min_side = 16  # its coarsest anchors are 16 px
         self._net = facer.face_detector(
             "retinaface/mobilenet", device=device, model_path=str(path), threshold=threshold
         )

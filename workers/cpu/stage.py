@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from shared.errors import NoFaceError
-from shared.imageio import decode_image
+from shared.imageio import decode_scaled
 from shared.messages import FaceAnalysis, ImageTask, PromptTask
 from shared.prompts import build_prompts
 from shared.settings import Settings
@@ -45,10 +45,15 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     check_output_uri(task.output_uri)  # a received message: its output stays under its root
     # 1. Decode the untrusted bytes
     t0 = time.perf_counter()
-    rgb = decode_image(data, max_pixels=cpu.settings.max_image_pixels)
+    # (a large image is reduced while decoding, to twice what the detector sees: the attribute
+    # models still get a sharp face; ``scale`` maps the box back to input pixels)
+    rgb, scale = decode_scaled(
+        data, max_pixels=cpu.settings.max_image_pixels, max_side=2 * cpu.settings.detect_max_side
+    )
     # 2. Detect faces and keep the biggest
     t1 = time.perf_counter()
-    detections = detect_downscaled(cpu.detector, rgb, cpu.settings.detect_max_side)
+    min_face = cpu.settings.min_face_size / scale
+    detections = detect_downscaled(cpu.detector, rgb, cpu.settings.detect_max_side, min_face)
     index = biggest_face(detections)
     t2 = time.perf_counter()
     timings.update(decode=t1 - t0, detect=t2 - t1)
@@ -57,6 +62,9 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     box, landmarks = detections.boxes[index], detections.landmarks[index]
     # 3. Read the face's attributes
     analysis = read_attributes(rgb, box, landmarks, cpu)
+    if scale != 1.0:
+        box_in_input = [round(float(v) * scale, 2) for v in box[:4]] + analysis.face_box[4:]
+        analysis = analysis.model_copy(update={"face_box": box_in_input})
     timings["attributes"] = time.perf_counter() - t2
     # 4. Write the prompts (Algorithm 1)
     prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)

@@ -14,6 +14,7 @@ from celery.utils.log import get_task_logger
 from pydantic import ValidationError
 
 from shared.errors import BrokerError, PermanentError, TransientError
+from shared.inputfiles import read_input
 from shared.messages import ImageTask
 from shared.results import already_done, error_record
 from workers import runtime
@@ -49,7 +50,7 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
         cpu = rt.models("cpu", CpuModels.load)
         models = cpu.model_sha256
         # 3. Read the image and analyse its biggest face
-        prompt = analyze(task, rt.storage.read(task.input_uri), cpu)
+        prompt = analyze(task, read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes), cpu)
         # 4. Hand the prompt to the GPU tier, by task name
         send(prompt.model_dump(mode="json"), GPU_TASK, rt.settings.gpu_queue)
     except TransientError as exc:
