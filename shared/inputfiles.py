@@ -81,6 +81,9 @@ def read_input(storage: Storage, uri: str, *, max_bytes: int, root: str | None =
     or devices) whole, then checked against ``max_bytes``."""
     if is_local(uri):
         return read_local_input(uri, max_bytes=max_bytes, root=root)
+    size = storage.size(uri)  # checked before reading where the backend can tell (S3: HEAD)
+    if size is not None and size > max_bytes:
+        raise InputFileTooLargeError(f"{size} bytes exceeds VEIL_MAX_INPUT_BYTES={max_bytes}")
     data = storage.read(uri)
     if len(data) > max_bytes:
         raise InputFileTooLargeError(f"{len(data)} bytes exceeds VEIL_MAX_INPUT_BYTES={max_bytes}")

@@ -203,6 +203,11 @@ class S3Backend(ObjectStoreBackend):
         extra = {"ContentType": content_type} if content_type else {}
         self._call(self._client.put_object, Bucket=bucket, Key=key, Body=data, **extra)
 
+    def size(self, uri: str) -> int:
+        """The object's length from a HEAD request, without reading it."""
+        bucket, key = self.parse(uri)
+        return int(self._call(self._client.head_object, Bucket=bucket, Key=key)["ContentLength"])
+
     def exists(self, uri: str) -> bool:
         bucket, key = self.parse(uri)
         try:
@@ -354,6 +359,11 @@ class Storage:
 
     def read(self, uri: str) -> bytes:
         return self.backend(uri).read(uri)
+
+    def size(self, uri: str) -> int | None:
+        """An object's length without reading it, where its backend can tell (S3: a HEAD)."""
+        size = getattr(self.backend(uri), "size", None)
+        return size(uri) if size is not None else None
 
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         self.backend(uri).write(uri, data, content_type)

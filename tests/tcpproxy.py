@@ -32,6 +32,7 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._closed = False
         self.connections = 0  # accepted while up, for tests that check traffic went through
+        self.bytes_down = 0  # bytes the service sent back through the proxy
         threading.Thread(target=self._accept_loop, name="tcpproxy-accept", daemon=True).start()
 
     @property
@@ -77,13 +78,15 @@ class TcpProxy:
             self.connections += 1
             with self._lock:
                 self._open.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, down in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, down), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+                if down:
+                    self.bytes_down += len(data)
         except OSError:
             pass
         finally:
