@@ -16,6 +16,7 @@ fall back to exists-then-write (not atomic; stated in the message of ``_create``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -26,6 +27,8 @@ from shared.errors import InputError, OutputInUseError, StorageError
 from shared.storage import Storage, is_local, join_uri
 
 LOCK_NAME = ".veil.lock"
+
+log = logging.getLogger(__name__)
 
 
 def _owner() -> dict[str, object]:
@@ -67,8 +70,11 @@ def _local_lock(output: str) -> Iterator[None]:
                 f"OUTPUT {output!r} is in use by another veil run ({holder}; lock {path}): "
                 "wait for it to finish, or choose another OUTPUT"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_owner()).encode(), 0)
+        try:  # who holds it, for the second run's message; the flock is the lock, this is a note
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(_owner()).encode(), 0)
+        except OSError as exc:  # a full disk must end the run with its own clear error, later
+            log.warning("could not write the lock's owner note in %s: %s", path, exc)
         yield
     finally:
         os.close(fd)  # releases the flock

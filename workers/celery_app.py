@@ -32,7 +32,18 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
+def _forget_broker_connections() -> None:
+    """Connections and producers cached for a previous broker URL would still be used by
+    ``send_task`` after the URL changes (seen: sends went to a broker the process had left)."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
 def configure(settings: Settings, *, tier: str | None = None) -> Celery:
+    if app.configured and app.conf.broker_url not in (None, settings.broker_url):
+        _forget_broker_connections()
     app.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,

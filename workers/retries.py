@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.errors import RETRY_POLICY, BrokerError, PermanentError, TransientError
+from shared.errors import RETRY_POLICY, BrokerError, PermanentError, TransientError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record, publish
 from workers.celery_app import app
@@ -47,10 +47,17 @@ def retry_or_fail(
 
 
 def send(message: dict[str, Any], task_name: str, queue: str, countdown: float | None = None) -> None:
-    try:
-        app.send_task(task_name, args=[message], queue=queue, countdown=countdown)
-    except Exception as exc:  # noqa: BLE001 - kombu/redis raise many types; all mean "broker down"
-        raise BrokerError(f"could not send {task_name}: {type(exc).__name__}: {exc}") from exc
+    """Sends by name, retried in place per ``RETRY_POLICY`` while the broker is down (a Redis
+    restart is seconds; the policy waits minutes), then ``BrokerError``. Retrying here matters:
+    a message whose outcome could not be recorded is only safe once it is back on the queue."""
+
+    def once() -> None:
+        try:
+            app.send_task(task_name, args=[message], queue=queue, countdown=countdown)
+        except Exception as exc:  # noqa: BLE001 - kombu/redis raise many types; all mean "broker down"
+            raise BrokerError(f"could not send {task_name}: {type(exc).__name__}: {exc}") from exc
+
+    call_with_retries(once, on_retry=lambda n, exc: log.warning("broker down, send retry %d: %s", n, exc))
 
 
 def settle(

@@ -98,3 +98,22 @@ def test_version_1_records_and_messages_are_read_under_their_old_names():
     assert PromptTask.model_validate(task) == _prompt_task()
     with pytest.raises(ValueError):
         ImageTask.model_validate({**_image_task().model_dump(), "schema_version": 3})  # unknown: refused
+
+
+def test_a_new_broker_url_is_used_by_send_task_after_configure():
+    """configure() with another broker forgets connections cached for the first (no broker is
+    needed to see it: the send goes to the port of the URL given last)."""
+    import socket
+
+    from shared.settings import Settings
+    from workers.celery_app import configure
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    for port in ports:  # nothing listens on either: each send must fail naming its own port
+        app = configure(Settings.from_env({}, broker_url=f"redis://127.0.0.1:{port}/0"))
+        with pytest.raises(Exception, match=str(port)):
+            app.send_task("veil.nothing", args=[], queue="nowhere", retry=False)
