@@ -183,8 +183,11 @@ def test_colliding_outputs_refuse_the_run_with_the_list(tmp_path, tiny_models):
 def test_a_second_run_on_one_output_refuses(tmp_path, tiny_models, faces_dir):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    shutil.copy(faces_dir / "id01_5.jpg", src / "id01_5.jpg")
-    env = worker_env(models_dir=tiny_models, steps=2, batch_size=1)
+    # enough work (4 photos x 15 steps, about a minute here) that the first run still holds the
+    # lock when the second has started: with one photo at 2 steps it could finish first (seen in CI)
+    for name in ("id01_5.jpg", "id02_12.jpg", "id03_16.jpg", "id04_38.jpg"):
+        shutil.copy(faces_dir / name, src / name)
+    env = worker_env(models_dir=tiny_models, steps=15, batch_size=1)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q", "--device", "cpu"]
     first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
