@@ -58,8 +58,13 @@ def moto_s3():
         proc.wait(10)
 
 
+# The Redis the tests use: 127.0.0.1:6379 unless TEST_REDIS_PORT names another (so two
+# checkouts can run their suites at once without flushing each other's databases).
+REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
+
+
 def redis_url(db: int) -> str:
-    url = f"redis://127.0.0.1:6379/{db}"
+    url = f"redis://127.0.0.1:{REDIS_PORT}/{db}"
     client = redis.Redis.from_url(url)
     client.ping()
     client.flushdb()

@@ -7,11 +7,12 @@ import time
 import pytest
 import redis
 
+from tests.services import REDIS_PORT
 from tests.tcpproxy import TcpProxy
 
 
 def test_cut_resets_and_restore_reconnects():
-    with TcpProxy(6379) as proxy:
+    with TcpProxy(REDIS_PORT) as proxy:
         client = redis.Redis(port=proxy.port, socket_timeout=2, retry_on_timeout=False)
         assert client.ping()
         proxy.cut()
