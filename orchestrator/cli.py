@@ -6,6 +6,7 @@
     veil status JOB [--watch] | veil jobs
     veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
     veil flower
+    veil health [--max-age S] [--file PATH]
 
 Settings come from ``VEIL_*`` environment variables; command-line flags override them. A value
 that fails validation is reported under the name the user typed: the flag or the variable.
@@ -199,6 +200,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return launch.run_gpu_workers(settings, args.devices)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the worker's health file is fresh (the pods' probes; workers/health.py)."""
+    from workers.health import check
+
+    path = Path(args.file) if args.file else _settings().health_file
+    if path is None:
+        raise InputError("no health file: set VEIL_HEALTH_FILE (the workers write it) or pass --file")
+    healthy, line = check(path, args.max_age)
+    print(line, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     from workers import launch
 
@@ -272,6 +285,10 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--one", help=argparse.SUPPRESS)  # internal: one GPU worker in this process
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("flower", help="Flower dashboard for both tiers, behind basic auth").set_defaults(func=cmd_flower)
+    health = sub.add_parser("health", help="exit 0 if this worker's health file is fresh (Kubernetes probes)")
+    health.add_argument("--max-age", type=float, default=60.0, help="seconds the file may be old (default 60)")
+    health.add_argument("--file", help="the health file (default: VEIL_HEALTH_FILE)")
+    health.set_defaults(func=cmd_health)
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:

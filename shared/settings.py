@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     # true. /healthcheck stays open (it answers only "OK").
     flower_public_metrics: bool = False
 
+    # -- worker health (issue 12: Kubernetes probes, workers/health.py) -----------------------
+    # A file the worker rewrites from its event loop every VEIL_HEALTH_INTERVAL_S while it
+    # consumes; `veil health --max-age S` checks its age (the pods' probes). Unset: no file.
+    health_file: Path | None = None
+    health_interval_s: float = Field(10.0, gt=0)
+
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
 

@@ -38,12 +38,14 @@ def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str
 
 
 def run_cpu_worker(settings: Settings, concurrency: int) -> None:
-    from workers import runtime
+    from workers import health, runtime
     from workers.celery_app import configure
     from workers.cpu import tasks  # noqa: F401  (registers the CPU task; this tier's only)
     from workers.cpu.stage import CpuModels
 
+    health.reset(settings)
     app = configure(settings, tier="cpu")
+    health.install(app, settings, "cpu")
     runtime.start(settings)
 
     @worker_process_init.connect(weak=False)
@@ -55,12 +57,14 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
 def run_gpu_worker_here(settings: Settings, name: str) -> None:
     """One solo-pool worker in this process (the device is whatever this process sees)."""
-    from workers import runtime
+    from workers import health, runtime
     from workers.celery_app import configure
     from workers.gpu import tasks  # registers the GPU task; this tier's only
     from workers.gpu.stage import GpuModels
 
+    health.reset(settings)  # no file while the model loads: the pod is not ready yet
     app = configure(settings, tier="gpu")
+    health.install(app, settings, "gpu")
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
