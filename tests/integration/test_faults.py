@@ -6,12 +6,14 @@ settings). Each test checks that every key ends with exactly one outcome and the
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 from shared.errors import RETRY_POLICY
 from shared.jobs import JobStore
@@ -229,10 +231,22 @@ def test_sigkill_gpu_mid_batch_recovers_within_visibility_timeout(faces_dir, tin
         redis_srv.stop()
 
 
-SIGTERM_GRACE_S = 60  # a batch of the tiny models takes seconds; in production: the longest batch + 30 s
+def gpu_pod_grace_s() -> int:
+    """terminationGracePeriodSeconds of the GPU worker pods (deploy/k8s/base/gpu-worker.yaml)."""
+    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "gpu-worker.yaml").read_text())
+    return int(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+
+
+def generated(log) -> int:
+    """Keys the GPU worker(s) generated, over every batch in the log (already-done keys excluded)."""
+    return sum(int(n) for n in re.findall(r"batch of \d+ requests, (\d+) to generate", log.read_text(errors="replace")))
 
 
 def test_sigterm_mid_batch_finishes_it_and_returns_the_rest(faces_dir, tiny_models, tmp_path):
+    """Kubernetes scale-down (issue 12): SIGTERM to the pod's first process mid-batch. The GPU
+    worker starts as in its pod (`veil worker gpu` with one device: a launcher and one worker
+    process; the signal goes to the launcher only, as the kubelet sends it to PID 1), finishes
+    its batch within the pods' grace period, returns what it held, and no key is generated twice."""
     redis_srv = OwnRedis(tmp_path)
     try:
         with s3_behind_proxy(BUCKET) as (_proxy, client, endpoint):
@@ -240,17 +254,21 @@ def test_sigterm_mid_batch_finishes_it_and_returns_the_rest(faces_dir, tiny_mode
             env = env_for(tiny_models, redis_srv.url, endpoint, steps=6)  # default visibility (300 s)
             cpu = start_worker("cpu", env, tmp_path / "cpu.log", "--concurrency", "1")
             log = tmp_path / "gpu.log"
-            gpu = start_worker("gpu", env, log)
+            gpu = start_worker("gpu", env, log, "--devices", "0")  # one visible device, as in a pod
             try:
                 job_id = submit(env, "out")
                 wait_for(lambda: batch_sizes(log), 300, "the first GPU batch", interval=0.1)
-                gpu.send_signal(signal.SIGTERM)  # what Kubernetes sends on scale-down
-                assert gpu.wait(SIGTERM_GRACE_S) == 0
+                first = batch_sizes(log)[0]
+                gpu.send_signal(signal.SIGTERM)  # what the kubelet sends on scale-down
+                assert gpu.wait(gpu_pod_grace_s()) == 0
+                job = JobStore.from_url(redis_srv.url).get(job_id)
+                assert job is not None and job.counts["done"] >= first  # the batch was finished, not dropped
                 # what it held and had not started is back on the queue now, not after the
                 # visibility timeout (300 s): a new worker finishes the job well before that
                 gpu = start_worker("gpu", env, log)
                 job = wait_job(redis_srv.url, job_id, N_KEYS, timeout=200)
                 assert_all_done(client, "out", names, job)
+                assert generated(log) == N_KEYS  # every key generated once: no duplicate work
             finally:
                 stop(gpu)
                 stop(cpu)

@@ -52,7 +52,7 @@ REDIS_TRIGGER_KEYS = {
 }  # fmt: skip
 REDIS_AUTH_PARAMS = {"address", "host", "port", "username", "password", "tls", "cert", "key", "keyPassword", "ca",
                      "sentinelUsername", "sentinelPassword", "sentinelMaster"}  # fmt: skip
-SECRET_SETTINGS = {f"VEIL_{name.upper()}" for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+SECRET_SETTINGS = {f"VEIL_{n.upper()}" for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
 
 
 def kubectl() -> str:
@@ -102,6 +102,11 @@ def container_env(objects, container: dict, secret: str = "s3cret") -> dict[str,
         else:
             env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), entry["value"])
     return env
+
+
+def settings_of(objects, container: dict) -> Settings:
+    """The Settings the container's veil process builds from that environment."""
+    return Settings.from_env({k: v for k, v in container_env(objects, container).items() if k.startswith("VEIL_")})
 
 
 def worker_container(objects, name: str) -> dict:
@@ -210,9 +215,7 @@ def test_every_veil_variable_is_a_setting_and_valid(overlay):
         for c in containers(obj):
             if c["command"][0] != "veil" and "veil" not in " ".join(c["command"]):
                 continue  # redis
-            env = container_env(objects, c)
-            settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("VEIL_")})
-            assert settings.models_dir == Path("/models")
+            assert settings_of(objects, c).models_dir == Path("/models")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -240,6 +243,25 @@ def test_no_secret_value_in_any_manifest(overlay):
         assert not re.search(r"(?i)(password|secret)\s*:\s*['\"]?[A-Za-z0-9+/=]{8,}", path.read_text()), path
 
 
+def test_readme_node_pool_examples_fit_the_gpu_pods():
+    """The Karpenter NodePool in deploy/k8s/README.md gives nodes the label the GPU pods select
+    and the taint they tolerate, and caps GPUs at the GPU ScaledObject's maxReplicaCount."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (K8S / "README.md").read_text(), re.S)
+    docs = [d for b in blocks for d in yaml.safe_load_all(b) if d]
+    pool = next(d for d in docs if d.get("kind") == "NodePool")
+    assert pool["apiVersion"] == "karpenter.sh/v1"
+    objects = base_objects()
+    pod = by_kind(objects, "Deployment")["gpu-worker"]["spec"]["template"]["spec"]
+    template = pool["spec"]["template"]
+    assert pod["nodeSelector"].items() <= template["metadata"]["labels"].items()
+    for taint in template["spec"]["taints"]:
+        assert any(t["key"] == taint["key"] and t["effect"] == taint["effect"] for t in pod["tolerations"]), taint
+    assert (
+        pool["spec"]["limits"]["nvidia.com/gpu"]
+        == by_kind(objects, "ScaledObject")["gpu-worker"]["spec"]["maxReplicaCount"]
+    )
+
+
 # -- KEDA ------------------------------------------------------------------------------------------------
 
 
@@ -250,7 +272,7 @@ def test_scaled_objects_watch_the_lists_celery_uses(overlay):
     deployments = by_kind(objects, "Deployment")
     auths = by_kind(objects, "TriggerAuthentication")
     assert set(scaled) == {"cpu-worker", "gpu-worker"}
-    for name, so in scaled.items():
+    for so in scaled.values():
         assert so["apiVersion"] == KEDA_API
         spec = so["spec"]
         # required by KEDA's CRD (keda.sh_scaledobjects.yaml): scaleTargetRef.name, triggers[].type/metadata
@@ -268,8 +290,7 @@ def test_scaled_objects_watch_the_lists_celery_uses(overlay):
         assert listed > 0 and active == 0  # any waiting key wakes a tier at zero
         assert meta["enableTLS"] in ("true", "false")
         # the same Redis, database and list as the target's workers
-        env = container_env(objects, target["spec"]["template"]["spec"]["containers"][0])
-        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("VEIL_")})
+        settings = settings_of(objects, target["spec"]["template"]["spec"]["containers"][0])
         broker = urlsplit(settings.broker_url)
         assert meta["address"] == f"{broker.hostname}:{broker.port}", (meta["address"], settings.broker_url)
         assert meta["databaseIndex"] == (broker.path.strip("/") or "0")
@@ -286,9 +307,7 @@ def test_scaled_objects_watch_the_lists_celery_uses(overlay):
                           if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]  # fmt: skip
         assert (password_ref["name"], password_ref["key"]) == (worker_ref["name"], worker_ref["key"])
     gpu, cpu = scaled["gpu-worker"]["spec"], scaled["cpu-worker"]["spec"]
-    gpu_settings = Settings.from_env(
-        {k: v for k, v in container_env(objects, worker_container(objects, "gpu-worker")).items() if k.startswith("VEIL_")}
-    )
+    gpu_settings = settings_of(objects, worker_container(objects, "gpu-worker"))
     assert gpu["minReplicaCount"] == 0  # scale to zero
     # to zero only once veil.gpu has been empty longer than a key's retry waits
     from shared.errors import RETRY_POLICY
