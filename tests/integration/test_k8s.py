@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,7 @@ REDIS_TRIGGER_KEYS = {
 }  # fmt: skip
 REDIS_AUTH_PARAMS = {"address", "host", "port", "username", "password", "tls", "cert", "key", "keyPassword", "ca",
                      "sentinelUsername", "sentinelPassword", "sentinelMaster"}  # fmt: skip
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 SECRET_SETTINGS = {f"VEIL_{n.upper()}" for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
 
 
@@ -199,6 +201,33 @@ def test_every_pod_is_restricted_and_non_root(overlay):
             assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
             assert sc["readOnlyRootFilesystem"] is True, c["name"]
             assert c["resources"]["requests"], c["name"]
+
+
+def veil_command_lines(objects) -> list[list[str]]:
+    """Every `veil ...` command line of a container or an exec probe (`sh -c "a && b"` split)."""
+    lines = []
+    for obj in pod_templates(objects):
+        for c in containers(obj):
+            argvs = [c["command"]] + [c[p]["exec"]["command"] for p in PROBES if "exec" in c.get(p, {})]
+            for argv in argvs:
+                if argv[:2] == ["sh", "-c"]:
+                    lines += [shlex.split(part) for part in argv[2].split("&&")]
+                else:
+                    lines.append(argv)
+    return [line for line in lines if line[:1] == ["veil"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_veil_command_parses_with_the_cli(overlay):
+    from orchestrator.cli import build_parser
+
+    lines = veil_command_lines(render(overlay))
+    assert ["veil", "models", "fetch", "--quiet"] in lines and ["veil", "flower"] in lines
+    assert ["veil", "health", "--max-age", "300"] in lines
+    for argv in lines:
+        build_parser().parse_args(argv[1:])  # SystemExit (a failure) on an unknown command or flag
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["health", "--max-age"])
 
 
 # -- settings and secrets ----------------------------------------------------------------------------
