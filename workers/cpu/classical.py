@@ -38,7 +38,9 @@ def box_pixels(shape: tuple[int, ...], box: FaceBox) -> tuple[int, int, int, int
 def blur(rgb: np.ndarray, box: FaceBox, *, sigma: float = 0.15) -> np.ndarray:
     """Gaussian blur of the face box, ``sigma`` x the box width (pixels). The box is blurred with
     its surroundings as context (so its edge is not darker or mirrored), then only the box is
-    written back."""
+    written back. A wide blur (sigma above 8 px) is computed on a copy reduced to sigma = 4 px and
+    enlarged back (bicubic): the same blur to within rounding, at a cost that does not grow with
+    the face's size (a 96 px sigma at full size took seconds per face)."""
     import cv2
 
     left, top, right, bottom = box_pixels(rgb.shape, box)
@@ -47,7 +49,15 @@ def blur(rgb: np.ndarray, box: FaceBox, *, sigma: float = 0.15) -> np.ndarray:
     h, w = rgb.shape[:2]
     cl, ct, cr, cb = max(0, left - pad), max(0, top - pad), min(w, right + pad), min(h, bottom + pad)
     context = np.ascontiguousarray(rgb[ct:cb, cl:cr])
-    blurred = cv2.GaussianBlur(context, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px, borderType=cv2.BORDER_REFLECT)
+    factor = sigma_px / 4.0 if sigma_px > 8 else 1.0
+    if factor > 1:
+        small_size = (max(1, round(context.shape[1] / factor)), max(1, round(context.shape[0] / factor)))
+        small = cv2.resize(context, small_size, interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (0, 0), sigmaX=4.0, sigmaY=4.0, borderType=cv2.BORDER_REFLECT)
+        size = (context.shape[1], context.shape[0])
+        blurred = cv2.resize(small, size, interpolation=cv2.INTER_CUBIC)
+    else:
+        blurred = cv2.GaussianBlur(context, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px, borderType=cv2.BORDER_REFLECT)
     out = rgb.copy()
     out[top:bottom, left:right] = blurred[top - ct : bottom - ct, left - cl : right - cl]
     return out
