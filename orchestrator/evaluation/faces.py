@@ -5,6 +5,7 @@ keep the biggest face, embed it with every embedder asked, and optionally read i
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 from dataclasses import dataclass, field
@@ -47,10 +48,24 @@ class FaceReader:
             from workers.cpu.attributes import AttributeModels
 
             self.attributes = AttributeModels.load(models_dir, device)
+        self._seen: dict[str, Face] = {}  # sha256 of the bytes -> what they gave (an unchanged output)
 
     def read(self, path: Path, *, keep_for_fid: bool = False) -> Face:
+        """The face in ``path``; identical bytes (an output equal to its input) are read once."""
         try:
-            rgb = decode_image(path.read_bytes(), max_pixels=self.settings.max_image_pixels, max_side=2048)
+            data = path.read_bytes()
+        except OSError as exc:
+            return Face(path, False, error=f"{type(exc).__name__}: {exc}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in self._seen and (self._seen[digest].inception is not None or not keep_for_fid):
+            seen = self._seen[digest]
+            return Face(path, seen.found, seen.embeddings, seen.attributes, seen.thumbnail, seen.inception, seen.error)
+        self._seen[digest] = face = self._read(path, data, keep_for_fid)
+        return face
+
+    def _read(self, path: Path, data: bytes, keep_for_fid: bool) -> Face:
+        try:
+            rgb = decode_image(data, max_pixels=self.settings.max_image_pixels, max_side=2048)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
             return Face(path, False, error=f"{type(exc).__name__}: {exc}")
         face = Face(path, False, thumbnail=thumbnail(rgb))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.weights import Component, is_tiny, missing_files
+from models.weights import FID_INCEPTION, Component, is_tiny, missing_files
 from orchestrator.evaluation.data import Pair, read_identities, read_pairs
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
@@ -79,13 +79,14 @@ def evaluate(
     reader = FaceReader(settings, embedders, attributes=attributes, device=resolve_device(settings.device))
     total = len(gallery_files) + sum(len(r.pairs) for r in runs)
     bar = tqdm(total=total, unit="img", desc="veil eval", disable=not progress, dynamic_ncols=True)
+    fid = (models_dir / FID_INCEPTION).is_file()  # keep 299 px copies only when FID/KID can be computed
     gallery: list[Face] = []
     for f in gallery_files:
-        gallery.append(reader.read(originals / f, keep_for_fid=True))
+        gallery.append(reader.read(originals / f, keep_for_fid=fid))
         bar.update()
     for run in runs:
         for pair in run.pairs:
-            run.probes.append(reader.read(pair.output, keep_for_fid=True) if pair.output else None)
+            run.probes.append(reader.read(pair.output, keep_for_fid=fid) if pair.output else None)
             bar.update()
     bar.close()
     # 3. Metrics per run: identity per embedder, attributes, quality
@@ -169,7 +170,7 @@ def _run_metrics(
         ident["reid_at_1_no_face_as_miss"] = hits / other_all if other_all else None
         m["identity"][e.value] = ident
     m["attributes"] = _attribute_agreement(faced, gallery, gallery_files)
-    fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done]
+    fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]
     m["quality"] = fid_kid(
         [x for x in fid_originals if x is not None],
         [f.inception for _, f in done if f.inception is not None],
