@@ -155,6 +155,14 @@ def _run_metrics(
         "identity": {},
     }
     source = np.array([index_of.get(p.file, -1) for p, _ in faced], dtype=int)
+    # every written probe with another photo of its identity in the gallery, face or not: the
+    # chance of a random rank-1 hit (others / gallery without the source)
+    chances = []
+    for p, _ in done:
+        own = int(p.file in index_of)
+        others = sum(x == p.identity for x in gallery_ids) - own
+        if others > 0:
+            chances.append(others / (len(gallery_ids) - own))
     probe_ids = [p.identity for p, _ in faced]
     for e in embedders:
         g = np.stack([gallery[i].embeddings[e.value] for i in with_face]) if with_face else np.zeros((0, 1))
@@ -164,10 +172,8 @@ def _run_metrics(
         ident["n_identities"] = len(set(gallery_ids))
         # a probe with no face cannot be re-identified: counted as a miss here, apart from the rest
         hits = ident["reid_at_1"] * ident["n_probes_other"] if ident["reid_at_1"] is not None else 0
-        other_all = ident["n_probes_other"] + sum(
-            1 for p, f in done if not f.found and sum(x == p.identity for x in gallery_ids) > (p.file in index_of)
-        )
-        ident["reid_at_1_no_face_as_miss"] = hits / other_all if other_all else None
+        ident["reid_at_1_no_face_as_miss"] = hits / len(chances) if chances else None
+        ident["chance_at_1_all_probes"] = float(np.mean(chances)) if chances else None
         m["identity"][e.value] = ident
     m["attributes"] = _attribute_agreement(faced, gallery, gallery_files)
     fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]

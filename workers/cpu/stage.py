@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.weights import Component, missing_files
 from shared.errors import NoFaceError
 from shared.imageio import content_type, decode_scaled, encode_image
 from shared.messages import FaceAnalysis, ImageTask, PromptTask, ResultRecord
@@ -43,6 +44,14 @@ class CpuModels:
         if attributes:
             cpu.need_attributes()
         return cpu
+
+    @classmethod
+    def for_worker(cls, settings: Settings, device: torch.device) -> CpuModels:
+        """The CPU worker's models: the attribute models too when their weights are there (loaded
+        at start, as before); without them the worker still finishes classical keys, and a key
+        of method ``sd`` fails with ``MissingWeightsError`` naming the files."""
+        have = not missing_files(Path(settings.models_dir), {Component.ATTRIBUTES, Component.DEMOGRAPHY})
+        return cls.load(settings, device, attributes=have)
 
     def need_attributes(self) -> AttributeModels:
         if self.attributes is None:

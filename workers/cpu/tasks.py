@@ -49,7 +49,7 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
         # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
         if already_done(task, rt.storage, rt.jobs):
             return "skipped"
-        cpu = rt.models("cpu", CpuModels.load)
+        cpu = rt.models("cpu", CpuModels.for_worker)
         models = cpu.model_sha256
         # 3. Read the image
         data = read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes)
