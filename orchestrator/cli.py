@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
 from shared.quiet import quiet_third_party
-from shared.settings import ENV_PREFIX, DetectorName, DeviceName, SamplerName, Settings
+from shared.settings import ENV_PREFIX, DetectorName, DeviceName, EmbedderName, Method, SamplerName, Settings
 
 #: pydantic error type -> what the value must be (its ``ctx`` fills the braces)
 _RULES = {
@@ -69,9 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from shared.storage import open_storage
 
     settings = _settings(
-        device=args.device, batch_size=args.batch_size, seed=args.seed, sampler=args.sampler, detector=args.detector
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        sampler=args.sampler,
+        detector=args.detector,
+        method=args.method,
     )
-    if warning := tiny_warning(settings.models_dir):
+    if settings.method is Method.SD and (warning := tiny_warning(settings.models_dir)):
         print(warning, file=sys.stderr)
     try:
         summary = run(
@@ -94,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from models.weights import CATALOGUE, required_files, tiny_warning
+    from models.weights import CATALOGUE, EVAL_COMPONENTS, required_files, tiny_warning
 
     settings = _settings()
     models_dir = Path(settings.models_dir)
@@ -106,6 +111,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     for wf in CATALOGUE:
         path = models_dir / wf.relpath
         needed = "required" if wf.relpath in required else ("optional" if wf.optional else "not needed")
+        needed = "eval" if wf.component in EVAL_COMPONENTS else needed  # issue 13: veil eval's, --eval
         if needed == "not needed" and not path.exists():
             continue
         there = "ok     " if path.is_file() else "MISSING"
@@ -119,10 +125,11 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from models.fetch import fetch_missing
-    from models.weights import CATALOGUE
+    from models.weights import CATALOGUE, EVAL_COMPONENTS
 
     settings = _settings()
     files = [wf for wf in CATALOGUE if args.optional or not wf.optional]
+    files = [wf for wf in files if args.eval or wf.component not in EVAL_COMPONENTS]  # issue 13
     results = fetch_missing(Path(settings.models_dir), files, progress=not args.quiet)
     for r in results:
         print(f"  {'kept   ' if r.skipped else 'fetched'} {r.path}  sha256 {r.sha256}")
@@ -145,7 +152,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from shared.storage import open_storage
     from workers.celery_app import configure
 
-    settings = _settings()
+    settings = _settings(method=args.method)
     configure(settings)
     result = submit(
         args.source,
@@ -182,6 +189,43 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     settings = _settings()
     return list_jobs(JobStore.from_url(settings.jobs_url))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """issue 13: ``veil eval``."""
+    from models.weights import tiny_warning
+    from orchestrator.evaluation.run import evaluate
+
+    settings = _settings(device=args.device, detector=args.detector)
+    if warning := tiny_warning(settings.models_dir):
+        print(warning, file=sys.stderr)
+    embedders = [EmbedderName(e) for e in (args.embedder or [EmbedderName.DLIB.value])]
+    metrics = evaluate(
+        Path(args.originals),
+        [Path(a) for a in args.anonymized],
+        Path(args.identities),
+        Path(args.out),
+        settings,
+        list(dict.fromkeys(embedders)),
+        html=args.html,
+        attributes=False if args.no_attributes else None,
+        progress=not args.quiet,
+    )
+    for label, run in metrics["runs"].items():
+        for emb, ident in run["identity"].items():
+            print(
+                f"{label} [{run['method']}] {emb}: reid_at_1 {_num(ident['reid_at_1'])} "
+                f"(chance {_num(ident['chance_at_1'])}), reid_self_at_1 {_num(ident['reid_self_at_1'])}, "
+                f"map {_num(ident['map'])}, n_probes {ident['n_probes']}, no_face_rate {_num(run['no_face_rate'])}"
+            )
+    for note in metrics["notes"] + [r["note"] for r in metrics["runs"].values() if r.get("note")]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'metrics.json'}" + (f" and {Path(args.out) / 'report.html'}" if args.html else ""))
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -226,7 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_distributed(sub)
     _add_models(sub)
+    _add_eval(sub)
     return parser
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    """issue 13: ``veil eval``."""
+    ev = sub.add_parser("eval", help="re-identification, attribute and quality metrics of anonymized runs")
+    ev.add_argument("originals", help="folder of the original images (the gallery)")
+    ev.add_argument("anonymized", nargs="+", help="veil run OUTPUT folder(s): their manifest pairs outputs and inputs")
+    ev.add_argument("--identities", required=True, help="CSV with columns file,identity (file relative to ORIGINALS)")
+    ev.add_argument("--out", required=True, help="folder for metrics.json, pairs.csv, report.html")
+    ev.add_argument(
+        "--embedder",
+        action="append",
+        choices=[e.value for e in EmbedderName],
+        help="face embedder(s) for re-identification; repeat for several (default dlib)",
+    )
+    ev.add_argument("--html", action="store_true", help="also write a self-contained report.html")
+    ev.add_argument("--no-attributes", action="store_true", help="skip FACER/DeepFace attribute preservation")
+    ev.add_argument("--device", choices=[d.value for d in DeviceName], help="where models run (VEIL_DEVICE)")
+    ev.add_argument("--detector", choices=[d.value for d in DetectorName], help="face detector (VEIL_DETECTOR)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -259,8 +325,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="redo inputs the manifest already lists as done or no_face (default: skip them)",
     )
+    _add_method(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+
+def _add_method(parser: argparse.ArgumentParser) -> None:
+    """issue 13: ``--method`` of ``veil run`` and ``veil submit``."""
+    parser.add_argument(
+        "--method",
+        choices=[m.value for m in Method],
+        help="sd = the paper's generated portrait (default); blur, pixelate, mask = classical methods of the "
+        "face box, finished on the CPU tier (VEIL_METHOD; strength: VEIL_BLUR_SIGMA, VEIL_PIXELATE_BLOCKS)",
+    )
 
 
 def _add_distributed(sub: argparse._SubParsersAction) -> None:
@@ -269,6 +346,7 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--out", required=True, help="s3://bucket/outprefix for images and sidecars")
     submit.add_argument("--name", help="a name for the job")
     submit.add_argument("--overwrite", action="store_true", help="redo keys whose output already exists")
+    _add_method(submit)
     submit.set_defaults(func=cmd_submit)
 
     status = sub.add_parser("status", help="counts, rate and ETA of a job")
@@ -297,6 +375,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     msub.add_parser("check", help="list the weight files and whether each is there").set_defaults(func=cmd_models_check)
     fetch = msub.add_parser("fetch", help="download missing weights (needs internet)")
     fetch.add_argument("--optional", action="store_true", help="also fetch optional files (RetinaFace)")
+    fetch.add_argument(
+        "--eval", action="store_true", help="also fetch veil eval's weights (FaceNet, CLIP, FID Inception)"
+    )
     fetch.add_argument("-q", "--quiet", action="store_true")
     fetch.set_defaults(func=cmd_models_fetch)
     tiny = msub.add_parser("tiny", help="write tiny RANDOM test models (noise images) into DIR")

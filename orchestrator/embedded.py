@@ -36,7 +36,8 @@ from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
 from shared.settings import Settings
 from shared.storage import Storage, is_local, is_under, join_uri, scheme_of
-from workers.cpu.stage import CpuModels, analyze
+from workers.cpu.classical import is_classical
+from workers.cpu.stage import CpuModels, analyze, anonymize_classical
 from workers.gpu.stage import Finished, GpuModels, finish_batch
 
 MANIFEST = "manifest.jsonl"
@@ -139,7 +140,8 @@ def run(
     summary = RunSummary()
     # 1. Check OUTPUT and the weights before touching any input
     check_output_writable(output)
-    missing = missing_files(Path(settings.models_dir))
+    # (a classical method needs the detector only: MTCNN's weights ship in its wheel)
+    missing = [] if is_classical(settings.method) else missing_files(Path(settings.models_dir))
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
     # 2. List the inputs, each once, and check every output: under OUTPUT, on no input, one input
@@ -182,7 +184,9 @@ def _run_locked(
         return summary
     # 3. Load the models once
     device = resolve_device(settings.device)
-    cpu, gpu = CpuModels.load(settings, device), GpuModels.load(settings, device)
+    classical = is_classical(settings.method)  # finished by the analysis thread: no generator
+    cpu = CpuModels.load(settings, device, attributes=not classical)
+    gpu = None if classical else GpuModels.load(settings, device)
     tasks = [image_task(item, output, settings, job_id) for item in todo]
     # 4. Analyse in a background thread while the main thread generates full batches
     bar = tqdm(total=len(todo), unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)
@@ -197,16 +201,16 @@ def _run_locked(
 
     batch: list[tuple[PromptTask, dict[str, float]]] = []
     root = input_spec if is_local(input_spec) and os.path.isdir(input_spec) else None  # symlinks stay in it
-    for prompt, timings, failed in _analysed(tasks, cpu, storage, summary, 2 * settings.batch_size, root):
-        if failed is not None:
-            finish([failed])
+    for prompt, timings, ended in _analysed(tasks, cpu, storage, summary, 2 * settings.batch_size, root):
+        if ended is not None:
+            finish([ended])
             continue
-        assert prompt is not None  # _analysed yields a prompt or a failed record, never neither
+        assert prompt is not None and gpu is not None  # _analysed yields a prompt or a record, never neither
         batch.append((prompt, timings))
         if len(batch) == settings.batch_size:
             finish(_generate_and_store(batch, gpu, storage, summary))
             batch = []
-    if batch:
+    if batch and gpu is not None:
         finish(_generate_and_store(batch, gpu, storage, summary))
     bar.close()
     manifest.close()
@@ -228,7 +232,8 @@ def _analysed(
     tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int, root: str | None
 ) -> Iterator[tuple[PromptTask | None, dict[str, float], ResultRecord | None]]:
     """Reads and analyses the inputs in a background thread, at most ``depth`` ahead of the
-    generator; yields (prompt, timings, None) or (None, timings, failure record) in input order."""
+    generator; yields (prompt, timings, None) or (None, timings, the key's record: failed,
+    no_face, or done by a classical method) in input order."""
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -243,7 +248,11 @@ def _analysed(
                     data = call_with_retries(
                         partial(read_input, storage, task.input_uri, max_bytes=max_bytes, root=root)
                     )
-                    out.put((analyze(task, data, cpu, timings), timings, None))
+                    if is_classical(task.method):  # finished here: the image is written
+                        work = partial(anonymize_classical, task, data, cpu, storage, timings)
+                        out.put((None, timings, call_with_retries(work)))
+                    else:
+                        out.put((analyze(task, data, cpu, timings), timings, None))
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, none stops the run
                     out.put((None, timings, error_record(task, exc, cpu.model_sha256, timings)))
                 for k, v in timings.items():

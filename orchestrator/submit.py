@@ -32,6 +32,7 @@ def image_task(item: InputItem, out: str, settings: Settings, job_id: str, *, ov
         output_uri=safe_join(out, output_name(item.key)),
         seed=seed_for(settings.seed, item.key),
         overwrite=overwrite,
+        method=settings.method,  # issue 13 (job-wide: may move into the job's spec)
     )
 
 

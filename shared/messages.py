@@ -5,6 +5,9 @@ not know rather than guessing.
 Version 2 renamed three fields to say what they hold: ``models`` -> ``model_sha256``,
 ``celeba`` (FaceAnalysis) and ``attributes`` (ResultRecord) -> ``celeba_scores``. Version 1
 messages and sidecars/manifests are still read, under their old names.
+
+Version 3 (issue 13) added ``method`` to ImageTask and ResultRecord (default ``sd``, the only
+method before it), so versions 1 and 2 read as ``sd``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION: Final = 2
+from shared.settings import Method
+
+SCHEMA_VERSION: Final = 3
 
 
 def _renamed(new: str, old: str, **field: Any) -> Any:
@@ -30,11 +35,11 @@ class Status(str, enum.Enum):
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
 
     @field_validator("schema_version", mode="after")
     @classmethod
-    def _now_current(cls, version: int) -> Literal[1, 2]:
+    def _now_current(cls, version: int) -> Literal[1, 2, 3]:
         """A known older version is read under its old names and is the current one from then on."""
         return SCHEMA_VERSION
 
@@ -48,6 +53,8 @@ class ImageTask(_Message):
     seed: int = Field(ge=0, lt=2**64)  # a torch generator's range
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
+    # issue 13: how the face is anonymized; a classical method finishes on the CPU tier
+    method: Method = Method.SD
 
 
 class FaceAnalysis(_Message):
@@ -93,3 +100,4 @@ class ResultRecord(_Message):
     model_sha256: dict[str, str] = _renamed("model_sha256", "models", default_factory=dict)
     job_id: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
+    method: Method = Method.SD  # issue 13: the method that wrote ``output`` (or was to)

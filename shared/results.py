@@ -47,7 +47,7 @@ def error_record(
     status = Status.NO_FACE if isinstance(exc, NoFaceError) else Status.FAILED
     code = exc.reason if isinstance(exc, VeilError) else type(exc).__name__
     message = str(exc).splitlines()[0] if str(exc) else ""
-    extra = {}
+    extra: dict = {"method": task.method} if isinstance(task, ImageTask) else {}
     if isinstance(task, PromptTask):
         extra = dict(
             face_box=task.analysis.face_box,
@@ -68,6 +68,24 @@ def error_record(
         job_id=task.job_id,
         timings_s=timings_s or {},
         **extra,
+    )
+
+
+def classical_record(
+    task: ImageTask, face_box: list[float], model_sha256: dict[str, str], timings_s: dict[str, float] | None = None
+) -> ResultRecord:
+    """The ``done`` row of a key a classical method (blur, pixelate, mask) finished on the CPU
+    tier: its face box and method; no attributes or prompts (the method reads none)."""
+    return ResultRecord(
+        input=task.input_uri,
+        output=task.output_uri,
+        status=Status.DONE,
+        face_box=face_box,
+        seed=task.seed,
+        model_sha256=model_sha256,
+        job_id=task.job_id,
+        timings_s={k: round(v, 4) for k, v in (timings_s or {}).items()},
+        method=task.method,
     )
 
 

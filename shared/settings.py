@@ -32,6 +32,29 @@ class SamplerName(str, enum.Enum):
     FAST = "fast"  # DPM++ 2M SDE Karras: 1 UNet evaluation per step
 
 
+# -- issue 13: anonymization methods and face embedders -------------------------------------
+class Method(str, enum.Enum):
+    """How a face is anonymized (see ``workers.cpu.classical``): ``sd`` is the paper's generated
+    portrait (GPU tier); the classical methods change the face box in place on the CPU tier."""
+
+    SD = "sd"
+    BLUR = "blur"
+    PIXELATE = "pixelate"
+    MASK = "mask"
+
+
+class EmbedderName(str, enum.Enum):
+    """Face embedders for re-identification (see ``workers.embedders``)."""
+
+    DLIB = "dlib"
+    FACENET_VGGFACE2 = "facenet-vggface2"
+    FACENET_CASIA = "facenet-casia"
+    CLIP = "clip"
+
+
+# -- end issue 13 ------------------------------------------------------------------------------
+
+
 class DeviceName(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -89,6 +112,15 @@ class Settings(BaseSettings):
     # Refuse input files larger than this (bytes), checked before reading: a 3 GB sparse .jpg or
     # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
     max_input_bytes: int = Field(64 * 2**20, ge=1)
+
+    # -- issue 13: the method and the classical methods' strength ----------------------------
+    method: Method = Method.SD
+    # Gaussian blur: sigma as a fraction of the face box width. deface's default blur is a box
+    # filter half its box wide (standard deviation 0.5/sqrt(12) = 0.144 x its box width); 0.15
+    # is about that. 0.05 still looks blurred to a person and leaks identity (BENCHMARKS.md).
+    blur_sigma: float = Field(0.15, gt=0, le=2.0)
+    # Pixelation: mosaic blocks across the face box width (square blocks; deface uses 20 px blocks).
+    pixelate_blocks: int = Field(10, ge=1, le=512)
 
     # -- the distributed tiers --------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"

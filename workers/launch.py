@@ -50,7 +50,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
     @worker_process_init.connect(weak=False)
     def _load_models(**_: object) -> None:  # in each pool child, after fork
-        runtime.current().models("cpu", CpuModels.load)
+        runtime.current().models("cpu", CpuModels.for_worker)
 
     app.worker_main(_celery_argv(settings.cpu_queue, "cpu", "prefork", concurrency))
 

@@ -1,7 +1,8 @@
-"""CPU-tier stage: image bytes -> the prompt message of its biggest face.
+"""CPU-tier stage: image bytes -> the prompt message of its biggest face, or, for a classical
+method (blur, pixelate, mask), the finished image in storage and its record.
 
 ``veil run`` and the Celery CPU task both call ``CpuModels.load`` once per process and
-``analyze`` per image.
+``analyze`` (method ``sd``) or ``anonymize_classical`` per image.
 """
 
 from __future__ import annotations
@@ -13,29 +14,54 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.weights import Component, missing_files
 from shared.errors import NoFaceError
-from shared.imageio import decode_scaled
-from shared.messages import FaceAnalysis, ImageTask, PromptTask
+from shared.imageio import content_type, decode_scaled, encode_image
+from shared.messages import FaceAnalysis, ImageTask, PromptTask, ResultRecord
 from shared.prompts import build_prompts
+from shared.results import classical_record
 from shared.settings import Settings
-from shared.storage import check_output_uri
+from shared.storage import Storage, check_output_uri
 from workers.cpu.attributes import AttributeModels
+from workers.cpu.classical import face_anonymizer
 from workers.cpu.detection import Detector, biggest_face, build_detector, detect_downscaled
 
 
 @dataclass
 class CpuModels:
     detector: Detector
-    attributes: AttributeModels
+    attributes: AttributeModels | None  # None until a key of method ``sd`` needs them
     settings: Settings
     model_sha256: dict[str, str] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def load(cls, settings: Settings, device: torch.device) -> CpuModels:
+    def load(cls, settings: Settings, device: torch.device, *, attributes: bool = True) -> CpuModels:
+        """``attributes=False``: the detector only (the classical methods need nothing else); the
+        attribute models then load with the first key of method ``sd`` (``need_attributes``)."""
         detector = build_detector(settings.detector, device, Path(settings.models_dir), settings.min_face_size)
-        attributes = AttributeModels.load(Path(settings.models_dir), device)
-        model_sha256 = {f"detector-{detector.name}": detector.sha256, **attributes.sha256}
-        return cls(detector, attributes, settings, model_sha256)
+        cpu = cls(detector, None, settings, {f"detector-{detector.name}": detector.sha256}, device)
+        if attributes:
+            cpu.need_attributes()
+        return cpu
+
+    @classmethod
+    def for_worker(cls, settings: Settings, device: torch.device) -> CpuModels:
+        """The CPU worker's models: the attribute models too when their weights are there (loaded
+        at start, as before); without them the worker still finishes classical keys, and a key
+        of method ``sd`` fails with ``MissingWeightsError`` naming the files."""
+        have = not missing_files(Path(settings.models_dir), {Component.ATTRIBUTES, Component.DEMOGRAPHY})
+        return cls.load(settings, device, attributes=have)
+
+    def need_attributes(self) -> AttributeModels:
+        if self.attributes is None:
+            self.attributes = AttributeModels.load(Path(self.settings.models_dir), self.device)
+            self.model_sha256 = {**self.model_sha256, **self.attributes.sha256}
+        return self.attributes
+
+    @property
+    def detector_sha256(self) -> dict[str, str]:
+        return {f"detector-{self.detector.name}": self.detector.sha256}
 
 
 def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, float] | None = None) -> PromptTask:
@@ -61,6 +87,7 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
         raise NoFaceError(f"no face found by {cpu.detector.name}")
     box, landmarks = detections.boxes[index], detections.landmarks[index]
     # 3. Read the face's attributes
+    cpu.need_attributes()
     analysis = read_attributes(rgb, box, landmarks, cpu)
     if scale != 1.0:
         box_in_input = [round(float(v) * scale, 2) for v in box[:4]] + analysis.face_box[4:]
@@ -82,8 +109,9 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
 
 
 def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu: CpuModels) -> FaceAnalysis:
-    celeba_scores = cpu.attributes.facer(rgb, landmarks)
-    demography = cpu.attributes.demography(rgb, box, landmarks)
+    attributes = cpu.need_attributes()
+    celeba_scores = attributes.facer(rgb, landmarks)
+    demography = attributes.demography(rgb, box, landmarks)
     return FaceAnalysis(
         face_box=[round(float(v), 2) for v in box[:5]],
         celeba_scores=celeba_scores,
@@ -91,3 +119,37 @@ def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu
         ethnicity=demography.ethnicity,
         deepface_gender=demography.gender,
     )
+
+
+# -- issue 13: classical methods finish here, on the CPU tier ----------------------------------
+
+
+def anonymize_classical(
+    task: ImageTask, data: bytes, cpu: CpuModels, storage: Storage, timings: dict[str, float] | None = None
+) -> ResultRecord:
+    """Blur, pixelate or mask the biggest face (``task.method``) and write the image, the input's
+    size and format, the rest of it kept. Returns the key's ``done`` record for the caller to
+    publish (sidecar) or append (manifest). Raises as ``analyze`` does, and the storage's errors
+    (transient ones for the caller to retry)."""
+    timings = {} if timings is None else timings
+    check_output_uri(task.output_uri)  # a received message: its output stays under its root
+    # 1. Decode the untrusted bytes at full size: the output keeps the input's size
+    t0 = time.perf_counter()
+    rgb, _ = decode_scaled(data, max_pixels=cpu.settings.max_image_pixels)
+    # 2. Detect faces (on a reduced copy, boxes in input pixels) and keep the biggest
+    t1 = time.perf_counter()
+    detections = detect_downscaled(cpu.detector, rgb, cpu.settings.detect_max_side, cpu.settings.min_face_size)
+    index = biggest_face(detections)
+    t2 = time.perf_counter()
+    timings.update(decode=t1 - t0, detect=t2 - t1)
+    if index is None:
+        raise NoFaceError(f"no face found by {cpu.detector.name}")
+    box = detections.boxes[index]
+    # 3. Change the face box only
+    pixels = face_anonymizer(task.method, cpu.settings)(rgb, box)
+    t3 = time.perf_counter()
+    # 4. Write the image; the caller writes its record (the sidecar is the commit marker, after it)
+    storage.write(task.output_uri, encode_image(pixels, task.output_uri), content_type(task.output_uri))
+    timings.update(anonymize=t3 - t2, store=time.perf_counter() - t3)
+    face_box = [round(float(v), 2) for v in box[:5]]
+    return classical_record(task, face_box, cpu.detector_sha256, timings)

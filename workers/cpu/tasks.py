@@ -1,6 +1,7 @@
 """CPU-tier Celery task: ImageTask -> PromptTask on the GPU queue, or a sidecar for a key
-that ends here (no face, undecodable). Stage logic lives in ``workers.cpu.stage``; the GPU
-task is sent by name, so this process never imports the GPU stack.
+that ends here (no face, undecodable; or a classical method: its image and sidecar written
+here). Stage logic lives in ``workers.cpu.stage``; the GPU task is sent by name, so this process
+never imports the GPU stack.
 
 Every storage and broker call is inside the transient/permanent handling (``settle``): a key
 ends done / no_face / failed, or its message is back on a queue. Only when the broker itself
@@ -19,7 +20,8 @@ from shared.messages import ImageTask
 from shared.results import already_done, error_record
 from workers import runtime
 from workers.celery_app import CPU_TASK, GPU_TASK, app
-from workers.cpu.stage import CpuModels, analyze
+from workers.cpu.classical import is_classical
+from workers.cpu.stage import CpuModels, analyze, anonymize_classical
 from workers.retries import send, settle, settle_invalid
 
 log = get_task_logger(__name__)
@@ -47,12 +49,17 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
         # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
         if already_done(task, rt.storage, rt.jobs):
             return "skipped"
-        cpu = rt.models("cpu", CpuModels.load)
+        cpu = rt.models("cpu", CpuModels.for_worker)
         models = cpu.model_sha256
-        # 3. Read the image and analyse its biggest face
-        prompt = analyze(task, read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes), cpu)
-        # 4. Hand the prompt to the GPU tier, by task name
-        send(prompt.model_dump(mode="json"), GPU_TASK, rt.settings.gpu_queue)
+        # 3. Read the image
+        data = read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes)
+        if is_classical(task.method):
+            # 3b. A classical method finishes the key here: its image now, its sidecar below
+            done = anonymize_classical(task, data, cpu, rt.storage)
+        else:
+            # 3c. Analyse its biggest face and hand the prompt to the GPU tier, by task name
+            send(analyze(task, data, cpu).model_dump(mode="json"), GPU_TASK, rt.settings.gpu_queue)
+            return "prompted"
     except TransientError as exc:
         return settle(rt, task, CPU_TASK, queue, transient=exc, model_sha256=models)
     except Exception as exc:  # noqa: BLE001 - permanent, missing input, or a bug: never a lost key
@@ -60,4 +67,5 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
         if not isinstance(exc, (PermanentError, FileNotFoundError)):
             log.exception("analysis of %s failed", task.input_uri)
         return settle(rt, task, CPU_TASK, queue, record=error_record(task, exc, models))
-    return "prompted"
+    # 6. A classical key's sidecar (its commit marker, after its image)
+    return settle(rt, task, CPU_TASK, queue, record=done)

@@ -1,0 +1,97 @@
+"""Reading a face the way an attacker would: decode, detect (the run's detector setting),
+keep the biggest face, embed it with every embedder asked, and optionally read its attributes
+(FACER's 40 CelebA scores, DeepFace's gender, ethnicity and age)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.imageio import decode_image
+from shared.settings import EmbedderName, Settings
+from workers.cpu.detection import biggest_face, build_detector, detect_downscaled
+from workers.embedders import FaceEmbedder, load_embedder
+
+log = logging.getLogger(__name__)
+THUMB = 160  # px, the longer side of the report's thumbnails
+
+
+@dataclass
+class Face:
+    path: Path
+    found: bool
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    attributes: dict | None = None  # celeba (40 scores), gender, ethnicity, age
+    thumbnail: str = ""  # data: URI (JPEG) for the report
+    inception: np.ndarray | None = None  # 299x299 RGB uint8 for FID/KID, when asked
+    error: str | None = None
+
+
+class FaceReader:
+    def __init__(
+        self, settings: Settings, embedders: list[EmbedderName], *, attributes: bool, device: torch.device
+    ) -> None:
+        self.settings = settings
+        models_dir = Path(settings.models_dir)
+        self.detector = build_detector(settings.detector, device, models_dir, settings.min_face_size)
+        self.embedders: dict[str, FaceEmbedder] = {e.value: load_embedder(e, models_dir, device) for e in embedders}
+        self.attributes = None
+        if attributes:
+            from workers.cpu.attributes import AttributeModels
+
+            self.attributes = AttributeModels.load(models_dir, device)
+        self._seen: dict[str, Face] = {}  # sha256 of the bytes -> what they gave (an unchanged output)
+
+    def read(self, path: Path, *, keep_for_fid: bool = False) -> Face:
+        """The face in ``path``; identical bytes (an output equal to its input) are read once."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return Face(path, False, error=f"{type(exc).__name__}: {exc}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in self._seen and (self._seen[digest].inception is not None or not keep_for_fid):
+            seen = self._seen[digest]
+            return Face(path, seen.found, seen.embeddings, seen.attributes, seen.thumbnail, seen.inception, seen.error)
+        self._seen[digest] = face = self._read(path, data, keep_for_fid)
+        return face
+
+    def _read(self, path: Path, data: bytes, keep_for_fid: bool) -> Face:
+        try:
+            rgb = decode_image(data, max_pixels=self.settings.max_image_pixels, max_side=2048)
+        except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
+            return Face(path, False, error=f"{type(exc).__name__}: {exc}")
+        face = Face(path, False, thumbnail=thumbnail(rgb))
+        if keep_for_fid:
+            face.inception = np.asarray(Image.fromarray(rgb).resize((299, 299), Image.Resampling.BICUBIC))
+        found = detect_downscaled(self.detector, rgb, self.settings.detect_max_side, self.settings.min_face_size)
+        index = biggest_face(found)
+        if index is None:
+            return face
+        box, landmarks = found.boxes[index], found.landmarks[index]
+        face.found = True
+        face.embeddings = {name: e.embed(rgb, box) for name, e in self.embedders.items()}
+        if self.attributes is not None:
+            demography = self.attributes.demography(rgb, box, landmarks)
+            face.attributes = {
+                "celeba": self.attributes.facer(rgb, landmarks),
+                "gender": demography.gender,
+                "ethnicity": demography.ethnicity,
+                "age": demography.age,
+            }
+        return face
+
+
+def thumbnail(rgb: np.ndarray) -> str:
+    img = Image.fromarray(rgb)
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,256 @@
+"""``veil eval``: does it anonymize? Identity, attribute and quality metrics of one or more
+anonymized runs against their originals (the paper's Tables I-III), as ``metrics.json``,
+``pairs.csv`` and, with ``--html``, ``report.html``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models.weights import FID_INCEPTION, Component, is_tiny, missing_files
+from orchestrator.evaluation.data import Pair, read_identities, read_pairs
+from orchestrator.evaluation.faces import Face, FaceReader
+from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
+from orchestrator.evaluation.quality import fid_kid
+from shared.devices import resolve_device
+from shared.errors import InputError
+from shared.settings import EmbedderName, Settings
+
+TINY_NOTE = (
+    "The attribute models (FACER, DeepFace) are tiny RANDOM test models: the attribute-preservation "
+    "numbers mean nothing."
+)
+SD_TINY_NOTE = (
+    "Method sd with tiny RANDOM test models: its outputs are noise, so its identity, attribute and "
+    "quality numbers mean nothing about the paper's method."
+)
+
+
+@dataclass
+class Run:
+    """One anonymized run and its probes (the anonymized images), one per labelled input."""
+
+    label: str
+    folder: Path
+    pairs: list[Pair]
+    unmatched: int
+    probes: list[Face | None] = field(default_factory=list)  # None: the run wrote no image
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        methods = {p.method for p in self.pairs if p.method}
+        return methods.pop() if len(methods) == 1 else ("mixed" if methods else "unknown")
+
+
+def evaluate(
+    originals: Path,
+    anonymized: list[Path],
+    identities_csv: Path,
+    out: Path,
+    settings: Settings,
+    embedders: list[EmbedderName],
+    *,
+    html: bool = False,
+    attributes: bool | None = None,
+    progress: bool = True,
+) -> dict:
+    """Writes ``out/metrics.json``, ``out/pairs.csv`` (and ``out/report.html``); returns the metrics.
+    ``attributes``: None = when FACER's and DeepFace's weights are present."""
+    # 1. The labelled originals (the gallery) and each run's pairs
+    identities = read_identities(identities_csv)
+    if not originals.is_dir():
+        raise InputError(f"ORIGINALS {str(originals)!r} is not a folder")
+    gallery_files = sorted(f for f in identities if (originals / f).is_file())
+    runs = [
+        Run(_label(folder, anonymized), folder, *read_pairs(originals, folder, identities)) for folder in anonymized
+    ]
+    models_dir = Path(settings.models_dir)
+    if attributes is None:
+        attributes = not missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
+    notes = []
+    # 2. Read every face once: originals, then each run's outputs
+    reader = FaceReader(settings, embedders, attributes=attributes, device=resolve_device(settings.device))
+    total = len(gallery_files) + sum(len(r.pairs) for r in runs)
+    bar = tqdm(total=total, unit="img", desc="veil eval", disable=not progress, dynamic_ncols=True)
+    fid = (models_dir / FID_INCEPTION).is_file()  # keep 299 px copies only when FID/KID can be computed
+    gallery: list[Face] = []
+    for f in gallery_files:
+        gallery.append(reader.read(originals / f, keep_for_fid=fid))
+        bar.update()
+    for run in runs:
+        for pair in run.pairs:
+            run.probes.append(reader.read(pair.output, keep_for_fid=fid) if pair.output else None)
+            bar.update()
+    bar.close()
+    # 3. Metrics per run: identity per embedder, attributes, quality
+    with_face = [i for i, g in enumerate(gallery) if g.found]
+    index_of = {gallery_files[i]: n for n, i in enumerate(with_face)}
+    gallery_ids = [identities[gallery_files[i]] for i in with_face]
+    for run in runs:
+        run.metrics = _run_metrics(run, gallery, with_face, index_of, gallery_ids, gallery_files, embedders, models_dir)
+        if run.method == "sd" and is_tiny(models_dir):
+            run.metrics["note"] = SD_TINY_NOTE
+    if attributes and is_tiny(models_dir):
+        notes.append(TINY_NOTE)
+    if not attributes:
+        notes.append("Attribute preservation skipped: FACER/DeepFace weights absent (veil models fetch).")
+    metrics = {
+        "originals": str(originals),
+        "identities_csv": str(identities_csv),
+        "detector": settings.detector.value,
+        "embedders": [e.value for e in embedders],
+        "n_gallery": len(gallery_files),
+        "n_gallery_with_face": len(with_face),
+        "n_identities": len(set(gallery_ids)),
+        "gallery_no_face": [gallery_files[i] for i, g in enumerate(gallery) if not g.found],
+        "notes": notes,
+        "runs": {run.label: run.metrics for run in runs},
+    }
+    # 4. Write metrics.json, pairs.csv, the report
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_plain) + "\n")
+    _write_pairs(out / "pairs.csv", runs, gallery, gallery_files, index_of, embedders)
+    if html:
+        from orchestrator.evaluation.report import write_report
+
+        write_report(out / "report.html", metrics, runs, gallery, gallery_files, embedders)
+    return metrics
+
+
+def _label(folder: Path, all_folders: list[Path]) -> str:
+    names = [f.name for f in all_folders]
+    return folder.name if names.count(folder.name) == 1 else str(folder)
+
+
+def _run_metrics(
+    run: Run,
+    gallery: list[Face],
+    with_face: list[int],
+    index_of: dict[str, int],
+    gallery_ids: list[str],
+    gallery_files: list[str],
+    embedders: list[EmbedderName],
+    models_dir: Path,
+) -> dict:
+    statuses = Counter(p.status for p in run.pairs)
+    done = [(p, f) for p, f in zip(run.pairs, run.probes, strict=True) if f is not None]
+    faced = [(p, f) for p, f in done if f.found]
+    m: dict = {
+        "anonymized": str(run.folder),
+        "method": run.method,
+        "n_inputs": len(run.pairs),
+        "status_counts": dict(statuses),
+        "inputs_not_labelled": run.unmatched,
+        "n_probes": len(done),
+        "n_probes_with_face": len(faced),
+        "no_face": len(done) - len(faced),
+        "no_face_rate": (len(done) - len(faced)) / len(done) if done else None,
+        "identity": {},
+    }
+    source = np.array([index_of.get(p.file, -1) for p, _ in faced], dtype=int)
+    # every written probe with another photo of its identity in the gallery, face or not: the
+    # chance of a random rank-1 hit (others / gallery without the source)
+    chances = []
+    for p, _ in done:
+        own = int(p.file in index_of)
+        others = sum(x == p.identity for x in gallery_ids) - own
+        if others > 0:
+            chances.append(others / (len(gallery_ids) - own))
+    probe_ids = [p.identity for p, _ in faced]
+    for e in embedders:
+        g = np.stack([gallery[i].embeddings[e.value] for i in with_face]) if with_face else np.zeros((0, 1))
+        q = np.stack([f.embeddings[e.value] for _, f in faced]) if faced else np.zeros((0, g.shape[1]))
+        ident = reid_metrics(cosine_distances(q, g), source, gallery_ids, probe_ids)
+        ident["n_probes"] = len(done)
+        ident["n_identities"] = len(set(gallery_ids))
+        # a probe with no face cannot be re-identified: counted as a miss here, apart from the rest
+        hits = ident["reid_at_1"] * ident["n_probes_other"] if ident["reid_at_1"] is not None else 0
+        ident["reid_at_1_no_face_as_miss"] = hits / len(chances) if chances else None
+        ident["chance_at_1_all_probes"] = float(np.mean(chances)) if chances else None
+        m["identity"][e.value] = ident
+    m["attributes"] = _attribute_agreement(faced, gallery, gallery_files)
+    fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]
+    m["quality"] = fid_kid(
+        [x for x in fid_originals if x is not None],
+        [f.inception for _, f in done if f.inception is not None],
+        models_dir,
+    )
+    return m
+
+
+def _attribute_agreement(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> dict:
+    pairs = []
+    for p, f in faced:
+        original = gallery[gallery_files.index(p.file)] if p.file in gallery_files else None
+        if original is not None and original.attributes and f.attributes:
+            pairs.append((original.attributes, f.attributes))
+    if not pairs:
+        return {"skipped": "no pair with attributes on both sides (weights absent, or no face)"}
+
+    def agree(key: str) -> float:
+        return float(np.mean([a[key] == b[key] for a, b in pairs]))
+
+    facer = [np.mean([(a["celeba"][k] > 0.5) == (b["celeba"][k] > 0.5) for k in a["celeba"]]) for a, b in pairs]
+    return {
+        "n": len(pairs),
+        "gender_agreement": agree("gender"),
+        "ethnicity_agreement": agree("ethnicity"),
+        "age_abs_diff": float(np.mean([abs(a["age"] - b["age"]) for a, b in pairs])),
+        "facer_40_agreement": float(np.mean(facer)),
+    }
+
+
+def _write_pairs(
+    path: Path,
+    runs: list[Run],
+    gallery: list[Face],
+    gallery_files: list[str],
+    index_of: dict[str, int],
+    embedders: list[EmbedderName],
+) -> None:
+    names = sorted(index_of, key=index_of.__getitem__)  # the gallery files with a face, in matrix order
+    with_face = [gallery[gallery_files.index(f)] for f in names]
+    columns = ["run", "method", "file", "identity", "status", "output", "probe_face"]
+    for e in embedders:
+        columns += [f"{e.value}_distance_to_source", f"{e.value}_rank_of_source", f"{e.value}_nearest_other"]
+    columns += ["gender", "gender_anon", "ethnicity", "ethnicity_anon", "age", "age_anon"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for run in runs:
+            for pair, face in zip(run.pairs, run.probes, strict=True):
+                row: list = [run.label, pair.method or "", pair.file, pair.identity, pair.status]
+                row += [str(pair.output or ""), "" if face is None else int(face.found)]
+                for e in embedders:
+                    row += _ranks(face, pair, with_face, names, e.value)
+                original = gallery[gallery_files.index(pair.file)] if pair.file in gallery_files else None
+                a = original.attributes if original and original.attributes else {}
+                b = face.attributes if face is not None and face.attributes else {}
+                for key in ("gender", "ethnicity", "age"):
+                    row += [a.get(key, ""), b.get(key, "")]
+                w.writerow(row)
+
+
+def _ranks(face: Face | None, pair: Pair, with_face: list[Face], names: list[str], embedder: str) -> list:
+    if face is None or not face.found or pair.file not in names or not with_face:
+        return ["", "", ""]
+    g = np.stack([x.embeddings[embedder] for x in with_face])
+    d = cosine_distances(face.embeddings[embedder][None], g)[0]
+    order = np.argsort(d, kind="stable")
+    src = names.index(pair.file)
+    rank = int(np.nonzero(order == src)[0][0]) + 1
+    nearest_other = next((names[j] for j in order if j != src), "")
+    return [round(float(d[src]), 4), rank, nearest_other]
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

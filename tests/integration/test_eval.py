@@ -1,0 +1,179 @@
+"""`veil run --method` and `veil eval` on real photos with dlib's real weights (issue 13).
+
+Twelve small photos of six people from ../shared/faces (three people with three photos each,
+three with one: distractors), their own identities CSV, and one `veil eval` over every run at
+once (the originals are embedded once): an identity control (outputs = inputs), mask, a light
+blur (VEIL_BLUR_SIGMA=0.05), a strong blur, pixelation, and the paper's method with the tiny
+RANDOM models (noise: its numbers mean nothing, the report says so). What is asserted is what
+is known to be true of these methods, not the figures themselves (BENCHMARKS.md has those).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.embedded import run
+from shared.settings import Settings
+from shared.storage import open_storage
+
+PHOTOS = [
+    "id01_5.jpg", "id01_11.jpg", "id01_6.jpg",
+    "id02_12.jpg", "id02_55.jpg", "id02_53.jpg",
+    "id03_16.jpg", "id03_62.jpg", "id03_61.jpg",
+    "id04_38.jpg", "id06_21.jpg", "id07_25.jpg",
+]
+CLASSICAL = {"mask": ("mask", {}), "blur_light": ("blur", {"blur_sigma": 0.05}),
+             "blur_strong": ("blur", {"blur_sigma": 0.5}), "pixelate": ("pixelate", {})}
+
+
+@pytest.fixture(scope="module")
+def evaluated(faces_dir, tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    listing = root / "inputs.txt"
+    listing.write_text("".join(f"{faces_dir / p}\n" for p in PHOTOS))
+    identities = root / "identities.csv"
+    with open(identities, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "identity"])
+        w.writerows([p, p.split("_")[0]] for p in PHOTOS)
+    # 1. The identity control: outputs = inputs, a manifest as veil run writes it
+    control = root / "identity"
+    control.mkdir()
+    with open(control / "manifest.jsonl", "w") as f:
+        for p in PHOTOS:
+            shutil.copy(faces_dir / p, control / p)
+            f.write(json.dumps({"input": str(faces_dir / p), "output": str(control / p), "status": "done"}) + "\n")
+    # 2. The classical methods through `veil run` (in this process: the same function the CLI calls)
+    runs = [control]
+    for label, (method, strength) in CLASSICAL.items():
+        settings = Settings.from_env({}, method=method, models_dir=root / "no-models", device="cpu", **strength)
+        summary = run(str(listing), str(root / label), settings, open_storage(settings), progress=False)
+        assert summary.ok, summary.text()
+        runs.append(root / label)
+    # 3. The paper's method with the tiny random models, on three photos, small and fast
+    sd_list = root / "sd.txt"
+    sd_list.write_text("".join(f"{faces_dir / p}\n" for p in PHOTOS[:3]))
+    settings = Settings.from_env({}, models_dir=tiny_models, device="cpu", steps=2, image_size=64, batch_size=4)
+    assert run(str(sd_list), str(root / "sd_tiny"), settings, open_storage(settings), progress=False).ok
+    runs.append(root / "sd_tiny")
+    # 4. One `veil eval` over all of them, through the command line's parser (the tiny models'
+    #    FACER and DeepFace read the attributes: numbers that mean nothing, flagged as such)
+    out = root / "report"
+    before = os.environ.get("VEIL_MODELS_DIR")
+    os.environ["VEIL_MODELS_DIR"] = str(tiny_models)
+    try:
+        code = main(["eval", str(faces_dir), *map(str, runs), "--identities", str(identities), "--out", str(out),
+                     "--embedder", "dlib", "--html", "--device", "cpu", "-q"])
+    finally:
+        if before is None:
+            del os.environ["VEIL_MODELS_DIR"]
+        else:
+            os.environ["VEIL_MODELS_DIR"] = before
+    assert code == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def _dlib(metrics, label):
+    return metrics["runs"][label]["identity"]["dlib"]
+
+
+def test_classical_outputs_keep_the_image_outside_the_face(evaluated, faces_dir):
+    out, metrics = evaluated
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(metrics["runs"]["mask"]["anonymized"])
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == len(PHOTOS) and {r["method"] for r in rows} == {"mask"}
+    for row in rows:
+        original = np.asarray(Image.open(row["input"]).convert("RGB"), dtype=int)
+        masked = np.asarray(Image.open(row["output"]), dtype=int)
+        assert masked.shape == original.shape
+        x1, y1, x2, y2 = (int(v) for v in row["face_box"][:4])
+        assert masked[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].mean() <= 3  # black (JPEG ringing at most)
+        far = np.ones(original.shape[:2], bool)
+        far[max(0, y1 - 16) : y2 + 16, max(0, x1 - 16) : x2 + 16] = False
+        assert np.abs(masked[far] - original[far]).mean() < 3  # the rest kept (JPEG re-encoding only)
+        assert Path(row["output"] + ".json").exists() is False  # veil run writes a manifest, not sidecars
+
+
+def test_identity_control_is_re_identified(evaluated):
+    _, metrics = evaluated
+    control = _dlib(metrics, "identity")
+    assert control["reid_self_at_1"] == 1.0
+    assert control["reid_at_1"] >= 0.9
+    assert metrics["runs"]["identity"]["no_face_rate"] == 0.0
+    assert metrics["n_identities"] == 6 and control["n_probes"] == len(PHOTOS)
+
+
+def test_mask_is_at_chance(evaluated):
+    _, metrics = evaluated
+    mask = _dlib(metrics, "mask")
+    assert 0 < mask["chance_at_1_all_probes"] < 0.5
+    assert mask["chance_at_1_all_probes"] == pytest.approx(_dlib(metrics, "identity")["chance_at_1"])
+    assert mask["reid_at_1_no_face_as_miss"] <= mask["chance_at_1_all_probes"] + 0.1
+
+
+def test_a_light_blur_still_leaks_identity(evaluated):
+    _, metrics = evaluated
+    light, mask = _dlib(metrics, "blur_light"), _dlib(metrics, "mask")
+    assert metrics["runs"]["blur_light"]["no_face_rate"] < 0.5
+    assert light["reid_at_1"] >= mask["reid_at_1_no_face_as_miss"] + 0.5
+
+
+def test_a_strong_blur_hides_the_face_from_the_detector_too(evaluated):
+    _, metrics = evaluated
+    assert metrics["runs"]["blur_strong"]["no_face_rate"] > metrics["runs"]["blur_light"]["no_face_rate"] + 0.3
+
+
+def test_tiny_sd_runs_through_eval_and_is_flagged(evaluated):
+    out, metrics = evaluated
+    sd = metrics["runs"]["sd_tiny"]
+    assert sd["method"] == "sd" and sd["n_probes"] == 3
+    assert "mean nothing" in sd["note"]
+    assert any("tiny RANDOM" in n for n in metrics["notes"])
+    assert metrics["runs"]["identity"]["attributes"]["n"] == len(PHOTOS)  # read, with the tiny models
+    assert metrics["runs"]["identity"]["attributes"]["gender_agreement"] == 1.0  # same image, same answer
+    assert "skipped" in metrics["runs"]["identity"]["quality"]  # no Inception weights: no FID, no made-up one
+    assert "mean nothing" in (out / "report.html").read_text()
+
+
+def test_pairs_csv_has_a_row_per_input_of_every_run(evaluated):
+    out, metrics = evaluated
+    with open(out / "pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 * len(PHOTOS) + 3
+    control = [r for r in rows if r["run"] == "identity"]
+    assert all(r["dlib_rank_of_source"] == "1" for r in control)
+
+
+def test_report_opens_in_headless_chromium_with_no_broken_image(evaluated, tmp_path):
+    out, _ = evaluated
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: scripts/install.sh installs it (apt-get install chromium)"
+    # a copy of the report whose script writes, once loaded, how many images are broken
+    page = tmp_path / "check.html"
+    check = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+             "const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;"
+             "document.body.setAttribute('data-check', `images=${imgs.length} broken=${broken}`); });</script>")
+    page.write_text((out / "report.html").read_text().replace("</body>", check + "</body>"))
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--allow-file-access-from-files", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    assert 'data-check="images=' in dom.stdout, dom.stderr[-2000:]
+    count = dom.stdout.split('data-check="images=')[1].split('"')[0]
+    images, broken = count.split(" broken=")
+    assert int(images) >= 2 + 5 * 2 and broken == "0", count  # curves + contact sheets
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2000", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=180)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    shutil.copy(shot, out / "report.png")
