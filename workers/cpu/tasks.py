@@ -17,7 +17,7 @@ from shared.errors import BrokerError, PermanentError, TransientError
 from shared.inputfiles import read_input
 from shared.messages import ImageTask
 from shared.results import already_done, error_record
-from workers import runtime
+from workers import metrics, runtime
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.stage import CpuModels, analyze
 from workers.retries import send, settle, settle_invalid
@@ -34,15 +34,20 @@ def analyze_image(self, message: dict) -> str:
         try:
             task = ImageTask.model_validate(message)
         except ValidationError as exc:
-            return settle_invalid(rt, message, exc, CPU_TASK, queue)
-        return _analyze(task, rt, queue)
+            outcome = settle_invalid(rt, message, exc, CPU_TASK, queue)
+        else:
+            outcome = _analyze(task, rt, queue)
     except BrokerError as exc:
         log.error("broker unreachable, message returned to Redis: %s", exc)
+        metrics.image("cpu", "rejected")
         raise Reject(exc, requeue=True) from exc
+    metrics.image("cpu", outcome)
+    return outcome
 
 
 def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
     models: dict[str, str] = {}
+    timings: dict[str, float] = {}
     try:
         # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
         if already_done(task, rt.storage, rt.jobs):
@@ -50,7 +55,11 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
         cpu = rt.models("cpu", CpuModels.load)
         models = cpu.model_sha256
         # 3. Read the image and analyse its biggest face
-        prompt = analyze(task, read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes), cpu)
+        data = read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes)
+        try:
+            prompt = analyze(task, data, cpu, timings)
+        finally:
+            metrics.stage_times(timings)
         # 4. Hand the prompt to the GPU tier, by task name
         send(prompt.model_dump(mode="json"), GPU_TASK, rt.settings.gpu_queue)
     except TransientError as exc:
