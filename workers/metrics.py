@@ -170,6 +170,7 @@ def watch_gpu_memory() -> None:
 #: kombu's Redis transport keeps a queue's messages of priority p > 0 in the list
 #: ``name + "\x06\x16" + str(p)`` (default priority steps 0, 3, 6, 9); Flower sums them the same way.
 _PRIORITY_SEP = "\x06\x16"
+QUEUE_DEPTH = "veil_queue_depth"
 _PRIORITY_STEPS = (0, 3, 6, 9)
 
 
@@ -188,7 +189,7 @@ class QueueDepthCollector(Collector):
         self._queues = list(queues)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("veil_queue_depth", "Messages waiting in each queue", labels=["queue"])
+        family = GaugeMetricFamily(QUEUE_DEPTH, "Messages waiting in each queue", labels=["queue"])
         pipe = self._client.pipeline(transaction=False)
         for queue in self._queues:
             for name in redis_list_names(queue):
@@ -198,6 +199,17 @@ class QueueDepthCollector(Collector):
         for i, queue in enumerate(self._queues):
             family.add_metric([queue], sum(lengths[i * steps : (i + 1) * steps]))
         yield family
+
+
+def exported_samples() -> set[str]:
+    """Every sample name these processes can export (``veil_images_total``,
+    ``veil_stage_seconds_bucket``, ...): what a dashboard may query."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+    names = {QUEUE_DEPTH}
+    for family in REGISTRY.collect():
+        if family.name.startswith("veil_"):
+            names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
 
 
 def exporter_registry(redis_url: str, queues: Iterable[str]) -> CollectorRegistry:
