@@ -33,8 +33,9 @@ AUTH = ("veil", "s3cret-watch")
 ARTIFACTS = ROOT / "test-artifacts"
 BATCH = 2
 #: diffusion steps of the tiny model that make one batch of BATCH last several heartbeat
-#: intervals (2 s) on a loaded 2-core VM; the tests wait for events, never for a duration
-LONG_STEPS = 40
+#: intervals (2 s): about 0.2 s a step for 2 images at 64 px on one core of a loaded 2-core VM.
+#: The tests wait for events, never for a duration.
+LONG_STEPS = 60
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
@@ -45,22 +46,21 @@ class Cluster:
         self.flower_port, self.cpu_metrics, self.gpu_metrics, self.exporter_port = (free_port() for _ in range(4))
         base = dict(models_dir=tiny_models, broker_url=self.broker, batch_size=BATCH, gpu_batch_wait_s=1.0,
                     steps=LONG_STEPS, image_size=64, flower_password=AUTH[1], flower_port=self.flower_port)
-        self.env = worker_env(**base)
+        # one torch thread per process: on 2 shared cores two spinning intra-op threads made the
+        # tiny model ~25x slower (measured: a batch of 2 x 40 steps took minutes instead of ~9 s)
+        self.env = worker_env(**base) | {"OMP_NUM_THREADS": "1"}
         self.procs: list[subprocess.Popen] = []
         self.flower_url = f"http://127.0.0.1:{self.flower_port}"
 
     def start(self) -> None:
         self.procs.append(self._veil("flower", log="flower.log"))
-        self.procs.append(start_worker("cpu", worker_env(**self._veil_env(metrics_port=self.cpu_metrics)),
+        self.procs.append(start_worker("cpu", self.env | {"VEIL_METRICS_PORT": str(self.cpu_metrics)},
                                        self.tmp / "cpu.log", "--concurrency", "1"))
-        self.procs.append(start_worker("gpu", worker_env(**self._veil_env(metrics_port=self.gpu_metrics)),
+        self.procs.append(start_worker("gpu", self.env | {"VEIL_METRICS_PORT": str(self.gpu_metrics)},
                                        self.tmp / "gpu.log"))
         self.procs.append(self._veil("exporter", "--port", str(self.exporter_port), log="exporter.log"))
         wait_for(lambda: self.workers_alive() == {"cpu": True, "gpu": True}, 240, "both workers online in Flower",
                  interval=1.0)
-
-    def _veil_env(self, **extra) -> dict:
-        return {k[len("VEIL_"):].lower(): v for k, v in self.env.items() if k.startswith("VEIL_")} | extra
 
     def _veil(self, *args: str, log: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=self.env, cwd=ROOT,

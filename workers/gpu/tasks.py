@@ -50,7 +50,7 @@ def generate_portraits(requests) -> None:
     with beacon.batch(requests[0].hostname if requests else None, len(requests)):
         started = time.monotonic()
         for request in requests:
-            beacon.task_event("task-started", uuid=request.id)
+            beacon.task_event("task-started", uuid=request.id, name=GPU_TASK)
         # 2. Run the batch: every message settled, or handed back unsettled
         outcomes, unsettled = _run_batch([r.args[0] if r.args else None for r in requests], rt, queue)
         # 3. Each request's end, for Flower and Prometheus
@@ -68,9 +68,9 @@ def generate_portraits(requests) -> None:
 def _report(task_id: str, outcome: str, reason: str | None, runtime_s: float) -> None:
     metrics.image("gpu", outcome)
     if outcome == Status.FAILED.value:
-        beacon.task_event("task-failed", uuid=task_id, exception=reason or "failed", traceback="")
+        beacon.task_event("task-failed", uuid=task_id, name=GPU_TASK, exception=reason or "failed", traceback="")
     else:
-        beacon.task_event("task-succeeded", uuid=task_id, result=repr(outcome), runtime=runtime_s)
+        beacon.task_event("task-succeeded", uuid=task_id, name=GPU_TASK, result=repr(outcome), runtime=runtime_s)
 
 
 def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> tuple[list[tuple[str, str | None]], list]:
