@@ -246,16 +246,17 @@ def shot(driver, name: str) -> Path:
     return path
 
 
-def rendered_workers(driver) -> dict[str, str]:
-    """{worker name: badge text} from the workers table as the page's script rendered it."""
-    from selenium.webdriver.common.by import By
+def table_rows(driver, table_id: str) -> list[list[str]]:
+    """The cells' text of a table's body rows, read in one script run: the page's DataTables
+    redraws the table every few seconds, so element handles would go stale between reads."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map("
+        "r => Array.from(r.cells).map(c => c.innerText.trim()));", f"#{table_id} tbody tr")
 
-    rows = {}
-    for row in driver.find_elements(By.CSS_SELECTOR, "#workers-table tbody tr"):
-        cells = row.find_elements(By.TAG_NAME, "td")
-        if len(cells) >= 2:
-            rows[cells[0].text.strip()] = cells[1].text.strip()
-    return rows
+
+def rendered_workers(driver) -> dict[str, str]:
+    """{worker name: status badge text} from the workers table as the page's script rendered it."""
+    return {cells[0]: cells[1] for cells in table_rows(driver, "workers-table") if len(cells) >= 2}
 
 
 def test_browser_workers_page_shows_both_online_during_a_batch(cluster, browser, tmp_path):
@@ -282,19 +283,13 @@ def test_browser_workers_page_shows_both_online_during_a_batch(cluster, browser,
 
 
 def test_browser_broker_tab_lists_both_queues(cluster, browser):
-    from selenium.webdriver.common.by import By
-
     authorize(browser)
     browser.get(cluster.flower_url + "/broker")
 
     def queues():
-        names = [r.find_elements(By.TAG_NAME, "td")[0].text.strip()
-                 for r in browser.find_elements(By.CSS_SELECTOR, "#queue-table tbody tr")
-                 if r.find_elements(By.TAG_NAME, "td")]
+        names = [cells[0] for cells in table_rows(browser, "queue-table") if cells]
         return names if {"veil.cpu", "veil.gpu"} <= set(names) else None
 
     names = wait_for(queues, 30, "both queues on Flower's Broker tab", interval=0.5)
     shot(browser, "flower-broker")
     assert sorted(names) == ["veil.cpu", "veil.gpu"]
-
-
