@@ -172,6 +172,9 @@ def test_gpu_worker_online_and_each_key_a_task_during_long_batches(cluster, tmp_
 
     tasks = wait_for(tasks_listed, 30, f"{n} veil.generate tasks in Flower", interval=1.0)
     assert all(t["runtime"] > 0 and t["received"] and t["started"] and t["worker"].startswith("gpu-") for t in tasks)
+    flower_metrics = requests.get(cluster.flower_url + "/metrics", auth=AUTH, timeout=10).text
+    assert any(line.startswith("flower_events_total{") and 'task="veil.generate"' in line
+               and 'type="task-succeeded"' in line for line in flower_metrics.splitlines())
 
     # The GPU worker's own metrics
     gpu = scrape(cluster.gpu_metrics)
