@@ -7,6 +7,7 @@
     veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
     veil flower
     veil health [--max-age S] [--file PATH]
+    veil exporter [--port P]
 
 Settings come from ``VEIL_*`` environment variables; command-line flags override them. A value
 that fails validation is reported under the name the user typed: the flag or the variable.
@@ -263,6 +264,23 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- issue 11: queue depth for Prometheus ------------------------------------------------------
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from workers.metrics import run_exporter
+
+    settings = _settings()
+    run_exporter(settings.broker_url, [settings.cpu_queue, settings.gpu_queue], args.port or settings.metrics_port)
+    return 0
+
+
+def _add_exporter(sub: argparse._SubParsersAction) -> None:
+    exporter = sub.add_parser("exporter", help="serve the queues' depth (veil_queue_depth) for Prometheus")
+    exporter.add_argument("--port", type=int, help="HTTP port of /metrics (default: VEIL_METRICS_PORT)")
+    exporter.set_defaults(func=cmd_exporter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veil", description="Anonymize face images with foundation models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -271,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed(sub)
     _add_models(sub)
     _add_eval(sub)
+    _add_exporter(sub)
     return parser
 
 

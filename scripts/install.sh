@@ -31,6 +31,19 @@ pip_install -e ".[all,test]"
 # folder; reinstall the contrib build last so cv2/ is whole and at the pinned version.
 phase "reinstalling opencv-contrib-python-headless last (pyfacer and deepface share cv2/)"
 pip_install --force-reinstall --no-deps "opencv-contrib-python-headless==4.14.0.94"
+# The real-browser tests of Flower (tests/integration/test_watching.py): headless Chromium and
+# its WebDriver from Debian's packages (selenium, a pip package, drives them).
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  phase "chromium and chromedriver already installed"
+elif command -v apt-get >/dev/null; then
+  phase "installing chromium and chromium-driver (apt-get)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
+else
+  phase "no apt-get here: install Chromium and chromedriver for the browser tests"
+fi
 phase "checking the imports"
 python -c "import cv2, torch, diffusers, facer, deepface, facenet_pytorch, celery, boto3; cv2.CascadeClassifier; print('veil installed: torch', torch.__version__, 'cv2', cv2.__version__)"
 # -- issue 13: veil eval's report is opened in headless Chromium by its test (Debian packages) --

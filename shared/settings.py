@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     health_file: Path | None = None
     health_interval_s: float = Field(10.0, gt=0)
 
+    # -- watching the tiers: Prometheus (workers/metrics.py) ------------------------------------
+    # Each worker process serves /metrics on this port (0 = off): a CPU worker's pool child N
+    # (0-based) on port + N, GPU worker process i (one per device) on port + i. `veil exporter`
+    # serves the queue depths on it.
+    metrics_port: int = Field(0, ge=0, le=65535)
+
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
 

@@ -67,7 +67,8 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
         # No "sent" event per enqueued key: one more Redis publish per key on `veil submit`;
-        # queue depth is visible in Flower's broker tab instead.
+        # queue depth is in Flower's Broker tab (both queues: `launch._show_configured_queues`)
+        # and in `veil exporter`'s veil_queue_depth.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
         # CPU: one message at a time per process. GPU: two batches' worth, so the next batch is

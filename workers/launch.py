@@ -38,7 +38,7 @@ def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str
 
 
 def run_cpu_worker(settings: Settings, concurrency: int) -> None:
-    from workers import health, runtime
+    from workers import health, metrics, runtime
     from workers.celery_app import configure
     from workers.cpu import tasks  # noqa: F401  (registers the CPU task; this tier's only)
     from workers.cpu.stage import CpuModels
@@ -50,6 +50,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
     @worker_process_init.connect(weak=False)
     def _load_models(**_: object) -> None:  # in each pool child, after fork
+        metrics.serve(metrics.pool_child_port(settings.metrics_port))  # the child does the work
         runtime.current().models("cpu", CpuModels.for_worker)
 
     app.worker_main(_celery_argv(settings.cpu_queue, "cpu", "prefork", concurrency))
@@ -57,7 +58,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
 def run_gpu_worker_here(settings: Settings, name: str) -> None:
     """One solo-pool worker in this process (the device is whatever this process sees)."""
-    from workers import health, runtime
+    from workers import health, metrics, runtime
     from workers.celery_app import configure
     from workers.gpu import tasks  # registers the GPU task; this tier's only
     from workers.gpu.stage import GpuModels
@@ -67,6 +68,8 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     health.install(app, settings, "gpu")
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
+    metrics.serve(settings.metrics_port)  # this process runs the batches (solo pool)
+    metrics.watch_gpu_memory()
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
 
 
@@ -85,8 +88,10 @@ def run_gpu_workers(settings: Settings, devices: str | None) -> int:
         run_gpu_worker_here(settings, "gpu-cpu")
         return 0
     children = []
-    for dev in found:
+    for i, dev in enumerate(found):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": dev}
+        if settings.metrics_port:  # one metrics port per device's process
+            env["VEIL_METRICS_PORT"] = str(settings.metrics_port + i)
         cmd = [sys.executable, "-m", "orchestrator.cli", "worker", "gpu", "--one", f"gpu{dev}"]
         children.append(subprocess.Popen(cmd, env=env))
 
@@ -109,6 +114,7 @@ def run_flower(settings: Settings) -> None:
     app = configure(settings)  # no task module: Flower only watches events and queues
     if not settings.flower_public_metrics:
         _metrics_behind_auth()
+    _show_configured_queues()
     # Through the environment, so the password shows in neither argv nor logs.
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])
@@ -128,3 +134,20 @@ def _metrics_behind_auth() -> None:
         await get(self)
 
     Metrics.get = guarded  # type: ignore[method-assign]
+
+
+def _show_configured_queues() -> None:
+    """Flower's Broker tab and /api/queues/length list the queues that workers answered
+    ``active_queues`` for, and the configured ones only when no worker answered. A GPU worker in
+    a batch cannot answer (its event loop is blocked), so ``veil.gpu`` was missing exactly when it
+    was full. Here both configured queues are always listed, with any a worker adds."""
+    from flower.views import BaseHandler
+
+    active = BaseHandler.get_active_queue_names
+
+    def configured_and_active(self):  # type: ignore[no-untyped-def]
+        conf = self.capp.conf
+        configured = {q.name for q in conf.task_queues or [] if q.name} | {conf.task_default_queue}
+        return sorted(configured | set(active(self)))
+
+    BaseHandler.get_active_queue_names = configured_and_active  # type: ignore[method-assign]

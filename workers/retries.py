@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from shared.errors import RETRY_POLICY, BrokerError, PermanentError, TransientError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record, publish
-from workers.celery_app import app
+from workers import metrics
+from workers.celery_app import GPU_TASK, app
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,15 @@ def retry_or_fail(
         retry = task.model_copy(update={"attempt": task.attempt + 1})
         log.warning("transient failure on %s (%s); retry %d", task.input_uri, exc, retry.attempt)
         send(retry.model_dump(mode="json"), task_name, queue, RETRY_POLICY.countdown(task.attempt))
+        metrics.retry(exc.reason)
         return "retrying"
     publish(error_record(task, exc, model_sha256), task.output_uri, rt.storage, rt.jobs)
+    metrics.failure(_tier(task_name), exc.reason)
     return Status.FAILED.value
+
+
+def _tier(task_name: str) -> str:
+    return "gpu" if task_name == GPU_TASK else "cpu"
 
 
 def send(message: dict[str, Any], task_name: str, queue: str, countdown: float | None = None) -> None:
@@ -78,9 +85,12 @@ def settle(
             return retry_or_fail(task, transient, model_sha256 or {}, rt, task_name, queue)
         assert record is not None
         publish(record, task.output_uri, rt.storage, rt.jobs)
+        if record.status == Status.FAILED:
+            metrics.failure(_tier(task_name), record.reason)
         return record.status.value
     except PermanentError as exc:  # the output URI itself is unusable: nothing can be written
         log.error("%s: outcome cannot be recorded (%s); counted failed", task.input_uri, exc)
+        metrics.failure(_tier(task_name), exc.reason)
         try:
             rt.jobs.record(task.job_id, task.input_uri, Status.FAILED.value)
         except TransientError:
@@ -90,6 +100,7 @@ def settle(
         delay = RETRY_POLICY.countdown(min(task.attempt, RETRY_POLICY.max_retries))
         log.warning("%s: outcome not recorded (%s); message re-sent in %.0f s", task.input_uri, exc, delay)
         send(task.model_dump(mode="json"), task_name, queue, delay)
+        metrics.retry("outcome_not_recorded")
         return "requeued"
 
 
@@ -104,6 +115,7 @@ def settle_invalid(rt: Runtime, message: Any, exc: ValidationError, task_name: s
     )
     log.error("invalid %s message for %r: %s", task_name, output_uri, reason)
     if not isinstance(output_uri, str) or not output_uri:
+        metrics.failure(_tier(task_name), BadMessageError.reason)
         return Status.FAILED.value
     record = ResultRecord(
         input=input_uri if isinstance(input_uri, str) else "",
@@ -121,4 +133,5 @@ def settle_invalid(rt: Runtime, message: Any, exc: ValidationError, task_name: s
         log.warning("invalid message's sidecar not written (%s); re-sent in %.0f s", err, delay)
         send(raw, task_name, queue, delay)
         return "requeued"
+    metrics.failure(_tier(task_name), BadMessageError.reason)
     return Status.FAILED.value

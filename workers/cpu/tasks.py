@@ -18,7 +18,7 @@ from shared.errors import BrokerError, PermanentError, TransientError
 from shared.inputfiles import read_input
 from shared.messages import ImageTask
 from shared.results import already_done, error_record
-from workers import runtime
+from workers import metrics, runtime
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.classical import is_classical
 from workers.cpu.stage import CpuModels, analyze, anonymize_classical
@@ -36,15 +36,20 @@ def analyze_image(self, message: dict) -> str:
         try:
             task = ImageTask.model_validate(message)
         except ValidationError as exc:
-            return settle_invalid(rt, message, exc, CPU_TASK, queue)
-        return _analyze(task, rt, queue)
+            outcome = settle_invalid(rt, message, exc, CPU_TASK, queue)
+        else:
+            outcome = _analyze(task, rt, queue)
     except BrokerError as exc:
         log.error("broker unreachable, message returned to Redis: %s", exc)
+        metrics.image("cpu", "rejected")
         raise Reject(exc, requeue=True) from exc
+    metrics.image("cpu", outcome)
+    return outcome
 
 
 def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
     models: dict[str, str] = {}
+    timings: dict[str, float] = {}
     try:
         # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
         if already_done(task, rt.storage, rt.jobs):
@@ -53,12 +58,17 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
         models = cpu.model_sha256
         # 3. Read the image
         data = read_input(rt.storage, task.input_uri, max_bytes=rt.settings.max_input_bytes)
-        if is_classical(task.method):
-            # 3b. A classical method finishes the key here: its image now, its sidecar below
-            done = anonymize_classical(task, data, cpu, rt.storage)
-        else:
-            # 3c. Analyse its biggest face and hand the prompt to the GPU tier, by task name
-            send(analyze(task, data, cpu).model_dump(mode="json"), GPU_TASK, rt.settings.gpu_queue)
+        try:
+            if is_classical(task.method):
+                # 3b. A classical method finishes the key here: its image now, its sidecar below
+                done = anonymize_classical(task, data, cpu, rt.storage, timings)
+            else:
+                # 3c. Analyse its biggest face and hand the prompt to the GPU tier, by task name
+                prompt = analyze(task, data, cpu, timings)
+        finally:
+            metrics.stage_times(timings)
+        if not is_classical(task.method):
+            send(prompt.model_dump(mode="json"), GPU_TASK, rt.settings.gpu_queue)
             return "prompted"
     except TransientError as exc:
         return settle(rt, task, CPU_TASK, queue, transient=exc, model_sha256=models)

@@ -149,14 +149,14 @@ def finish_batch(
         return [Finished(t, error_record(t, exc, timings_s=tm)) for t, tm in zip(tasks, timings, strict=True)]
     per_image = (time.perf_counter() - t0) / len(tasks)
     # 3. Encode and upload the images in parallel
-    errors = store_images(tasks, images, storage)
+    errors = store_images(tasks, images, storage, timings=timings)
     # 4. A record per key: done, failed, or a transient failure handed back
     finished = []
     for task, tm, pixels, error in zip(tasks, timings, images, errors, strict=True):
         tm["generate"] = per_image
         if isinstance(error, TransientError) and retry_stores:
             try:
-                call_with_retries(partial(store_image, task, pixels, storage))
+                call_with_retries(partial(store_image, task, pixels, storage, tm))
                 error = None
             except Exception as exc:  # noqa: BLE001
                 error = exc
@@ -170,17 +170,32 @@ def finish_batch(
 
 
 def store_images(
-    tasks: list[PromptTask], images: list[np.ndarray], storage: Storage, threads: int = 8
+    tasks: list[PromptTask],
+    images: list[np.ndarray],
+    storage: Storage,
+    threads: int = 8,
+    timings: list[dict[str, float]] | None = None,
 ) -> list[BaseException | None]:
     """Encode and upload a batch's images in parallel threads (PIL encoding and S3 uploads
-    release the GIL); returns each image's exception, or None where it was stored."""
+    release the GIL); returns each image's exception, or None where it was stored. Each image's
+    ``encode`` and ``upload`` seconds go into its ``timings`` dict, when given."""
     if not tasks:
         return []
+    timings = timings if timings is not None else [{} for _ in tasks]
     with ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
-        futures = [pool.submit(store_image, t, px, storage) for t, px in zip(tasks, images, strict=True)]
+        futures = [
+            pool.submit(store_image, t, px, storage, tm) for t, px, tm in zip(tasks, images, timings, strict=True)
+        ]
     return [f.exception() for f in futures]
 
 
-def store_image(task: PromptTask, pixels: np.ndarray, storage: Storage) -> None:
+def store_image(
+    task: PromptTask, pixels: np.ndarray, storage: Storage, timings: dict[str, float] | None = None
+) -> None:
     check_output_uri(task.output_uri)  # a received message: ``UnsafeKeyError``, a failed record, no write
-    storage.write(task.output_uri, encode_image(pixels, task.output_uri), content_type(task.output_uri))
+    t0 = time.perf_counter()
+    data = encode_image(pixels, task.output_uri)
+    t1 = time.perf_counter()
+    storage.write(task.output_uri, data, content_type(task.output_uri))
+    if timings is not None:
+        timings.update(encode=t1 - t0, upload=time.perf_counter() - t1)

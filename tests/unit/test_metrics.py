@@ -1,0 +1,135 @@
+"""workers/metrics.py and the Grafana dashboard built on it (issue 11): no services.
+
+The dashboard's JSON is checked for the structure Grafana needs (unique panel ids, grid
+positions, a Prometheus data source, targets with queries) and every metric a query names must
+be one the code really exports; each checker is also run on a broken copy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workers import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "veil.json"
+DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+METRIC = re.compile(r"\bveil_[a-z0-9_]+")
+#: what the issue asks the dashboard to show -> a metric that shows it
+REQUIRED = {
+    "throughput per tier": "veil_images_total",
+    "latency": "veil_stage_seconds_bucket",
+    "batch size": "veil_gpu_batch_size",
+    "failures by reason": "veil_failures_total",
+    "queue depth": "veil_queue_depth",
+}
+
+
+def dashboard_problems(dash: dict, exported: set[str], datasource_uid: str) -> list[str]:
+    problems = []
+    for key in ("uid", "title", "panels", "schemaVersion"):
+        if key not in dash:
+            problems.append(f"no {key}")
+    panels = dash.get("panels") or []
+    if not panels:
+        problems.append("no panels")
+    ids = [p.get("id") for p in panels]
+    if len(set(ids)) != len(ids) or None in ids:
+        problems.append(f"panel ids not unique: {ids}")
+    queried = set()
+    for p in panels:
+        name = p.get("title") or f"panel {p.get('id')}"
+        grid = p.get("gridPos") or {}
+        if not all(isinstance(grid.get(k), int) for k in ("x", "y", "w", "h")) or grid.get("x", 0) + grid.get("w", 0) > 24:
+            problems.append(f"{name}: bad gridPos {grid}")
+        if (p.get("datasource") or {}).get("uid") != datasource_uid:
+            problems.append(f"{name}: data source is not {datasource_uid}")
+        targets = p.get("targets") or []
+        if not targets:
+            problems.append(f"{name}: no targets")
+        refs = [t.get("refId") for t in targets]
+        if len(set(refs)) != len(refs):
+            problems.append(f"{name}: refIds not unique")
+        for t in targets:
+            expr = t.get("expr") or ""
+            names = set(METRIC.findall(expr))
+            if not names:
+                problems.append(f"{name}: target {t.get('refId')} queries no veil_ metric")
+            for unknown in sorted(names - exported):
+                problems.append(f"{name}: {unknown} is not exported by the code")
+            queried |= names
+    for what, metric in REQUIRED.items():
+        if not any(q == metric or q.startswith(metric + "_") for q in queried):
+            problems.append(f"nothing shows {what} ({metric})")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+@pytest.fixture(scope="module")
+def datasource_uid() -> str:
+    return yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+
+
+def test_exported_names_follow_prometheus_conventions():
+    names = metrics.exported_samples()
+    assert {"veil_images_total", "veil_failures_total", "veil_retries_total", "veil_stage_seconds_bucket",
+            "veil_gpu_batch_size_bucket", "veil_gpu_memory_bytes", "veil_gpu_memory_peak_bytes",
+            "veil_queue_depth"} <= names
+    assert all(re.fullmatch(r"veil_[a-z0-9_]+", n) for n in names)
+
+
+def test_dashboard_structure_and_metrics(dashboard, datasource_uid):
+    assert dashboard_problems(dashboard, metrics.exported_samples(), datasource_uid) == []
+
+
+def test_dashboard_checker_rejects_broken_copies(dashboard, datasource_uid):
+    exported = metrics.exported_samples()
+    typo = copy.deepcopy(dashboard)
+    typo["panels"][0]["targets"][0]["expr"] = "rate(veil_image_total[5m])"
+    assert any("veil_image_total is not exported" in p for p in dashboard_problems(typo, exported, datasource_uid))
+    no_depth = copy.deepcopy(dashboard)
+    no_depth["panels"] = [p for p in no_depth["panels"] if "veil_queue_depth" not in json.dumps(p)]
+    assert "nothing shows queue depth (veil_queue_depth)" in dashboard_problems(no_depth, exported, datasource_uid)
+    dup = copy.deepcopy(dashboard)
+    dup["panels"][1]["id"] = dup["panels"][0]["id"]
+    assert any("not unique" in p for p in dashboard_problems(dup, exported, datasource_uid))
+    assert dashboard_problems(dashboard, exported, "another-uid") != []
+
+
+def test_prometheus_scrapes_workers_and_exporter():
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert set(jobs) == {"veil-cpu", "veil-gpu", "veil-exporter"}
+    cpu_ports = {c["port"] for c in jobs["veil-cpu"]["dns_sd_configs"]}
+    assert cpu_ports == {9100, 9101}  # compose's cpu-worker runs --concurrency 2: one port per child
+    assert jobs["veil-exporter"]["static_configs"][0]["targets"] == ["exporter:9100"]
+
+
+def test_helpers_never_raise_and_bound_labels():
+    before = metrics.FAILURES.labels("gpu", "storage")._value.get()
+    metrics.failure("gpu", "storage: S3 answered 503 for s3://bucket/some/key.jpg")
+    assert metrics.FAILURES.labels("gpu", "storage")._value.get() == before + 1  # the code, not the message
+    metrics.stage_times({"detect": "not a number", "made_up_stage": 1.0})  # swallowed, logged at debug
+    metrics.image("gpu", None)  # type: ignore[arg-type]  # a bad label: swallowed
+    metrics.gpu_batch("x")  # type: ignore[arg-type]
+    assert metrics.serve(0) is None  # 0 = off
+
+
+def test_pool_children_get_consecutive_ports():
+    assert metrics.pool_child_port(0) == 0
+    assert metrics.pool_child_port(9100) == 9100  # this (main) process has index 0 or none
+
+
+def test_queue_depth_reads_kombu_priority_lists():
+    assert metrics.redis_list_names("veil.gpu") == ["veil.gpu", "veil.gpu\x06\x163", "veil.gpu\x06\x166",
+                                                    "veil.gpu\x06\x169"]

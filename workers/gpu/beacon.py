@@ -1,0 +1,171 @@
+"""What Flower sees of the GPU worker while a batch runs.
+
+The GPU worker runs its batch in the main thread (solo pool), which is also the thread of the
+worker's event loop: while a batch runs, the worker's own heartbeats stop, and Flower marks it
+Offline once a heartbeat is ~4 s late. celery-batches also never sends the task events of the
+requests it batches, so ``veil.generate`` never showed in Flower.
+
+``Beacon`` is a daemon thread with its own broker connection and its own ``EventDispatcher``
+(a dispatcher is not thread-safe: the thread is its only user). While a batch runs it sends the
+worker's ``worker-heartbeat`` every ``interval`` s, under the worker's node name, and it sends the
+per-request ``task-started`` / ``task-succeeded`` / ``task-failed`` events the batch queues with
+``task_event`` (a non-blocking put: a slow or dead broker never slows or fails a batch; past
+``MAX_QUEUED`` events are dropped). ``task-received`` is sent by ``VisibleBatches``' strategy, on the
+worker's own dispatcher, in the event loop's thread, as Celery's default strategy does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+from celery_batches import Batches
+
+log = logging.getLogger(__name__)
+
+#: Celery's worker heartbeat interval (``--heartbeat-interval``'s default); Flower marks a
+#: worker Offline when no heartbeat came for 2 intervals (celery.events.state)
+HEARTBEAT_INTERVAL_S = 2.0
+MAX_QUEUED = 10_000
+
+
+class Beacon:
+    def __init__(self, app: Celery, interval: float = HEARTBEAT_INTERVAL_S):
+        self._app = app
+        self._interval = interval
+        self._events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(MAX_QUEUED)
+        self._hostname: str | None = None
+        self._active = 0  # requests of the batch that runs now (0: none)
+        self._processed = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.heartbeats_sent = 0
+
+    @contextmanager
+    def batch(self, hostname: str | None, size: int) -> Iterator[None]:
+        """Heartbeats go out for ``hostname`` while the body runs."""
+        try:
+            self._hostname = hostname or self._hostname
+            self._active = size
+            self._ensure_thread()
+        except Exception:  # noqa: BLE001 - Flower's view is never worth a failed batch
+            log.debug("beacon: could not start", exc_info=True)
+        try:
+            yield
+        finally:
+            self._processed += size
+            self._active = 0
+
+    def task_event(self, type_: str, **fields: Any) -> None:
+        """Queues a task event (sent by the thread, stamped now)."""
+        try:
+            self._events.put_nowait((type_, {**fields, "timestamp": time.time()}))
+        except queue.Full:
+            log.debug("beacon: event queue full; %s dropped", type_)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="veil-beacon", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        dispatcher = None
+        next_beat = 0.0
+        pending: tuple[str, dict[str, Any]] | None = None
+        while True:
+            try:
+                if pending is None:
+                    try:
+                        pending = self._events.get(timeout=0.2)
+                    except queue.Empty:
+                        pending = None
+                hostname = self._hostname
+                if hostname is None:
+                    time.sleep(0.2)
+                    continue
+                if pending is None and (not self._active or time.monotonic() < next_beat):
+                    continue
+                if dispatcher is None or dispatcher.hostname != hostname:
+                    dispatcher = self._dispatcher(hostname, dispatcher)
+                if pending is not None:
+                    dispatcher.send(pending[0], **pending[1])
+                    pending = None
+                if self._active and time.monotonic() >= next_beat:
+                    self._heartbeat(dispatcher)
+                    next_beat = time.monotonic() + self._interval
+            except Exception:  # noqa: BLE001 - broker down: drop the connection, try again later
+                log.debug("beacon: send failed", exc_info=True)
+                self._close(dispatcher)
+                dispatcher = None
+                time.sleep(1.0)
+
+    def _dispatcher(self, hostname: str, old: Any) -> Any:
+        self._close(old)
+        connection = self._app.connection_for_write()
+        return self._app.events.Dispatcher(connection, hostname=hostname, enabled=True, buffer_while_offline=False)
+
+    def _heartbeat(self, dispatcher: Any) -> None:
+        from celery.utils.sysinfo import load_average
+        from celery.worker.state import SOFTWARE_INFO
+
+        dispatcher.send(
+            "worker-heartbeat",
+            freq=self._interval,
+            active=self._active,
+            processed=self._processed,
+            loadavg=load_average(),
+            **SOFTWARE_INFO,
+        )
+        self.heartbeats_sent += 1
+
+    @staticmethod
+    def _close(dispatcher: Any) -> None:
+        if dispatcher is None:
+            return
+        for close in (dispatcher.close, dispatcher.connection.release):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class VisibleBatches(Batches):
+    """celery-batches' ``Batches`` that also sends each request's ``task-received`` event, as
+    Celery's default strategy does (same fields), from the event loop's thread, on the worker's
+    own dispatcher."""
+
+    abstract = True
+
+    def Strategy(self, task: Any, app: Celery, consumer: Any) -> Callable[..., None]:  # noqa: N802 - Celery's name
+        handler = super().Strategy(task, app, consumer)
+        eventer = consumer.event_dispatcher
+
+        def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
+            handler(message, body, ack, reject, callbacks, **kw)
+            try:
+                if eventer is not None and eventer.enabled:
+                    headers = message.headers or {}
+                    eventer.send(
+                        "task-received",
+                        uuid=headers.get("id"),
+                        name=headers.get("task"),
+                        args=headers.get("argsrepr"),
+                        kwargs=headers.get("kwargsrepr"),
+                        root_id=headers.get("root_id"),
+                        parent_id=headers.get("parent_id"),
+                        retries=headers.get("retries", 0),
+                        eta=headers.get("eta"),
+                        expires=headers.get("expires"),
+                    )
+            except Exception:  # noqa: BLE001
+                log.debug("task-received event not sent", exc_info=True)
+
+        return handle

@@ -1,0 +1,231 @@
+"""Prometheus metrics of the workers: every definition, the HTTP endpoint, and the small helpers
+the tasks call. Nothing else in Veil touches prometheus_client.
+
+Each worker process serves its own metrics on ``VEIL_METRICS_PORT`` (0 = off), started after
+fork in the process that does the work: a CPU worker's pool child N (0-based) on port + N, a GPU
+worker process on the port it is given (``veil worker gpu`` gives its device children port + i).
+Queue depth is not a worker's to tell: ``veil exporter`` serves ``veil_queue_depth`` from Redis.
+
+Every helper swallows its own errors (logged at debug): a metrics failure never fails a key.
+Label values are bounded: statuses, stage names and reason codes, never keys or messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+#: the stages timed per image (the keys of the stages' ``timings`` dicts)
+STAGES = ("decode", "detect", "attributes", "generate", "encode", "upload")
+TIERS = ("cpu", "gpu")
+
+#: Veil's own registry (plus the process/GC/platform collectors), so a process that imports this
+#: module next to another prometheus_client user (Flower) does not mix the two.
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+IMAGES = Counter(
+    "veil_images",
+    "Keys a worker finished handling, by tier and outcome (cpu: prompted, no_face, failed, skipped, "
+    "retrying, requeued; gpu: done, failed, skipped, retrying, requeued)",
+    ["tier", "status"],
+    registry=REGISTRY,
+)
+FAILURES = Counter(
+    "veil_failures",
+    "Keys recorded failed, by tier and reason code (the part of the sidecar's reason before ':')",
+    ["tier", "reason"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "veil_retries", "Messages sent again after a transient failure, by reason code", ["reason"], registry=REGISTRY
+)
+STAGE_SECONDS = Histogram(
+    "veil_stage_seconds",
+    "Seconds per image in each stage (generate: the batch's diffusion time divided by its images)",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+GPU_BATCH_SIZE = Histogram(
+    "veil_gpu_batch_size",
+    "Requests per batch that celery-batches handed the GPU task",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+GPU_MEMORY = Gauge("veil_gpu_memory_bytes", "CUDA memory allocated by tensors now", ["device"], registry=REGISTRY)
+GPU_MEMORY_PEAK = Gauge(
+    "veil_gpu_memory_peak_bytes",
+    "Peak CUDA memory allocated by tensors since the worker started",
+    ["device"],
+    registry=REGISTRY,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _never_raises(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - metrics must never fail a key
+            log.debug("metrics: %s failed", fn.__name__, exc_info=True)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_served: tuple[int, int] | None = None  # (pid, port) of this process's endpoint
+
+
+@_never_raises
+def serve(port: int, registry: CollectorRegistry = REGISTRY) -> int | None:
+    """Serves /metrics on ``port`` from a daemon thread of this process (once per process;
+    0 = off). A port in use is logged, not raised: the worker still works, unwatched."""
+    global _served
+    if port <= 0 or (_served is not None and _served[0] == os.getpid()):
+        return None
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        log.warning("metrics: cannot serve on port %d (%s); this process is not scraped", port, exc)
+        return None
+    _served = (os.getpid(), port)
+    log.info("metrics on :%d/metrics", port)
+    return port
+
+
+def pool_child_port(base: int) -> int:
+    """The port of a prefork pool child: base + its 0-based index (billiard numbers children)."""
+    if base <= 0:
+        return 0
+    from billiard.process import current_process
+
+    index = getattr(current_process(), "index", 0) or 0
+    return base + int(index)
+
+
+def _code(reason: str | None) -> str:
+    return (reason or "unknown").split(":", 1)[0].strip()[:64] or "unknown"
+
+
+@_never_raises
+def image(tier: str, status: str) -> None:
+    IMAGES.labels(tier, status).inc()
+
+
+@_never_raises
+def failure(tier: str, reason: str | None) -> None:
+    FAILURES.labels(tier, _code(reason)).inc()
+
+
+@_never_raises
+def retry(reason: str | None) -> None:
+    RETRIES.labels(_code(reason)).inc()
+
+
+@_never_raises
+def stage_times(timings: Mapping[str, float]) -> None:
+    """Observes the known stages of one image's ``timings`` dict; other keys are ignored."""
+    for stage in STAGES:
+        if stage in timings:
+            STAGE_SECONDS.labels(stage).observe(float(timings[stage]))
+
+
+@_never_raises
+def gpu_batch(size: int) -> None:
+    GPU_BATCH_SIZE.observe(size)
+
+
+@_never_raises
+def watch_gpu_memory() -> None:
+    """Gauges read at scrape time from torch's allocator (no CUDA: nothing is exported)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    for index in range(torch.cuda.device_count()):
+        device = str(index)
+        GPU_MEMORY.labels(device).set_function(functools.partial(torch.cuda.memory_allocated, index))
+        GPU_MEMORY_PEAK.labels(device).set_function(functools.partial(torch.cuda.max_memory_allocated, index))
+
+
+# -- queue depth: `veil exporter` ------------------------------------------------------------------
+
+#: kombu's Redis transport keeps a queue's messages of priority p > 0 in the list
+#: ``name + "\x06\x16" + str(p)`` (default priority steps 0, 3, 6, 9); Flower sums them the same way.
+_PRIORITY_SEP = "\x06\x16"
+QUEUE_DEPTH = "veil_queue_depth"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def redis_list_names(queue: str) -> list[str]:
+    return [queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
+
+
+class QueueDepthCollector(Collector):
+    """``veil_queue_depth{queue}``: messages waiting in each Redis queue, read at scrape time.
+    Messages a worker has reserved (prefetched, unacknowledged) are not counted."""
+
+    def __init__(self, redis_url: str, queues: Iterable[str]):
+        import redis
+
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._queues = list(queues)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(QUEUE_DEPTH, "Messages waiting in each queue", labels=["queue"])
+        pipe = self._client.pipeline(transaction=False)
+        for queue in self._queues:
+            for name in redis_list_names(queue):
+                pipe.llen(name)
+        lengths = pipe.execute()  # Redis down: the scrape fails (Prometheus marks it down)
+        steps = len(_PRIORITY_STEPS)
+        for i, queue in enumerate(self._queues):
+            family.add_metric([queue], sum(lengths[i * steps : (i + 1) * steps]))
+        yield family
+
+
+def exported_samples() -> set[str]:
+    """Every sample name these processes can export (``veil_images_total``,
+    ``veil_stage_seconds_bucket``, ...): what a dashboard may query."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+    names = {QUEUE_DEPTH}
+    for family in REGISTRY.collect():
+        if family.name.startswith("veil_"):
+            names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def exporter_registry(redis_url: str, queues: Iterable[str]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueDepthCollector(redis_url, queues))
+    return registry
+
+
+def run_exporter(broker_url: str, queues: list[str], port: int) -> None:
+    """``veil exporter``: serves ``veil_queue_depth`` on ``port`` until killed."""
+    import threading
+
+    if not broker_url.startswith(("redis://", "rediss://")):
+        raise ValueError("veil exporter reads queue depth from Redis: VEIL_BROKER_URL must be a redis:// URL")
+    if port <= 0:
+        raise ValueError("veil exporter needs a port: set VEIL_METRICS_PORT or --port")
+    start_http_server(port, registry=exporter_registry(broker_url, queues))
+    print(f"veil exporter: veil_queue_depth of {', '.join(queues)} on :{port}/metrics", flush=True)
+    threading.Event().wait()
