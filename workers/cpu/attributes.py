@@ -150,7 +150,7 @@ class DeepFaceDemography:
         return face if face.size else crop_box(rgb, box)[:, :, ::-1]
 
 
-def _client(cls: type, model_name: str, module: Any, file_name: str, threads: int | None) -> Any:
+def _client(cls: Any, model_name: str, module: Any, file_name: str, threads: int | None) -> Any:
     """A deepface demography client. With ``threads`` its graph runs in a session with that many
     intra-op threads (deepface's ``build_session`` takes no options), built as deepface builds it
     (same file, same providers); without, deepface's own."""
