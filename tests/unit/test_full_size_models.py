@@ -77,3 +77,11 @@ def test_onnx_threads_keep_deepfaces_client(tmp_path: Path, threads: int | None)
     if threads is not None:
         assert age.model.get_session_options().intra_op_num_threads == threads
     assert np.asarray(age.predict(np.zeros((224, 224, 3), np.float32))).shape == ()
+
+
+def test_cli_models_tiny_full_size_flag() -> None:
+    from orchestrator.cli import build_parser, cmd_models_tiny
+
+    args = build_parser().parse_args(["models", "tiny", "/tmp/x", "--full-size"])
+    assert args.func is cmd_models_tiny and args.full_size is True
+    assert build_parser().parse_args(["models", "tiny", "/tmp/x"]).full_size is False
