@@ -47,12 +47,29 @@ randomly initialised parameters. Images generated with them are noise; face attr
 ages, genders and races predicted with them are random. They exist for tests and demos
 only. Never use them to anonymize real data: fetch the real weights with `veil models fetch`.
 """
+FULL_SIZE_NOTE = """
+Written with --full-size: FACER (FaRL ViT-B/16) and DeepFace (three VGG-Face graphs) have their
+REAL architectures and parameter counts, with random weights, for timing the CPU tier only.
+"""
 
 # -- FACER -------------------------------------------------------------------------------------
 
 #: FaRL ViT shape of the tiny attribute model (the real one: patch 16, width 768, 12 layers).
 FARL_TINY = {"input_resolution": 224, "patch_size": 32, "width": 64, "layers": 2, "heads": 1}
 FARL_NUM_CLASSES = 40
+
+# -- full-size random CPU-tier models (issue 10 item 7: timing the CPU tier) --------------------
+
+#: facer's ``farl/celeba/224``: FaRL ViT-B/16 at 224 (width 768, 12 layers, 12 heads).
+FARL_FULL = {"input_resolution": 224, "patch_size": 16, "width": 768, "layers": 12, "heads": 12}
+
+#: The VGG-Face trunk deepface builds its age, gender and race models on
+#: (deepface/models/facial_recognition/pytorch/VGGFace.py ``VggFaceBaseModel(include_top=False)``):
+#: 3x3 convolutions per block, each block closed by a 2x2 max-pool, then fc6 (a 7x7 convolution to
+#: 4096) and fc7 (1x1, 4096), then the model's own 1x1 convolution to its classes and a softmax
+#: (``VggFaceClassifier``). The onnx graphs take channels-last input, as the tensorflow models did.
+VGG_FACE_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+VGG_FACE_FC = 4096
 
 # -- DeepFace ----------------------------------------------------------------------------------
 
@@ -150,8 +167,16 @@ LDM_TEXT_PREFIX = "cond_stage_model.transformer."
 # ==============================================================================================
 
 
-def write_tiny_models(dest: Path, *, diffusers_folder: bool = False, seed: int = 0) -> list[Path]:
+def write_tiny_models(
+    dest: Path, *, diffusers_folder: bool = False, seed: int = 0, full_size: bool = False
+) -> list[Path]:
     """Write every tiny random model under ``dest`` and return the files written.
+
+    With ``full_size`` the CPU tier's models are written at their REAL sizes, still with random
+    weights: FACER's FaRL ViT-B/16 (``FARL_FULL``) and DeepFace's three VGG-Face graphs
+    (``VGG_FACE_BLOCKS``, ~135M parameters and ~540 MB each), so the CPU tier can be timed
+    (``benchmarks/cpu_tier.py``); ~2.0 GB on disk. The generator stays tiny (the GPU tier's
+    full-size timing builds its models in memory: ``benchmarks/gpu_throughput.py``).
 
     After it runs ``models.weights.missing_files(dest)`` is empty. With ``diffusers_folder`` the
     generator is also written as a diffusers folder (``realistic-vision-v5.1/model_index.json``
@@ -161,11 +186,11 @@ def write_tiny_models(dest: Path, *, diffusers_folder: bool = False, seed: int =
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    written = [write_facer_attribute(dest, seed), write_retinaface(dest, seed)]
-    written += write_deepface(dest, seed)
+    written = [write_facer_attribute(dest, seed, full_size=full_size), write_retinaface(dest, seed)]
+    written += write_deepface(dest, seed, full_size=full_size)
     written += write_sd15(dest, build_tiny_sd15(seed), diffusers_folder=diffusers_folder)
     note = dest / NOTE_FILE
-    note.write_text(NOTE_TEXT)
+    note.write_text(NOTE_TEXT + (FULL_SIZE_NOTE if full_size else ""))
     return [*written, note]
 
 
@@ -189,22 +214,23 @@ def _save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
 # ==============================================================================================
 
 
-def build_tiny_farl_classifier(seed: int = 0) -> nn.Module:
-    """FaRL ``farl_classification`` with a tiny ViT, built like facer builds it minus ``.cuda()``.
+def build_tiny_farl_classifier(seed: int = 0, *, full_size: bool = False) -> nn.Module:
+    """FaRL ``farl_classification`` with a tiny ViT (``full_size``: ViT-B/16, the real shape),
+    built like facer builds it minus ``.cuda()``.
 
     Same parameter names as facer's ``FACTransformer``: ``backbone.*`` (a VisualTransformer
     without ``proj`` and ``ln_post``) and ``head.*`` (VITClassificationHeadV0 over one layer).
     """
     from models.farl import FarlShape, build_farl_classifier
 
-    shape = FarlShape(num_classes=FARL_NUM_CLASSES, **FARL_TINY)
+    shape = FarlShape(num_classes=FARL_NUM_CLASSES, **(FARL_FULL if full_size else FARL_TINY))
     with _seeded(seed, "facer-attribute"):
         return build_farl_classifier(shape)
 
 
-def write_facer_attribute(dest: Path, seed: int = 0) -> Path:
+def write_facer_attribute(dest: Path, seed: int = 0, *, full_size: bool = False) -> Path:
     """``facer/face_attribute.farl.celeba.pt``: a plain ``torch.save``d state dict."""
-    model = build_tiny_farl_classifier(seed)
+    model = build_tiny_farl_classifier(seed, full_size=full_size)
     return _save_state_dict(model.state_dict(), dest / FACER_ATTR)
 
 
@@ -227,15 +253,80 @@ def write_retinaface(dest: Path, seed: int = 0) -> Path:
 # ==============================================================================================
 
 
-def write_deepface(dest: Path, seed: int = 0) -> list[Path]:
-    """DeepFace's onnx demography graphs: (n,224,224,3) float32 in, (n,k) softmax out."""
+def write_deepface(dest: Path, seed: int = 0, *, full_size: bool = False) -> list[Path]:
+    """DeepFace's onnx demography graphs: (n,224,224,3) float32 in, (n,k) softmax out;
+    ``full_size``: the real VGG-Face classifiers (``write_vgg_face_graph``)."""
     folder = dest / DEEPFACE_WEIGHTS
     folder.mkdir(parents=True, exist_ok=True)
+    write = write_vgg_face_graph if full_size else _write_demography_graph
     written = []
     for name, classes in DEEPFACE_GRAPHS.items():
         with _seeded(seed, name):
-            written.append(_write_demography_graph(folder / name, classes))
+            written.append(write(folder / name, classes))
     return written
+
+
+def vgg_face_parameter_count(num_classes: int) -> int:
+    """Parameters of deepface's ``VggFaceClassifier(num_classes)``: 134,674,341 for age's 101."""
+    count, channels = 0, 3
+    for block in VGG_FACE_BLOCKS:
+        for width in block:
+            count += channels * width * 9 + width
+            channels = width
+    count += channels * 7 * 7 * VGG_FACE_FC + VGG_FACE_FC  # fc6
+    count += VGG_FACE_FC * VGG_FACE_FC + VGG_FACE_FC  # fc7
+    return count + VGG_FACE_FC * num_classes + num_classes
+
+
+def write_vgg_face_graph(path: Path, num_classes: int) -> Path:
+    """deepface's ``VggFaceClassifier`` as an onnx graph with random (He-normal) weights: the
+    real architecture and parameter count, channels-last (n,224,224,3) input, dynamic batch.
+
+    Built with ``onnx.helper`` (no exporter); one ~540 MB file, as the real ones are.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Transpose", ["input"], ["x0"], perm=[0, 3, 1, 2])]
+    initializers = []
+    layer = 0
+
+    def conv(x: str, c_in: int, c_out: int, k: int, pad: int, relu: bool) -> str:
+        nonlocal layer
+        layer += 1
+        w, b, y = f"conv{layer}.weight", f"conv{layer}.bias", f"conv{layer}"
+        std = (2.0 / (c_in * k * k)) ** 0.5
+        initializers.append(numpy_helper.from_array((torch.randn(c_out, c_in, k, k) * std).numpy(), w))
+        initializers.append(numpy_helper.from_array((torch.randn(c_out) * 0.01).numpy(), b))
+        nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[k, k], pads=[pad] * 4))
+        if not relu:
+            return y
+        nodes.append(helper.make_node("Relu", [y], [f"{y}.relu"]))
+        return f"{y}.relu"
+
+    x, channels = "x0", 3
+    for i, block in enumerate(VGG_FACE_BLOCKS):
+        for width in block:
+            x, channels = conv(x, channels, width, 3, 1, relu=True), width
+        nodes.append(helper.make_node("MaxPool", [x], [f"pool{i + 1}"], kernel_shape=[2, 2], strides=[2, 2]))
+        x = f"pool{i + 1}"
+    x = conv(x, channels, VGG_FACE_FC, 7, 0, relu=True)  # fc6
+    x = conv(x, VGG_FACE_FC, VGG_FACE_FC, 1, 0, relu=True)  # fc7
+    x = conv(x, VGG_FACE_FC, num_classes, 1, 0, relu=False)  # the model's predictions
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+    nodes.append(helper.make_node("Softmax", ["flat"], ["output"], axis=-1))
+    size = DEEPFACE_INPUT_SIZE
+    graph = helper.make_graph(
+        nodes,
+        f"full_size_random_{path.stem}",
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])],
+        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=8)
+    model.doc_string = "FULL-SIZE RANDOM-WEIGHT TEST MODEL (VGG-Face classifier): outputs are random."
+    onnx.save(model, str(path))
+    return path
 
 
 def _write_demography_graph(path: Path, num_classes: int, pool: int = 56) -> Path:

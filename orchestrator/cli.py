@@ -140,8 +140,9 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     from models.tiny import write_tiny_models
 
-    paths = write_tiny_models(Path(args.dir))
-    print(f"wrote {len(paths)} files of tiny RANDOM test models to {args.dir}")
+    paths = write_tiny_models(Path(args.dir), full_size=args.full_size)
+    size = "FULL-SIZE CPU-tier (FACER, DeepFace) and tiny generator" if args.full_size else "tiny"
+    print(f"wrote {len(paths)} files of {size} RANDOM test models to {args.dir}")
     print("their images are noise and their attributes random; they exist to test the pipeline.")
     print(f"use them with:  export VEIL_MODELS_DIR={Path(args.dir).resolve()}")
     return 0
@@ -401,6 +402,11 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     fetch.set_defaults(func=cmd_models_fetch)
     tiny = msub.add_parser("tiny", help="write tiny RANDOM test models (noise images) into DIR")
     tiny.add_argument("dir")
+    tiny.add_argument(
+        "--full-size",
+        action="store_true",
+        help="FACER and DeepFace at their real sizes (random weights, ~2 GB) to time the CPU tier",
+    )
     tiny.set_defaults(func=cmd_models_tiny)
 
 

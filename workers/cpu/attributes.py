@@ -49,6 +49,11 @@ class FacerAttributes:
         self.sha256 = file_sha256(path)
 
     def __call__(self, rgb: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
+        probs = self.probabilities(self.aligned(rgb, landmarks))[0]
+        return {label: float(p) for label, p in zip(CELEBA_LABELS, probs, strict=True)}
+
+    def aligned(self, rgb: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
+        """The face aligned from its 5 landmarks as FaRL sees it: (1, 3, 224, 224), CLIP-normalised."""
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255.0)
         image = image.to(self._device)
         points = torch.from_numpy(np.asarray(landmarks, np.float32))[None].to(self._device)
@@ -56,10 +61,12 @@ class FacerAttributes:
         matrix = self._setting["get_matrix_fn"](points)
         grid = self._setting["get_grid_fn"](matrix=matrix, orig_shape=(h, w))
         aligned = F.grid_sample(image, grid, mode="bilinear", align_corners=False)
-        aligned = (aligned - _FARL_MEAN.to(self._device)) / _FARL_STD.to(self._device)
+        return (aligned - _FARL_MEAN.to(self._device)) / _FARL_STD.to(self._device)
+
+    def probabilities(self, aligned: torch.Tensor) -> np.ndarray:
+        """(n, 40) attribute probabilities of a batch of aligned faces."""
         with torch.inference_mode():
-            probs = torch.sigmoid(self._net(aligned))[0].float().cpu().numpy()
-        return {label: float(p) for label, p in zip(CELEBA_LABELS, probs, strict=True)}
+            return torch.sigmoid(self._net(aligned)).float().cpu().numpy()
 
 
 class DeepFaceDemography:
@@ -69,7 +76,9 @@ class DeepFaceDemography:
     224x224; the age is truncated to whole years as ``DeepFace.analyze`` does. Only the detector
     differs: the face box and eyes come from our detector."""
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, threads: int | None = None):
+        """``threads``: onnxruntime's intra-op threads per graph (default: deepface's own
+        sessions, which take every core; a process pinned to fewer cores sets it)."""
         # deepface reads these when it builds a model; set them before it is imported.
         os.environ["DEEPFACE_HOME"] = str(models_dir / DEEPFACE_HOME)
         os.environ["DEEPFACE_BACKEND_ENGINE"] = "onnx"
@@ -81,9 +90,9 @@ class DeepFaceDemography:
         self._resize = preprocessing.resize_image
         self._extract_face = detection.extract_face
         self._region = FacialAreaRegion
-        self._age = Age.ApparentAgeClient()
-        self._race = Race.RaceClient()
-        self._gender = Gender.GenderClient()
+        self._age = _client(Age.ApparentAgeClient, "Age", Age, "age_model_weights.onnx", threads)
+        self._race = _client(Race.RaceClient, "Race", Race, "race_model_single_batch.onnx", threads)
+        self._gender = _client(Gender.GenderClient, "Gender", Gender, "gender_model_weights.onnx", threads)
         self._race_labels = list(RACE_LABELS)
         self._gender_labels = list(GENDER_LABELS)
         weights = models_dir / DEEPFACE_WEIGHTS
@@ -106,6 +115,11 @@ class DeepFaceDemography:
             ethnicity=self._race_labels[int(np.argmax(race))],
             gender=self._gender_labels[int(np.argmax(gender))],
         )
+
+    @property
+    def clients(self) -> dict[str, Any]:
+        """deepface's three clients by name; ``predict`` takes a (n, 224, 224, 3) batch."""
+        return {"age": self._age, "gender": self._gender, "race": self._race}
 
     def model_input(self, face_bgr: np.ndarray) -> np.ndarray:
         """The (1, 224, 224, 3) float32 batch ``DeepFace.analyze`` builds from a face crop, in
@@ -136,6 +150,28 @@ class DeepFaceDemography:
         return face if face.size else crop_box(rgb, box)[:, :, ::-1]
 
 
+def _client(cls: Any, model_name: str, module: Any, file_name: str, threads: int | None) -> Any:
+    """A deepface demography client. With ``threads`` its graph runs in a session with that many
+    intra-op threads (deepface's ``build_session`` takes no options), built as deepface builds it
+    (same file, same providers); without, deepface's own."""
+    if threads is None:
+        return cls()
+    import onnxruntime as ort
+    from deepface.commons import onnx_utils, weight_utils
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    path = weight_utils.download_weights_if_necessary(file_name=file_name, source_url=module.WEIGHTS_URL)
+    client = cls.__new__(cls)
+    client.model_name = model_name
+    client.model = ort.InferenceSession(
+        path, sess_options=options, providers=onnx_utils.resolve_providers(ort.get_available_providers())
+    )
+    return client
+
+
 def apparent_age_years(age: float) -> int:
     """DeepFace.analyze's ``int(apparent_age)``: truncated, not rounded (30.7 -> 30)."""
     return int(age)
@@ -155,12 +191,12 @@ class AttributeModels:
     demography: DeepFaceDemography
 
     @classmethod
-    def load(cls, models_dir: Path, device: torch.device) -> AttributeModels:
+    def load(cls, models_dir: Path, device: torch.device, onnx_threads: int | None = None) -> AttributeModels:
         missing = missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
         if missing:
             raise MissingWeightsError([str(p) for p in missing], str(models_dir))
         quiet_third_party()
-        return cls(FacerAttributes(models_dir / FACER_ATTR, device), DeepFaceDemography(models_dir))
+        return cls(FacerAttributes(models_dir / FACER_ATTR, device), DeepFaceDemography(models_dir, onnx_threads))
 
     @property
     def sha256(self) -> dict[str, Any]:
