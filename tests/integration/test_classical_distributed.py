@@ -54,7 +54,7 @@ def test_a_classical_method_finishes_on_the_cpu_tier(faces_dir, tmp_path):
                 return job if job and job.total == len(FACES) and job.finished >= len(FACES) else None
 
             job = wait_for(finished, 400, f"job {job_id}", interval=1.0)
-            assert job.counts == {"done": len(FACES)}, (tmp_path / "cpu.log").read_text(errors="replace")[-3000:]
+            assert {k: v for k, v in job.counts.items() if v} == {"done": len(FACES)}, (tmp_path / "cpu.log").read_text(errors="replace")[-3000:]
             assert redis.Redis.from_url(broker).llen(f"gpu-{DB}") == 0  # nothing was sent to the GPU tier
             for name in FACES:
                 body = client.get_object(Bucket=BUCKET, Key=f"out/{name}")["Body"].read()
