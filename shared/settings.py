@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     # serves the queue depths on it.
     metrics_port: int = Field(0, ge=0, le=65535)
 
+    # -- CPU-tier threads (issue 10 item 7; BENCHMARKS.md "CPU tier capacity") ------------------
+    # torch and onnxruntime threads in each CPU worker pool process. One per process, with one
+    # process per core (`veil worker cpu`'s default concurrency), measured 2.7x the throughput of
+    # one process using every core's threads on an idle 16-core host.
+    cpu_threads: int = Field(1, ge=1)
+
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
 

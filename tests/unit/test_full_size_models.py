@@ -85,3 +85,21 @@ def test_cli_models_tiny_full_size_flag() -> None:
     args = build_parser().parse_args(["models", "tiny", "/tmp/x", "--full-size"])
     assert args.func is cmd_models_tiny and args.full_size is True
     assert build_parser().parse_args(["models", "tiny", "/tmp/x"]).full_size is False
+
+
+def test_cpu_worker_models_use_veil_cpu_threads(tmp_path: Path) -> None:
+    """``veil worker cpu`` runs one pool process per core: each one's torch and onnxruntime use
+    VEIL_CPU_THREADS threads (BENCHMARKS.md: 2.7x the throughput of one process using every core)."""
+    from shared.settings import Settings
+    from workers.cpu.stage import CpuModels
+
+    tm.write_tiny_models(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        cpu = CpuModels.for_worker(Settings.from_env({}, models_dir=tmp_path, cpu_threads=1), CPU)
+        assert torch.get_num_threads() == 1
+        assert cpu.attributes is not None
+        for client in cpu.attributes.demography.clients.values():
+            assert client.model.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)

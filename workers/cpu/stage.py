@@ -34,6 +34,7 @@ class CpuModels:
     settings: Settings
     model_sha256: dict[str, str] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    onnx_threads: int | None = None  # None: onnxruntime's default (every core)
 
     @classmethod
     def load(cls, settings: Settings, device: torch.device, *, attributes: bool = True) -> CpuModels:
@@ -50,12 +51,17 @@ class CpuModels:
         """The CPU worker's models: the attribute models too when their weights are there (loaded
         at start, as before); without them the worker still finishes classical keys, and a key
         of method ``sd`` fails with ``MissingWeightsError`` naming the files."""
+        torch.set_num_threads(settings.cpu_threads)  # one pool process per core, VEIL_CPU_THREADS each
         have = not missing_files(Path(settings.models_dir), {Component.ATTRIBUTES, Component.DEMOGRAPHY})
-        return cls.load(settings, device, attributes=have)
+        cpu = cls.load(settings, device, attributes=False)
+        cpu.onnx_threads = settings.cpu_threads
+        if have:
+            cpu.need_attributes()
+        return cpu
 
     def need_attributes(self) -> AttributeModels:
         if self.attributes is None:
-            self.attributes = AttributeModels.load(Path(self.settings.models_dir), self.device)
+            self.attributes = AttributeModels.load(Path(self.settings.models_dir), self.device, self.onnx_threads)
             self.model_sha256 = {**self.model_sha256, **self.attributes.sha256}
         return self.attributes
 
