@@ -32,6 +32,8 @@ def image_task(item: InputItem, out: str, settings: Settings, job_id: str, *, ov
         output_uri=safe_join(out, output_name(item.key)),
         seed=seed_for(settings.seed, item.key),
         overwrite=overwrite,
+        mode=settings.mode,  # issue 14
+        guard=settings.guard,
     )
 
 

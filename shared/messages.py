@@ -5,6 +5,11 @@ not know rather than guessing.
 Version 2 renamed three fields to say what they hold: ``models`` -> ``model_sha256``,
 ``celeba`` (FaceAnalysis) and ``attributes`` (ResultRecord) -> ``celeba_scores``. Version 1
 messages and sidecars/manifests are still read, under their old names.
+
+Version 3 (issue 14, scene mode) added fields with defaults only: ``mode`` and ``guard`` on
+ImageTask and PromptTask, ``faces`` (one ``FacePrompt`` per face) on PromptTask, and ``mode`` and
+``faces`` (one ``FaceRecord`` per face) on ResultRecord. A version 1 or 2 message is a portrait
+message with the guard off.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION: Final = 2
+from shared.settings import GuardName, Mode
+
+SCHEMA_VERSION: Final = 3
 
 
 def _renamed(new: str, old: str, **field: Any) -> Any:
@@ -30,11 +37,11 @@ class Status(str, enum.Enum):
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
 
     @field_validator("schema_version", mode="after")
     @classmethod
-    def _now_current(cls, version: int) -> Literal[1, 2]:
+    def _now_current(cls, version: int) -> Literal[1, 2, 3]:
         """A known older version is read under its old names and is the current one from then on."""
         return SCHEMA_VERSION
 
@@ -48,6 +55,9 @@ class ImageTask(_Message):
     seed: int = Field(ge=0, lt=2**64)  # a torch generator's range
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
+    # issue 14 (job-wide options: they may move to the job's spec)
+    mode: Mode = Mode.PORTRAIT
+    guard: GuardName = GuardName.OFF
 
 
 class FaceAnalysis(_Message):
@@ -60,8 +70,19 @@ class FaceAnalysis(_Message):
     deepface_gender: str  # kept for the manifest; the prompt uses FACER's Male
 
 
+class FacePrompt(_Message):
+    """Scene mode: one face of an image, its analysis, Algorithm 1's prompts for it, its seed."""
+
+    analysis: FaceAnalysis
+    prompt: str
+    negative_prompt: str
+    seed: int = Field(ge=0, lt=2**64)  # the key's seed and the face's index (``face_seed``)
+
+
 class PromptTask(_Message):
-    """CPU tier -> GPU tier: one portrait to generate."""
+    """CPU tier -> GPU tier: one portrait to generate, or (scene mode) one image whose every face
+    is regenerated in place. In scene mode ``prompt``, ``analysis`` and ``seed`` are the biggest
+    face's (``faces[0]``), so a reader of version 2 fields sees the portrait's face."""
 
     job_id: str
     input_uri: str
@@ -73,6 +94,36 @@ class PromptTask(_Message):
     model_sha256: dict[str, str] = _renamed("model_sha256", "models")  # model name -> sha256 of its files
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
+    # issue 14: one message per image carrying every face (see workers/gpu/scene.py for why)
+    mode: Mode = Mode.PORTRAIT
+    guard: GuardName = GuardName.OFF
+    faces: list[FacePrompt] = Field(default_factory=list)  # scene mode: every face, biggest first
+
+
+class GuardResult(_Message):
+    """What the re-identification guard measured for one face."""
+
+    embedder: str  # GuardName value
+    threshold: float
+    tries: int  # generations made (1 = the first passed)
+    distances: list[float]  # new face vs original, one per try
+    passed: bool  # the kept face is at least ``threshold`` away
+    fallback: str | None = None  # "mask" when no try passed: the face was masked instead
+
+
+class FaceRecord(_Message):
+    """Scene mode: one face of a manifest row / sidecar."""
+
+    box: list[float]  # x1, y1, x2, y2, score (input pixels)
+    region: list[int]  # x, y, side: the square regenerated and blended back (input pixels)
+    celeba_scores: dict[str, float]
+    age: int
+    ethnicity: str
+    deepface_gender: str
+    prompt: str
+    negative_prompt: str
+    seed: int  # the seed of the kept generation
+    guard: GuardResult | None = None
 
 
 class ResultRecord(_Message):
@@ -93,3 +144,7 @@ class ResultRecord(_Message):
     model_sha256: dict[str, str] = _renamed("model_sha256", "models", default_factory=dict)
     job_id: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
+    # issue 14
+    mode: Mode = Mode.PORTRAIT
+    faces: list[FaceRecord] | None = None  # scene mode: every face replaced
+    guard: GuardResult | None = None  # portrait mode with a guard: the portrait's

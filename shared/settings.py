@@ -32,6 +32,27 @@ class SamplerName(str, enum.Enum):
     FAST = "fast"  # DPM++ 2M SDE Karras: 1 UNet evaluation per step
 
 
+# -- scene mode and the re-identification guard (issue 14) ----------------------------------
+
+
+class Mode(str, enum.Enum):
+    """What an output is (see ``workers.gpu.scene``)."""
+
+    PORTRAIT = "portrait"  # the paper's: a new 512x512 portrait of the biggest face
+    SCENE = "scene"  # the input, same size and format, every face replaced in place
+
+
+class GuardName(str, enum.Enum):
+    """Re-identification guard: the face embedder that checks each new face (``workers.guard``)."""
+
+    OFF = "off"
+    DLIB = "dlib"
+    FACENET = "facenet"
+
+
+# -- end of issue 14's block ------------------------------------------------------------------
+
+
 class DeviceName(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -89,6 +110,25 @@ class Settings(BaseSettings):
     # Refuse input files larger than this (bytes), checked before reading: a 3 GB sparse .jpg or
     # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
     max_input_bytes: int = Field(64 * 2**20, ge=1)
+
+    # -- scene mode and the re-identification guard (issue 14) --------------------------------
+    mode: Mode = Mode.PORTRAIT
+    # img2img strength of a face's crop in scene mode: the share of the sampler's schedule that
+    # runs (0.6 of 15 steps = the last 9 steps, from the crop noised to that step's sigma). Lower
+    # keeps more of the original crop (pose, light, and identity); higher invents more.
+    scene_strength: float = Field(0.6, gt=0.0, le=1.0)
+    # The square regenerated around a face: the box's longer side plus this share of it on each side.
+    scene_margin: float = Field(0.35, ge=0.0, le=2.0)
+    # Width of the feathered blend at the square's edge, as a share of the square's side: the
+    # new crop fades into the original over it, so the square's border pixels stay the input's.
+    scene_feather: float = Field(0.15, gt=0.0, le=0.5)
+    guard: GuardName = GuardName.OFF
+    # A new face whose embedding is closer than this to the original's still re-identifies the
+    # person. 0.6 is dlib's own same-person threshold (Euclidean, face_recognition's tolerance);
+    # for facenet (VGGFace2, Euclidean on unit vectors) ~1.1 is the usual one: set it with the guard.
+    guard_threshold: float = Field(0.6, gt=0.0)
+    # Generations per face (the first and its retries with the next seeds) before the mask fallback.
+    guard_tries: int = Field(3, ge=1, le=20)
 
     # -- the distributed tiers --------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"
