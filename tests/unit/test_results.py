@@ -91,13 +91,13 @@ def test_version_1_records_and_messages_are_read_under_their_old_names():
     record = ResultRecord.model_validate_json(old)
     assert record.model_sha256 == {"facer": "ab"} and record.celeba_scores == {"Smiling": 0.9}
     dumped = record.model_dump()
-    assert dumped["schema_version"] == 2 and "models" not in dumped and "attributes" not in dumped
+    assert dumped["schema_version"] == 3 and "models" not in dumped and "attributes" not in dumped
     task = _prompt_task().model_dump(mode="json")
     task.update(schema_version=1, models=task.pop("model_sha256"))
     task["analysis"]["celeba"] = task["analysis"].pop("celeba_scores")
     assert PromptTask.model_validate(task) == _prompt_task()
     with pytest.raises(ValueError):
-        ImageTask.model_validate({**_image_task().model_dump(), "schema_version": 3})  # unknown: refused
+        ImageTask.model_validate({**_image_task().model_dump(), "schema_version": 4})  # unknown: refused
 
 
 def test_a_new_broker_url_is_used_by_send_task_after_configure():
