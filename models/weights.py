@@ -52,6 +52,25 @@ class Component(str, enum.Enum):
     DEMOGRAPHY = "demography"  # DeepFace
     GENERATOR = "generator"  # Realistic Vision v5.1 + VAE
     RETINAFACE = "retinaface"  # optional detector
+    EMBEDDER = "embedder"  # `veil eval`: face embedders (issue 13)
+    QUALITY = "quality"  # `veil eval`: Inception for FID/KID (issue 13)
+
+
+# -- issue 13: `veil eval`'s weights, fetched by `veil models fetch --eval` ---------------------
+#: components only `veil eval` uses: never required by `veil run`, fetched with --eval
+EVAL_COMPONENTS = frozenset({Component.EMBEDDER, Component.QUALITY})
+EVAL_FETCH_HINT = "veil models fetch --eval"
+FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9"
+FACENET_VGGFACE2 = "facenet/20180402-114759-vggface2.pt"
+FACENET_CASIA = "facenet/20180408-102900-casia-webface.pt"
+CLIP_FOLDER = "clip-vit-base-patch32"
+CLIP_REPO = f"{HF}/openai/clip-vit-base-patch32/resolve/main"
+#: the FID Inception v3 (TF-ported, 2015-12-05) that pytorch-fid and torch-fidelity use
+FID_INCEPTION = "fid/pt_inception-2015-12-05-6726825d.pth"
+FID_INCEPTION_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+# -- end issue 13 ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,13 @@ CATALOGUE: list[WeightFile] = [
         Component.RETINAFACE,
         optional=True,
     ),
+    # -- issue 13: `veil eval` (GitHub release assets state no sha256: the digest of what was
+    #    fetched is recorded; Hugging Face files are checked against the sha256 it states) --
+    WeightFile(FACENET_VGGFACE2, f"{FACENET_RELEASE}/20180402-114759-vggface2.pt", Component.EMBEDDER),
+    WeightFile(FACENET_CASIA, f"{FACENET_RELEASE}/20180408-102900-casia-webface.pt", Component.EMBEDDER),
+    WeightFile(f"{CLIP_FOLDER}/config.json", f"{CLIP_REPO}/config.json", Component.EMBEDDER),
+    WeightFile(f"{CLIP_FOLDER}/pytorch_model.bin", f"{CLIP_REPO}/pytorch_model.bin", Component.EMBEDDER),
+    WeightFile(FID_INCEPTION, FID_INCEPTION_URL, Component.QUALITY),
 ]
 
 
@@ -174,7 +200,7 @@ def required_files(models_dir: Path, components: set[Component] | None = None) -
     for wf in CATALOGUE:
         if components is not None and wf.component not in components:
             continue
-        if wf.optional:
+        if wf.optional or wf.component in EVAL_COMPONENTS:
             continue
         if wf.component is Component.GENERATOR and has_diffusers_folder(models_dir):
             if wf.relpath == RV_SINGLE_FILE or wf.relpath.startswith(SD15_CONFIG + "/"):

@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_models_check(args: argparse.Namespace) -> int:
-    from models.weights import CATALOGUE, required_files, tiny_warning
+    from models.weights import CATALOGUE, EVAL_COMPONENTS, required_files, tiny_warning
 
     settings = _settings()
     models_dir = Path(settings.models_dir)
@@ -112,6 +112,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     for wf in CATALOGUE:
         path = models_dir / wf.relpath
         needed = "required" if wf.relpath in required else ("optional" if wf.optional else "not needed")
+        needed = "eval" if wf.component in EVAL_COMPONENTS else needed  # issue 13: veil eval's, --eval
         if needed == "not needed" and not path.exists():
             continue
         there = "ok     " if path.is_file() else "MISSING"
@@ -125,10 +126,11 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from models.fetch import fetch_missing
-    from models.weights import CATALOGUE
+    from models.weights import CATALOGUE, EVAL_COMPONENTS
 
     settings = _settings()
     files = [wf for wf in CATALOGUE if args.optional or not wf.optional]
+    files = [wf for wf in files if args.eval or wf.component not in EVAL_COMPONENTS]  # issue 13
     results = fetch_missing(Path(settings.models_dir), files, progress=not args.quiet)
     for r in results:
         print(f"  {'kept   ' if r.skipped else 'fetched'} {r.path}  sha256 {r.sha256}")
@@ -305,6 +307,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     msub.add_parser("check", help="list the weight files and whether each is there").set_defaults(func=cmd_models_check)
     fetch = msub.add_parser("fetch", help="download missing weights (needs internet)")
     fetch.add_argument("--optional", action="store_true", help="also fetch optional files (RetinaFace)")
+    fetch.add_argument(
+        "--eval", action="store_true", help="also fetch veil eval's weights (FaceNet, CLIP, FID Inception)"
+    )
     fetch.add_argument("-q", "--quiet", action="store_true")
     fetch.set_defaults(func=cmd_models_fetch)
     tiny = msub.add_parser("tiny", help="write tiny RANDOM test models (noise images) into DIR")

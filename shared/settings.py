@@ -52,6 +52,28 @@ class GuardName(str, enum.Enum):
 
 # -- end of issue 14's block ------------------------------------------------------------------
 
+# -- issue 13: anonymization methods and face embedders -------------------------------------
+class Method(str, enum.Enum):
+    """How a face is anonymized (see ``workers.cpu.classical``): ``sd`` is the paper's generated
+    portrait (GPU tier); the classical methods change the face box in place on the CPU tier."""
+
+    SD = "sd"
+    BLUR = "blur"
+    PIXELATE = "pixelate"
+    MASK = "mask"
+
+
+class EmbedderName(str, enum.Enum):
+    """Face embedders for re-identification (see ``workers.embedders``)."""
+
+    DLIB = "dlib"
+    FACENET_VGGFACE2 = "facenet-vggface2"
+    FACENET_CASIA = "facenet-casia"
+    CLIP = "clip"
+
+
+# -- end issue 13 ------------------------------------------------------------------------------
+
 
 class DeviceName(str, enum.Enum):
     AUTO = "auto"
@@ -129,6 +151,15 @@ class Settings(BaseSettings):
     guard_threshold: float = Field(0.6, gt=0.0)
     # Generations per face (the first and its retries with the next seeds) before the mask fallback.
     guard_tries: int = Field(3, ge=1, le=20)
+
+    # -- issue 13: the method and the classical methods' strength ----------------------------
+    method: Method = Method.SD
+    # Gaussian blur: sigma as a fraction of the face box width. deface's default blur is a box
+    # filter half its box wide (standard deviation 0.5/sqrt(12) = 0.144 x its box width); 0.15
+    # is about that. 0.05 still looks blurred to a person and leaks identity (BENCHMARKS.md).
+    blur_sigma: float = Field(0.15, gt=0, le=2.0)
+    # Pixelation: mosaic blocks across the face box width (square blocks; deface uses 20 px blocks).
+    pixelate_blocks: int = Field(10, ge=1, le=512)
 
     # -- the distributed tiers --------------------------------------------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"
