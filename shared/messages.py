@@ -147,4 +147,3 @@ class ResultRecord(_Message):
     # issue 14
     mode: Mode = Mode.PORTRAIT
     faces: list[FaceRecord] | None = None  # scene mode: every face replaced
-    guard: GuardResult | None = None  # portrait mode with a guard: the portrait's

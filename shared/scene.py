@@ -70,14 +70,13 @@ def paste(canvas: np.ndarray, new: np.ndarray, region: Region, feather: float) -
 
 
 def mask_box(canvas: np.ndarray, box: list[float]) -> None:
-    """The strongest fallback, in place: the face's box filled with its own mean colour (no
-    structure left for a recogniser)."""
+    """The strongest fallback, in place: the face's box filled black, as issue 13's classical
+    ``mask`` does (which the GPU tier may not import: ``workers/cpu``)."""
     h, w = canvas.shape[:2]
     x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
     x2, y2 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
     if x2 > x1 and y2 > y1:
-        window = canvas[y1:y2, x1:x2]
-        window[...] = np.round(window.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
+        canvas[y1:y2, x1:x2] = 0
 
 
 def paste_order(regions: list[Region]) -> list[int]:

@@ -52,6 +52,7 @@ class GuardName(str, enum.Enum):
 
 # -- end of issue 14's block ------------------------------------------------------------------
 
+
 # -- issue 13: anonymization methods and face embedders -------------------------------------
 class Method(str, enum.Enum):
     """How a face is anonymized (see ``workers.cpu.classical``): ``sd`` is the paper's generated
@@ -145,10 +146,10 @@ class Settings(BaseSettings):
     # new crop fades into the original over it, so the square's border pixels stay the input's.
     scene_feather: float = Field(0.15, gt=0.0, le=0.5)
     guard: GuardName = GuardName.OFF
-    # A new face whose embedding is closer than this to the original's still re-identifies the
-    # person. 0.6 is dlib's own same-person threshold (Euclidean, face_recognition's tolerance);
-    # for facenet (VGGFace2, Euclidean on unit vectors) ~1.1 is the usual one: set it with the guard.
-    guard_threshold: float = Field(0.6, gt=0.0)
+    # A new face whose embedding is closer than this to the original's (cosine distance, issue 13's
+    # embedders) still re-identifies the person. Unset: the embedder's own (workers/guard.py
+    # DEFAULT_THRESHOLD: dlib 0.18 = its Euclidean 0.6 rule on unit vectors; facenet 0.605).
+    guard_threshold: float | None = Field(None, gt=0.0, le=2.0)
     # Generations per face (the first and its retries with the next seeds) before the mask fallback.
     guard_tries: int = Field(3, ge=1, le=20)
 
@@ -203,6 +204,13 @@ class Settings(BaseSettings):
         logging.getLogger(__name__).warning("VEIL_SCHEDULER is deprecated: use VEIL_SAMPLER=%s", self.scheduler.value)
         object.__setattr__(self, "sampler", self.scheduler)  # frozen: moved once, here
         object.__setattr__(self, "scheduler", None)
+        return self
+
+    @model_validator(mode="after")
+    def _guard_needs_faces_in_place(self) -> Settings:
+        """Issue 14: the guard checks a face where it was; a portrait has no such place."""
+        if self.guard is not GuardName.OFF and self.mode is Mode.PORTRAIT and self.method is Method.SD:
+            raise ValueError("VEIL_GUARD needs VEIL_MODE=scene (or a classical VEIL_METHOD): a portrait is not checked")
         return self
 
     @model_validator(mode="after")

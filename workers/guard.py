@@ -3,15 +3,15 @@ person? Each face's original and new embeddings are compared; closer than the th
 it still re-identifies, and the caller regenerates it (the next seed) or, after ``tries``
 generations, replaces it by the fallback (a mask).
 
-The embedders are issue 13's (``workers/embedders.py``: the ``Embedder`` Enum, ``embed(rgb, box)``
-and ``distance``); this module only binds them (``load_guard``) and keeps the bookkeeping
-(``FaceCheck``), so both tiers run the same rule: the GPU tier after diffusion, the CPU tier after
-a classical method (blur, pixelate).
+The embedders are issue 13's (``workers/embedders.py``: ``load_embedder`` -> ``embed(rgb, box)``
+and ``distance``, the cosine distance of unit vectors); this module only binds them
+(``load_guard``) and keeps the bookkeeping (``FaceCheck``), so both tiers run the same rule: the
+GPU tier after diffusion (``workers.gpu.scene``), the CPU tier after a classical method
+(``guard_classical``).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shared.messages import GuardResult
-from shared.settings import GuardName, Settings
+from shared.settings import EmbedderName, GuardName, Settings
 
 Box = list[float]
 
@@ -77,25 +77,58 @@ class FaceCheck:
         )
 
 
+#: ``--guard`` -> issue 13's embedder
+EMBEDDER_OF: dict[GuardName, EmbedderName] = {
+    GuardName.DLIB: EmbedderName.DLIB,
+    GuardName.FACENET: EmbedderName.FACENET_VGGFACE2,
+}
+
+#: Cosine distance (issue 13's ``distance``: 1 - a.b of unit vectors) below which a face still
+#: re-identifies, when ``VEIL_GUARD_THRESHOLD`` is not set. dlib: its documented same-person rule
+#: is Euclidean < 0.6 on its (near-unit) descriptors, i.e. cosine < 0.6^2 / 2 = 0.18; measured on
+#: ../shared/faces (BENCHMARKS.md) it separates the photos' identities. facenet (VGGFace2): the
+#: usual Euclidean 1.1 on unit vectors, i.e. cosine < 1.1^2 / 2 = 0.605 (not measured here).
+DEFAULT_THRESHOLD: dict[GuardName, float] = {GuardName.DLIB: 0.18, GuardName.FACENET: 0.605}
+
+
 def load_guard(settings: Settings, guard: GuardName, device: Any) -> Guard | None:
     """The guard ``guard`` names, with issue 13's embedder loaded once (call it from a worker's
     model loading, after fork); None when off."""
     if guard is GuardName.OFF:
         return None
-    # Issue 13's module (branch h13): an Enum of embedders and embed(rgb, box) / distance(a, b).
-    embedders = importlib.import_module("workers.embedders")
-    model = embedders.Embedder(guard.value)
-    loaded = embedders.load(model, settings.models_dir, device) if hasattr(embedders, "load") else model
+    from workers.embedders import load_embedder
+
+    embedder = load_embedder(EMBEDDER_OF[guard], settings.models_dir, device or "cpu")
+    threshold = settings.guard_threshold if settings.guard_threshold is not None else DEFAULT_THRESHOLD[guard]
     return Guard(
         name=guard,
-        threshold=settings.guard_threshold,
+        threshold=threshold,
         tries=settings.guard_tries,
-        embed=lambda rgb, box: _embed(embedders, loaded, rgb, box),
-        distance=lambda a, b: float(embedders.distance(a, b)),
+        embed=embedder.embed,
+        distance=embedder.distance,
     )
 
 
-def _embed(embedders: Any, loaded: Any, rgb: np.ndarray, box: Box) -> np.ndarray | None:
-    embed = getattr(loaded, "embed", None) or (lambda r, b: embedders.embed(loaded, r, b))
-    vector = embed(rgb, box)
-    return None if vector is None else np.asarray(vector, dtype=np.float32)
+def guard_classical(
+    rgb: np.ndarray,
+    boxes: list[Box],
+    anonymize: Callable[[np.ndarray, Box], np.ndarray],
+    guard: Guard,
+    fallback: Callable[[np.ndarray, Box], np.ndarray],
+) -> tuple[np.ndarray, list[GuardResult]]:
+    """A classical method (issue 13: ``workers.cpu.classical``'s blur or pixelate) through the guard,
+    for the CPU tier: every face anonymized, each then checked on the anonymized image; a face that
+    still re-identifies gets ``fallback`` (classical's mask). A classical method is deterministic
+    (another try would give the same pixels), so it gets one try whatever ``guard.tries`` says.
+    Returns the image and each face's result, in ``boxes``' order."""
+    out = rgb
+    for box in boxes:
+        out = anonymize(out, box)
+    checks = [guard.start(rgb, box) for box in boxes]
+    for check in checks:
+        if not check.check(out):
+            check.fallback = "mask"
+    for check in checks:
+        if check.fallback:
+            out = fallback(out, check.box)
+    return out, [c.result() for c in checks]

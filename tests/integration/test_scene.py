@@ -136,3 +136,27 @@ def test_submit_scene_mode_through_both_tiers(faces_dir, tiny_models, tmp_path):
     before = decode_image((faces_dir / "selfie-many-people.jpg").read_bytes(), max_pixels=MAX)
     after = decode_image(body, max_pixels=MAX)
     assert after.shape == before.shape and body[:2] == b"\xff\xd8"
+
+
+def test_guard_retries_with_the_next_seeds_then_masks(faces_dir, tiny_models, tmp_path):
+    """`--guard dlib` (real dlib weights) with a threshold no face can pass (2.0, the largest cosine
+    distance): every face is generated VEIL_GUARD_TRIES times with its next seeds, then masked, and
+    its row says so."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.open(faces_dir / "selfie-many-people.jpg").save(src / "selfie.png")
+    env = worker_env(models_dir=tiny_models, steps=2, batch_size=8, image_size=64, guard_threshold=2.0, guard_tries=2)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "--device", "cpu",
+                           "--mode", "scene", "--guard", "dlib", "-q"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = map(json.loads, (out / "manifest.jsonl").read_text().splitlines())
+    assert row["status"] == "done" and len(row["faces"]) >= 4
+    after = np.asarray(Image.open(out / "selfie.png").convert("RGB"))
+    for i, f in enumerate(row["faces"]):
+        g = f["guard"]
+        assert g["embedder"] == "dlib" and g["threshold"] == 2.0 and g["tries"] == 2 and len(g["distances"]) == 2
+        assert not g["passed"] and g["fallback"] == "mask"
+        assert f["seed"] == face_seed(row["seed"], i, attempt=1)  # the last try's seed is recorded
+        x1, y1, x2, y2 = (int(v) for v in f["box"][:4])
+        assert after[max(y1, 0) + 1:y2 - 1, max(x1, 0) + 1:x2 - 1].max() == 0  # masked

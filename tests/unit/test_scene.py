@@ -48,12 +48,12 @@ def test_cut_gives_the_model_size_and_paste_order_puts_big_faces_on_top():
     assert paste_order([Region(0, 0, 50), Region(0, 0, 20), Region(0, 0, 90)]) == [1, 0, 2]
 
 
-def test_mask_box_flattens_the_face_box_only():
+def test_mask_box_blacks_out_the_face_box_only():
     rng = np.random.default_rng(1)
     canvas = rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)
     before = canvas.copy()
     mask_box(canvas, [10.2, 5, 20, 15.5, 0.9])
-    assert len(np.unique(canvas[5:16, 10:20].reshape(-1, 3), axis=0)) == 1
+    assert canvas[5:16, 10:20].max() == 0  # black, as classical mask
     outside = np.ones((50, 50), bool)
     outside[5:16, 10:20] = False
     assert np.array_equal(canvas[outside], before[outside])
@@ -118,3 +118,12 @@ def test_the_guard_counts_tries_and_reports_the_fallback():
     passing = _guard(threshold=20.0, tries=3).start(original, box)
     assert passing.check(np.full((40, 40, 3), 200, np.uint8))  # far away: kept at the first try
     assert passing.result().tries == 1 and passing.result().passed and passing.result().fallback is None
+
+
+def test_a_guard_on_portraits_is_refused_and_scene_mode_takes_it():
+    from shared.settings import Settings
+
+    with pytest.raises(ValueError, match="VEIL_GUARD needs VEIL_MODE=scene"):
+        Settings.from_env({"VEIL_GUARD": "dlib"})
+    s = Settings.from_env({"VEIL_GUARD": "dlib", "VEIL_MODE": "scene"})
+    assert s.guard is GuardName.DLIB and s.guard_threshold is None and s.guard_tries == 3
