@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     guard: GuardName = GuardName.OFF
     # A new face whose embedding is closer than this to the original's (cosine distance, issue 13's
     # embedders) still re-identifies the person. Unset: the embedder's own (workers/guard.py
-    # DEFAULT_THRESHOLD: dlib 0.18 = its Euclidean 0.6 rule on unit vectors; facenet 0.605).
+    # DEFAULT_THRESHOLD: dlib 0.10, measured on ../shared/faces; facenet 0.605, not measured).
     guard_threshold: float | None = Field(None, gt=0.0, le=2.0)
     # Generations per face (the first and its retries with the next seeds) before the mask fallback.
     guard_tries: int = Field(3, ge=1, le=20)

@@ -84,11 +84,12 @@ EMBEDDER_OF: dict[GuardName, EmbedderName] = {
 }
 
 #: Cosine distance (issue 13's ``distance``: 1 - a.b of unit vectors) below which a face still
-#: re-identifies, when ``VEIL_GUARD_THRESHOLD`` is not set. dlib: its documented same-person rule
-#: is Euclidean < 0.6 on its (near-unit) descriptors, i.e. cosine < 0.6^2 / 2 = 0.18; measured on
-#: ../shared/faces (BENCHMARKS.md) it separates the photos' identities. facenet (VGGFace2): the
-#: usual Euclidean 1.1 on unit vectors, i.e. cosine < 1.1^2 / 2 = 0.605 (not measured here).
-DEFAULT_THRESHOLD: dict[GuardName, float] = {GuardName.DLIB: 0.18, GuardName.FACENET: 0.605}
+#: re-identifies, when ``VEIL_GUARD_THRESHOLD`` is not set. dlib 0.10: measured on the 40 photos of
+#: ../shared/faces (BENCHMARKS.md, "Re-identification guard"), 98% of same-person pairs are closer
+#: and 2.3% of different-person pairs (dlib's own Euclidean 0.6 rule does not carry over to unit
+#: vectors: 0.6^2 / 2 = 0.18 flags 59% of different-person pairs here). facenet (VGGFace2): the
+#: usual Euclidean 1.1 on unit vectors, i.e. 1.1^2 / 2 = 0.605, not measured here (no weights).
+DEFAULT_THRESHOLD: dict[GuardName, float] = {GuardName.DLIB: 0.10, GuardName.FACENET: 0.605}
 
 
 def load_guard(settings: Settings, guard: GuardName, device: Any) -> Guard | None:
