@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from shared.errors import TransientError, call_with_retries
+from shared.errors import NoFaceError, TransientError, call_with_retries
 from shared.imageio import decode_image
 from shared.inputfiles import read_input
 from shared.messages import FacePrompt, PromptTask
@@ -87,6 +87,9 @@ def finish_scenes(
     originals: dict[int, np.ndarray] = {}
     for i, (task, tm) in enumerate(zip(tasks, timings, strict=True)):
         t0 = time.perf_counter()
+        if not task.faces:  # a forged or broken message: never write the input back unchanged
+            finished[i] = Finished(task, error_record(task, NoFaceError("scene message without faces"), timings_s=tm))
+            continue
         try:
             originals[i] = _read_original(task, gpu, storage, retry=retry_stores)
         except TransientError as exc:
