@@ -1,8 +1,9 @@
 """The ``veil`` command.
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
+             [--mode portrait|scene] [--guard off|dlib|facenet]
     veil models check | fetch | tiny DIR
-    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite]
+    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--mode M] [--guard G]
     veil status JOB [--watch] | veil jobs
     veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
     veil flower
@@ -25,7 +26,17 @@ from pydantic import ValidationError
 
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
 from shared.quiet import quiet_third_party
-from shared.settings import ENV_PREFIX, DetectorName, DeviceName, EmbedderName, Method, SamplerName, Settings
+from shared.settings import (
+    ENV_PREFIX,
+    DetectorName,
+    DeviceName,
+    EmbedderName,
+    GuardName,
+    Method,
+    Mode,
+    SamplerName,
+    Settings,
+)
 
 #: pydantic error type -> what the value must be (its ``ctx`` fills the braces)
 _RULES = {
@@ -76,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         detector=args.detector,
         method=args.method,
+        mode=args.mode,
+        guard=args.guard,
     )
     if settings.method is Method.SD and (warning := tiny_warning(settings.models_dir)):
         print(warning, file=sys.stderr)
@@ -154,7 +167,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from shared.storage import open_storage
     from workers.celery_app import configure
 
-    settings = _settings(method=args.method)
+    settings = _settings(method=args.method, mode=args.mode, guard=args.guard)
     configure(settings)
     result = submit(
         args.source,
@@ -347,6 +360,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     _add_method(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_scene_flags(run)
     run.set_defaults(func=cmd_run)
 
 
@@ -360,6 +374,22 @@ def _add_method(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scene_flags(parser: argparse.ArgumentParser) -> None:
+    """Issue 14: ``--mode`` and ``--guard`` (``veil run`` and ``veil submit``)."""
+    parser.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        help="portrait = a new 512x512 portrait of the biggest face (the paper's, default); scene = the "
+        "input, same size and format, with every face regenerated in place (VEIL_MODE)",
+    )
+    parser.add_argument(
+        "--guard",
+        choices=[g.value for g in GuardName],
+        help="re-identification guard: a new face still closer than VEIL_GUARD_THRESHOLD to the original "
+        "is regenerated (next seed, up to VEIL_GUARD_TRIES), then masked (VEIL_GUARD; default off)",
+    )
+
+
 def _add_distributed(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="enqueue a job on the distributed pipeline; prints its id")
     submit.add_argument("source", help="s3://bucket/prefix, a folder, or a manifest file of keys")
@@ -367,6 +397,7 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--name", help="a name for the job")
     submit.add_argument("--overwrite", action="store_true", help="redo keys whose output already exists")
     _add_method(submit)
+    _add_scene_flags(submit)
     submit.set_defaults(func=cmd_submit)
 
     status = sub.add_parser("status", help="counts, rate and ETA of a job")

@@ -33,6 +33,8 @@ def image_task(item: InputItem, out: str, settings: Settings, job_id: str, *, ov
         seed=seed_for(settings.seed, item.key),
         overwrite=overwrite,
         method=settings.method,  # issue 13 (job-wide: may move into the job's spec)
+        mode=settings.mode,  # issue 14
+        guard=settings.guard,
     )
 
 

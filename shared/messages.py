@@ -6,8 +6,11 @@ Version 2 renamed three fields to say what they hold: ``models`` -> ``model_sha2
 ``celeba`` (FaceAnalysis) and ``attributes`` (ResultRecord) -> ``celeba_scores``. Version 1
 messages and sidecars/manifests are still read, under their old names.
 
-Version 3 (issue 13) added ``method`` to ImageTask and ResultRecord (default ``sd``, the only
-method before it), so versions 1 and 2 read as ``sd``.
+Version 3 added fields with defaults only, so versions 1 and 2 read as before: ``method``
+(issue 13) on ImageTask and ResultRecord (default ``sd``); ``mode`` and ``guard`` (issue 14,
+scene mode) on ImageTask and PromptTask, ``faces`` (one ``FacePrompt`` per face) on PromptTask,
+and ``mode`` and ``faces`` (one ``FaceRecord`` per face) on ResultRecord. A version 1 or 2
+message is a portrait message of method ``sd`` with the guard off.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from shared.settings import Method
+from shared.settings import GuardName, Method, Mode
 
 SCHEMA_VERSION: Final = 3
 
@@ -55,6 +58,9 @@ class ImageTask(_Message):
     attempt: int = Field(0, ge=0)  # transient failures so far
     # issue 13: how the face is anonymized; a classical method finishes on the CPU tier
     method: Method = Method.SD
+    # issue 14 (job-wide options: they may move to the job's spec)
+    mode: Mode = Mode.PORTRAIT
+    guard: GuardName = GuardName.OFF
 
 
 class FaceAnalysis(_Message):
@@ -67,8 +73,19 @@ class FaceAnalysis(_Message):
     deepface_gender: str  # kept for the manifest; the prompt uses FACER's Male
 
 
+class FacePrompt(_Message):
+    """Scene mode: one face of an image, its analysis, Algorithm 1's prompts for it, its seed."""
+
+    analysis: FaceAnalysis
+    prompt: str
+    negative_prompt: str
+    seed: int = Field(ge=0, lt=2**64)  # the key's seed and the face's index (``face_seed``)
+
+
 class PromptTask(_Message):
-    """CPU tier -> GPU tier: one portrait to generate."""
+    """CPU tier -> GPU tier: one portrait to generate, or (scene mode) one image whose every face
+    is regenerated in place. In scene mode ``prompt``, ``analysis`` and ``seed`` are the biggest
+    face's (``faces[0]``), so a reader of version 2 fields sees the portrait's face."""
 
     job_id: str
     input_uri: str
@@ -80,6 +97,36 @@ class PromptTask(_Message):
     model_sha256: dict[str, str] = _renamed("model_sha256", "models")  # model name -> sha256 of its files
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
+    # issue 14: one message per image carrying every face (see workers/gpu/scene.py for why)
+    mode: Mode = Mode.PORTRAIT
+    guard: GuardName = GuardName.OFF
+    faces: list[FacePrompt] = Field(default_factory=list)  # scene mode: every face, biggest first
+
+
+class GuardResult(_Message):
+    """What the re-identification guard measured for one face."""
+
+    embedder: str  # GuardName value
+    threshold: float
+    tries: int  # generations made (1 = the first passed)
+    distances: list[float]  # new face vs original, one per try
+    passed: bool  # the kept face is at least ``threshold`` away
+    fallback: str | None = None  # "mask" when no try passed: the face was masked instead
+
+
+class FaceRecord(_Message):
+    """Scene mode: one face of a manifest row / sidecar."""
+
+    box: list[float]  # x1, y1, x2, y2, score (input pixels)
+    region: list[int]  # x, y, side: the square regenerated and blended back (input pixels)
+    celeba_scores: dict[str, float]
+    age: int
+    ethnicity: str
+    deepface_gender: str
+    prompt: str
+    negative_prompt: str
+    seed: int  # the seed of the kept generation
+    guard: GuardResult | None = None
 
 
 class ResultRecord(_Message):
@@ -101,3 +148,6 @@ class ResultRecord(_Message):
     job_id: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
     method: Method = Method.SD  # issue 13: the method that wrote ``output`` (or was to)
+    # issue 14
+    mode: Mode = Mode.PORTRAIT
+    faces: list[FaceRecord] | None = None  # scene mode: every face replaced

@@ -6,7 +6,8 @@ import hashlib
 import logging
 
 from shared.errors import NoFaceError, UnsafeKeyError, VeilError
-from shared.messages import ImageTask, PromptTask, ResultRecord, Status
+from shared.messages import FaceRecord, ImageTask, PromptTask, ResultRecord, Status
+from shared.settings import Mode
 from shared.storage import check_output_uri
 
 
@@ -33,7 +34,15 @@ def done_record(task: PromptTask, timings_s: dict[str, float] | None = None) -> 
         model_sha256=task.model_sha256,
         job_id=task.job_id,
         timings_s=timings_s or {},
+        mode=task.mode,
     )
+
+
+def scene_record(task: PromptTask, faces: list[dict], timings_s: dict[str, float] | None = None) -> ResultRecord:
+    """Scene mode's ``done`` row: the portrait fields describe the biggest face (``faces[0]``),
+    ``faces`` every face replaced (``FaceRecord``)."""
+    record = done_record(task, timings_s)
+    return record.model_copy(update={"mode": Mode.SCENE, "faces": [FaceRecord(**f) for f in faces]})
 
 
 def error_record(
@@ -67,6 +76,7 @@ def error_record(
         model_sha256=model_sha256 or getattr(task, "model_sha256", {}) or {},
         job_id=task.job_id,
         timings_s=timings_s or {},
+        mode=task.mode,
         **extra,
     )
 

@@ -32,6 +32,27 @@ class SamplerName(str, enum.Enum):
     FAST = "fast"  # DPM++ 2M SDE Karras: 1 UNet evaluation per step
 
 
+# -- scene mode and the re-identification guard (issue 14) ----------------------------------
+
+
+class Mode(str, enum.Enum):
+    """What an output is (see ``workers.gpu.scene``)."""
+
+    PORTRAIT = "portrait"  # the paper's: a new 512x512 portrait of the biggest face
+    SCENE = "scene"  # the input, same size and format, every face replaced in place
+
+
+class GuardName(str, enum.Enum):
+    """Re-identification guard: the face embedder that checks each new face (``workers.guard``)."""
+
+    OFF = "off"
+    DLIB = "dlib"
+    FACENET = "facenet"
+
+
+# -- end of issue 14's block ------------------------------------------------------------------
+
+
 # -- issue 13: anonymization methods and face embedders -------------------------------------
 class Method(str, enum.Enum):
     """How a face is anonymized (see ``workers.cpu.classical``): ``sd`` is the paper's generated
@@ -113,6 +134,25 @@ class Settings(BaseSettings):
     # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
     max_input_bytes: int = Field(64 * 2**20, ge=1)
 
+    # -- scene mode and the re-identification guard (issue 14) --------------------------------
+    mode: Mode = Mode.PORTRAIT
+    # img2img strength of a face's crop in scene mode: the share of the sampler's schedule that
+    # runs (0.6 of 15 steps = the last 9 steps, from the crop noised to that step's sigma). Lower
+    # keeps more of the original crop (pose, light, and identity); higher invents more.
+    scene_strength: float = Field(0.6, gt=0.0, le=1.0)
+    # The square regenerated around a face: the box's longer side plus this share of it on each side.
+    scene_margin: float = Field(0.35, ge=0.0, le=2.0)
+    # Width of the feathered blend at the square's edge, as a share of the square's side: the
+    # new crop fades into the original over it, so the square's border pixels stay the input's.
+    scene_feather: float = Field(0.15, gt=0.0, le=0.5)
+    guard: GuardName = GuardName.OFF
+    # A new face whose embedding is closer than this to the original's (cosine distance, issue 13's
+    # embedders) still re-identifies the person. Unset: the embedder's own (workers/guard.py
+    # DEFAULT_THRESHOLD: dlib 0.10, measured on ../shared/faces; facenet 0.605, not measured).
+    guard_threshold: float | None = Field(None, gt=0.0, le=2.0)
+    # Generations per face (the first and its retries with the next seeds) before the mask fallback.
+    guard_tries: int = Field(3, ge=1, le=20)
+
     # -- issue 13: the method and the classical methods' strength ----------------------------
     method: Method = Method.SD
     # Gaussian blur: sigma as a fraction of the face box width. deface's default blur is a box
@@ -182,6 +222,13 @@ class Settings(BaseSettings):
         logging.getLogger(__name__).warning("VEIL_SCHEDULER is deprecated: use VEIL_SAMPLER=%s", self.scheduler.value)
         object.__setattr__(self, "sampler", self.scheduler)  # frozen: moved once, here
         object.__setattr__(self, "scheduler", None)
+        return self
+
+    @model_validator(mode="after")
+    def _guard_needs_faces_in_place(self) -> Settings:
+        """Issue 14: the guard checks a face where it was; a portrait has no such place."""
+        if self.guard is not GuardName.OFF and self.mode is Mode.PORTRAIT and self.method is Method.SD:
+            raise ValueError("VEIL_GUARD needs VEIL_MODE=scene (or a classical VEIL_METHOD): a portrait is not checked")
         return self
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
-"""CPU-tier stage: image bytes -> the prompt message of its biggest face, or, for a classical
-method (blur, pixelate, mask), the finished image in storage and its record.
+"""CPU-tier stage: image bytes -> the prompt message of its biggest face (portrait mode), or of
+every face, biggest first (scene mode, issue 14); or, for a classical method (blur, pixelate,
+mask), the finished image in storage and its record.
 
 ``veil run`` and the Celery CPU task both call ``CpuModels.load`` once per process and
 ``analyze`` (method ``sd``) or ``anonymize_classical`` per image.
@@ -17,10 +18,11 @@ import torch
 from models.weights import Component, missing_files
 from shared.errors import NoFaceError
 from shared.imageio import content_type, decode_scaled, encode_image
-from shared.messages import FaceAnalysis, ImageTask, PromptTask, ResultRecord
+from shared.messages import FaceAnalysis, FacePrompt, ImageTask, PromptTask, ResultRecord
 from shared.prompts import build_prompts
 from shared.results import classical_record
-from shared.settings import Settings
+from shared.scene import face_seed
+from shared.settings import Mode, Settings
 from shared.storage import Storage, check_output_uri
 from workers.cpu.attributes import AttributeModels
 from workers.cpu.classical import face_anonymizer
@@ -91,27 +93,66 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     timings.update(decode=t1 - t0, detect=t2 - t1)
     if index is None:
         raise NoFaceError(f"no face found by {cpu.detector.name}")
+    if task.mode is Mode.SCENE:
+        # 3-4 (scene mode). Every face's attributes and prompts
+        faces = scene_faces(rgb, scale, detections, task.seed, cpu)
+        timings["attributes"] = time.perf_counter() - t2
+        return _prompt_task(task, faces[0].analysis, faces[0].prompt, faces[0].negative_prompt, cpu, faces)
     box, landmarks = detections.boxes[index], detections.landmarks[index]
     # 3. Read the face's attributes
-    cpu.need_attributes()
-    analysis = read_attributes(rgb, box, landmarks, cpu)
-    if scale != 1.0:
-        box_in_input = [round(float(v) * scale, 2) for v in box[:4]] + analysis.face_box[4:]
-        analysis = analysis.model_copy(update={"face_box": box_in_input})
+    analysis = _in_input_pixels(read_attributes(rgb, box, landmarks, cpu), box, scale)
     timings["attributes"] = time.perf_counter() - t2
     # 4. Write the prompts (Algorithm 1)
     prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)
+    return _prompt_task(task, analysis, prompts.positive, prompts.negative, cpu)
+
+
+def _prompt_task(
+    task: ImageTask,
+    analysis: FaceAnalysis,
+    prompt: str,
+    negative_prompt: str,
+    cpu: CpuModels,
+    faces: list[FacePrompt] | None = None,
+) -> PromptTask:
     return PromptTask(
         job_id=task.job_id,
         input_uri=task.input_uri,
         output_uri=task.output_uri,
         seed=task.seed,
-        prompt=prompts.positive,
-        negative_prompt=prompts.negative,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
         analysis=analysis,
         model_sha256=cpu.model_sha256,
         overwrite=task.overwrite,
+        mode=task.mode,
+        guard=task.guard,
+        faces=faces or [],
     )
+
+
+def _in_input_pixels(analysis: FaceAnalysis, box: np.ndarray, scale: float) -> FaceAnalysis:
+    """The analysis with its box mapped from decoded to input pixels."""
+    if scale == 1.0:
+        return analysis
+    box_in_input = [round(float(v) * scale, 2) for v in box[:4]] + analysis.face_box[4:]
+    return analysis.model_copy(update={"face_box": box_in_input})
+
+
+def scene_faces(rgb: np.ndarray, scale: float, detections, image_seed: int, cpu: CpuModels) -> list[FacePrompt]:
+    """Scene mode: every detected face (the detector already dropped those below the minimum
+    size), biggest first, each with its own attributes, Algorithm 1's prompts and seed."""
+    b = detections.boxes
+    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    faces = []
+    for index, i in enumerate(np.argsort(-areas, kind="stable")):
+        analysis = _in_input_pixels(read_attributes(rgb, b[i], detections.landmarks[i], cpu), b[i], scale)
+        prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)
+        seed = face_seed(image_seed, index)
+        faces.append(
+            FacePrompt(analysis=analysis, prompt=prompts.positive, negative_prompt=prompts.negative, seed=seed)
+        )
+    return faces
 
 
 def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu: CpuModels) -> FaceAnalysis:

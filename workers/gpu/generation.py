@@ -82,16 +82,31 @@ class PortraitGenerator:
         return unet_forward, vae_decode
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[str], negative_prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
-        """Returns one (H, W, 3) uint8 RGB array per prompt."""
+    def __call__(
+        self,
+        prompts: list[str],
+        negative_prompts: list[str],
+        seeds: list[int],
+        init_images: list[np.ndarray] | None = None,
+        strength: float = 1.0,
+    ) -> list[np.ndarray]:
+        """Returns one (H, W, 3) uint8 RGB array per prompt. With ``init_images`` (scene mode's
+        face crops, ``image_size`` square) it is img2img: each image starts from its crop's
+        latents noised to the sampler's sigma at ``strength`` of the schedule, and only the rest
+        of the same schedule runs (about ``strength`` x the UNet evaluations)."""
         # 1. Check inputs
         self._check_inputs(prompts, negative_prompts, seeds)
         # 2. Encode prompts: [negatives; positives] for classifier-free guidance
         embeddings = self._encode_prompts(negative_prompts + prompts)
-        # 3. Prepare timesteps and per-image initial latents
+        # 3. Prepare timesteps and per-image initial latents (img2img: the crops' latents, noised
+        #    to the first timestep kept)
         timesteps = self._prepare_timesteps(seeds)
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        latents = self._initial_latents(generators)
+        if init_images is None:
+            latents = self._initial_latents(generators)
+        else:
+            timesteps = self._img2img_timesteps(timesteps, strength)
+            latents = self._noised_latents(init_images, generators, timesteps[:1])
         # 4. Denoise
         latents = self._denoise(latents, embeddings, timesteps, generators)
         # 5. Decode to pixels
@@ -160,6 +175,31 @@ class PortraitGenerator:
         latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         latents = latents.to(self.device) * self.sampler.scheduler.init_noise_sigma
         return latents
+
+    def _img2img_timesteps(self, timesteps: torch.Tensor, strength: float) -> torch.Tensor:
+        """The tail of the schedule that img2img runs, as diffusers' img2img pipelines cut it:
+        ``int(steps x strength)`` steps (at least one), starting ``steps - that`` steps in; the
+        sampler is told where it begins (a second-order sampler has ``order`` timesteps a step)."""
+        scheduler, steps = self.sampler.scheduler, self.config.steps
+        kept = min(max(int(steps * strength), 1), steps)
+        begin = (steps - kept) * scheduler.order
+        scheduler.set_begin_index(begin)
+        return timesteps[begin:]
+
+    def _noised_latents(
+        self, init_images: list[np.ndarray], generators: list[torch.Generator], first: torch.Tensor
+    ) -> torch.Tensor:
+        """VAE latents of the crops (the distribution's mean: no randomness there), plus each
+        image's own noise at the first kept timestep's sigma."""
+        size = self.config.image_size
+        if any(img.shape != (size, size, 3) for img in init_images):
+            raise ValueError(f"init_images: each must be ({size}, {size}, 3) uint8")
+        pixels = torch.from_numpy(np.stack(init_images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        encoded = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.mode().float()
+        latents = encoded * self._vae_scaling
+        noise = randn_tensor(latents.shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
+        first_t = first.repeat(latents.shape[0])
+        return self.sampler.scheduler.add_noise(latents, noise.to(self.device), first_t)
 
     def _denoise(
         self,

@@ -22,12 +22,34 @@ from shared.errors import DeviceOutOfMemoryError, TransientError, call_with_retr
 from shared.imageio import content_type, encode_image
 from shared.messages import PromptTask, ResultRecord
 from shared.results import done_record, error_record
-from shared.settings import Settings
+from shared.settings import GuardName, Mode, Settings
 from shared.storage import Storage, check_output_uri
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
+from workers.guard import Guard, load_guard
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Scene mode's settings (issue 14), read once at start-up."""
+
+    strength: float = 0.6
+    margin: float = 0.35
+    feather: float = 0.15
+    max_pixels: int = 120_000_000
+    max_input_bytes: int = 64 * 2**20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SceneConfig:
+        return cls(
+            settings.scene_strength,
+            settings.scene_margin,
+            settings.scene_feather,
+            settings.max_image_pixels,
+            settings.max_input_bytes,
+        )
 
 
 @dataclass
@@ -36,6 +58,22 @@ class GpuModels:
     model_sha256: dict[str, str] = field(default_factory=dict)
     #: the largest batch known to fit; lowered when the device runs out of memory
     max_batch: int | None = None
+    # issue 14: scene mode and the re-identification guard
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    settings: Settings | None = None
+    device: torch.device | None = None
+    guards: dict[GuardName, Guard | None] = field(default_factory=dict)
+
+    def guard_for(self, name: GuardName) -> Guard | None:
+        """The guard a message asks for, its embedder loaded on first use and kept."""
+        if name not in self.guards:
+            if name is GuardName.OFF:
+                self.guards[name] = None
+            elif self.settings is None:
+                raise ValueError("a guard needs the GPU models loaded from settings")
+            else:
+                self.guards[name] = load_guard(self.settings, name, self.device)
+        return self.guards[name]
 
     @classmethod
     def load(cls, settings: Settings, device: torch.device) -> GpuModels:
@@ -53,7 +91,13 @@ class GpuModels:
         generator = PortraitGenerator(
             parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler_config, config, device, dtype
         )
-        gpu = cls(generator, dict(parts.model_sha256))
+        gpu = cls(
+            generator,
+            dict(parts.model_sha256),
+            scene=SceneConfig.from_settings(settings),
+            settings=settings,
+            device=device,
+        )
         if device.type == "cuda":
             gpu.max_batch = largest_batch_that_fits(gpu, settings.batch_size)
         return gpu
@@ -129,6 +173,8 @@ def finish_batch(
     Celery task. ``retry_stores``: retry a transient upload failure here, per ``RETRY_POLICY``,
     rather than hand it back."""
     timings = timings if timings is not None else [{} for _ in tasks]
+    if any(t.mode is Mode.SCENE for t in tasks):
+        return _finish_by_mode(tasks, gpu, storage, timings, retry_stores=retry_stores)
     # 1. Merge the GPU models' digests into each key's
     tasks = [t.model_copy(update={"model_sha256": {**t.model_sha256, **gpu.model_sha256}}) for t in tasks]
     # 2. One diffusion call for the whole batch (split only on out-of-memory)
@@ -167,6 +213,24 @@ def finish_batch(
         else:
             finished.append(Finished(task, error_record(task, error, timings_s=tm)))
     return finished
+
+
+def _finish_by_mode(
+    tasks: list[PromptTask], gpu: GpuModels, storage: Storage, timings: list[dict[str, float]], *, retry_stores: bool
+) -> list[Finished]:
+    """A batch holding scene-mode keys (issue 14): portraits as ever, scenes by
+    ``workers.gpu.scene.finish_scenes``; results in the batch's order."""
+    from workers.gpu.scene import finish_scenes  # it imports this module
+
+    tasks = [t.model_copy(update={"model_sha256": {**t.model_sha256, **gpu.model_sha256}}) for t in tasks]
+    out: list[Finished | None] = [None] * len(tasks)
+    for mode, run in ((Mode.PORTRAIT, finish_batch), (Mode.SCENE, finish_scenes)):
+        idx = [i for i, t in enumerate(tasks) if t.mode is mode]
+        if idx:
+            done = run([tasks[i] for i in idx], gpu, storage, [timings[i] for i in idx], retry_stores=retry_stores)
+            for i, fin in zip(idx, done, strict=True):
+                out[i] = fin
+    return [fin for fin in out if fin is not None]
 
 
 def store_images(
