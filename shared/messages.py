@@ -115,17 +115,18 @@ class GuardResult(_Message):
 
 
 class FaceRecord(_Message):
-    """Scene mode: one face of a manifest row / sidecar."""
+    """One face of a manifest row / sidecar: every face replaced in scene mode; with a classical
+    method and a guard, each face the method changed (box and guard only: it reads no attributes)."""
 
     box: list[float]  # x1, y1, x2, y2, score (input pixels)
-    region: list[int]  # x, y, side: the square regenerated and blended back (input pixels)
-    celeba_scores: dict[str, float]
-    age: int
-    ethnicity: str
-    deepface_gender: str
-    prompt: str
-    negative_prompt: str
-    seed: int  # the seed of the kept generation
+    region: list[int] | None = None  # x, y, side: the square regenerated and blended back (input pixels)
+    celeba_scores: dict[str, float] | None = None
+    age: int | None = None
+    ethnicity: str | None = None
+    deepface_gender: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None  # the seed of the kept generation
     guard: GuardResult | None = None
 
 

@@ -82,7 +82,11 @@ def error_record(
 
 
 def classical_record(
-    task: ImageTask, face_box: list[float], model_sha256: dict[str, str], timings_s: dict[str, float] | None = None
+    task: ImageTask,
+    face_box: list[float],
+    model_sha256: dict[str, str],
+    timings_s: dict[str, float] | None = None,
+    faces: list[FaceRecord] | None = None,
 ) -> ResultRecord:
     """The ``done`` row of a key a classical method (blur, pixelate, mask) finished on the CPU
     tier: its face box and method; no attributes or prompts (the method reads none)."""
@@ -96,6 +100,8 @@ def classical_record(
         job_id=task.job_id,
         timings_s={k: round(v, 4) for k, v in (timings_s or {}).items()},
         method=task.method,
+        mode=task.mode,
+        faces=faces,
     )
 
 

@@ -33,6 +33,7 @@ class Guard:
     #: face embedding at ``box`` (x1, y1, x2, y2, ...), or None when the embedder finds no face there
     embed: Callable[[np.ndarray, Box], np.ndarray | None]
     distance: Callable[[np.ndarray, np.ndarray], float]
+    sha256: str = ""  # the embedder's weights, for the rows' model_sha256
 
     def start(self, original: np.ndarray, box: Box) -> FaceCheck:
         """The bookkeeping of one face, with its original's embedding (computed once)."""
@@ -107,6 +108,7 @@ def load_guard(settings: Settings, guard: GuardName, device: Any) -> Guard | Non
         tries=settings.guard_tries,
         embed=embedder.embed,
         distance=embedder.distance,
+        sha256=embedder.sha256,
     )
 
 

@@ -4,6 +4,7 @@ the guard, every face is reported with its distance and masked."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import numpy as np
@@ -36,6 +37,38 @@ def test_weak_blur_is_caught_reported_and_masked(faces_dir):
                 caught += 1
                 assert not r.passed and r.distances[0] < guard.threshold
                 x1, y1, x2, y2 = (int(v) for v in box[:4])
-                assert out[max(y1, 0) + 1:y2 - 1, max(x1, 0) + 1:x2 - 1].max() == 0  # masked, as the row says
+                assert out[max(y1, 0) + 1 : y2 - 1, max(x1, 0) + 1 : x2 - 1].max() == 0  # masked, as the row says
         assert not np.array_equal(out, rgb)
     assert caught >= len(PHOTOS)  # every photo's person at least: weak blur still re-identifies
+
+
+def test_veil_run_with_a_weak_blur_and_the_guard_reports_and_masks(faces_dir, tmp_path):
+    """The same through `veil run --method blur --guard dlib` (the function the CLI and the CPU
+    task call): each row lists its faces with the guard's distance, and a face the weak blur left
+    re-identifiable is masked in the written image, as its row says."""
+    from orchestrator.embedded import run
+    from shared.storage import open_storage
+
+    listing = tmp_path / "in.txt"
+    listing.write_text("".join(f"{faces_dir / p}\n" for p in PHOTOS))
+    settings = Settings.from_env(
+        {}, method="blur", blur_sigma=0.02, guard="dlib", mode="scene", models_dir=tmp_path / "none", device="cpu"
+    )
+    summary = run(str(listing), str(tmp_path / "out"), settings, open_storage(settings), progress=False)
+    assert summary.ok, summary.text()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == len(PHOTOS) and all(r["status"] == "done" for r in rows)
+    masked = 0
+    for row in rows:
+        assert row["method"] == "blur" and row["faces"], row
+        out = decode_image(open(row["output"], "rb").read(), max_pixels=120_000_000)
+        for face in row["faces"]:
+            g = face["guard"]
+            assert g["embedder"] == "dlib" and g["tries"] == 1 and len(g["distances"]) == 1
+            if g["fallback"] == "mask":
+                masked += 1
+                assert not g["passed"] and g["distances"][0] < g["threshold"]
+                x1, y1, x2, y2 = (int(v) for v in face["box"][:4])
+                assert out[max(y1, 0) + 2 : y2 - 2, max(x1, 0) + 2 : x2 - 2].max() <= 8  # masked (JPEG noise)
+        assert any(k.startswith("guard-dlib") for k in row["model_sha256"])
+    assert masked >= len(PHOTOS)  # every photo's person at least

@@ -18,15 +18,16 @@ import torch
 from models.weights import Component, missing_files
 from shared.errors import NoFaceError
 from shared.imageio import content_type, decode_scaled, encode_image
-from shared.messages import FaceAnalysis, FacePrompt, ImageTask, PromptTask, ResultRecord
+from shared.messages import FaceAnalysis, FacePrompt, FaceRecord, ImageTask, PromptTask, ResultRecord
 from shared.prompts import build_prompts
 from shared.results import classical_record
 from shared.scene import face_seed
-from shared.settings import Mode, Settings
+from shared.settings import GuardName, Method, Mode, Settings
 from shared.storage import Storage, check_output_uri
 from workers.cpu.attributes import AttributeModels
 from workers.cpu.classical import face_anonymizer
 from workers.cpu.detection import Detector, biggest_face, build_detector, detect_downscaled
+from workers.guard import Guard, guard_classical, load_guard
 
 
 @dataclass
@@ -37,6 +38,7 @@ class CpuModels:
     model_sha256: dict[str, str] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     onnx_threads: int | None = None  # None: onnxruntime's default (every core)
+    guards: dict[GuardName, Guard | None] = field(default_factory=dict)  # loaded on first use
 
     @classmethod
     def load(cls, settings: Settings, device: torch.device, *, attributes: bool = True) -> CpuModels:
@@ -66,6 +68,16 @@ class CpuModels:
             self.attributes = AttributeModels.load(Path(self.settings.models_dir), self.device, self.onnx_threads)
             self.model_sha256 = {**self.model_sha256, **self.attributes.sha256}
         return self.attributes
+
+    def guard_for(self, name: GuardName) -> Guard | None:
+        """The guard a task asks for (classical methods: issue 14), its embedder loaded once."""
+        if name not in self.guards:
+            self.guards[name] = load_guard(self.settings, name, self.device)
+        return self.guards[name]
+
+    def guard_sha256(self, name: GuardName) -> dict[str, str]:
+        guard = self.guards.get(name)
+        return {f"guard-{guard.name.value}": guard.sha256} if guard is not None and guard.sha256 else {}
 
     @property
     def detector_sha256(self) -> dict[str, str]:
@@ -191,12 +203,44 @@ def anonymize_classical(
     timings.update(decode=t1 - t0, detect=t2 - t1)
     if index is None:
         raise NoFaceError(f"no face found by {cpu.detector.name}")
-    box = detections.boxes[index]
-    # 3. Change the face box only
-    pixels = face_anonymizer(task.method, cpu.settings)(rgb, box)
+    # 3. Change the face boxes only (the biggest; every face in scene mode), each through the
+    #    re-identification guard when the task asks for one (a face that still matches is masked)
+    boxes = _classical_boxes(detections, index, task.mode)
+    pixels, faces = _classical_faces(rgb, boxes, task, cpu)
     t3 = time.perf_counter()
     # 4. Write the image; the caller writes its record (the sidecar is the commit marker, after it)
     storage.write(task.output_uri, encode_image(pixels, task.output_uri), content_type(task.output_uri))
     timings.update(anonymize=t3 - t2, store=time.perf_counter() - t3)
-    face_box = [round(float(v), 2) for v in box[:5]]
-    return classical_record(task, face_box, cpu.detector_sha256, timings)
+    face_box = [round(float(v), 2) for v in detections.boxes[index][:5]]
+    model_sha256 = {**cpu.detector_sha256, **(cpu.guard_sha256(task.guard))}
+    return classical_record(task, face_box, model_sha256, timings, faces)
+
+
+def _classical_boxes(detections, index: int, mode: Mode) -> list[list[float]]:
+    """The biggest face's box; in scene mode every face's, biggest first."""
+    b = detections.boxes
+    if mode is Mode.SCENE:
+        areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+        order = list(np.argsort(-areas, kind="stable"))
+    else:
+        order = [index]
+    return [[float(v) for v in b[i][:5]] for i in order]
+
+
+def _classical_faces(
+    rgb: np.ndarray, boxes: list[list[float]], task: ImageTask, cpu: CpuModels
+) -> tuple[np.ndarray, list[FaceRecord] | None]:
+    """The method applied to each box; with a guard, each face checked on the result and masked
+    when it still re-identifies (``workers.guard.guard_classical``), and its result recorded."""
+    anonymize = face_anonymizer(task.method, cpu.settings)
+    guard = cpu.guard_for(task.guard)
+    if guard is None:
+        pixels = rgb
+        for box in boxes:
+            pixels = anonymize(pixels, box)
+        return pixels, None
+    pixels, results = guard_classical(rgb, boxes, anonymize, guard, face_anonymizer(Method.MASK, cpu.settings))
+    faces = [
+        FaceRecord(box=[round(v, 2) for v in box], guard=result) for box, result in zip(boxes, results, strict=True)
+    ]
+    return pixels, faces
