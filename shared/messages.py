@@ -93,3 +93,20 @@ class ResultRecord(_Message):
     model_sha256: dict[str, str] = _renamed("model_sha256", "models", default_factory=dict)
     job_id: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
+
+
+# -- bulk jobs (issue 10) -------------------------------------------------------------------
+class JobSpec(_Message):
+    """A job's options, stored ONCE per job in Redis (``shared/jobs.py``) and in its
+    ``_veil/JOB/summary.json``: the feeder builds each key's ImageTask from it and the key's
+    relative path, so nothing job-wide is repeated per key. Per-job options that other
+    features add (method, mode, guard) belong here, with defaults, so older specs still read."""
+
+    job_id: str
+    name: str
+    input: str  # the root every relative key is under: s3://b/in/, a folder, a list file's common folder
+    source: str  # what the user named: the prefix, folder, glob or list file
+    output: str  # output root: each key's image and sidecar mirror its relative key here
+    seed: int = Field(0, ge=0)  # base seed; each key's seed derives from it and the key
+    overwrite: bool = False
+    created: float = 0.0

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from shared.errors import RETRY_POLICY, BrokerError, PermanentError, TransientError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
-from shared.results import error_record, publish
+from shared.results import count, error_record, publish
 from workers.celery_app import app
 from workers.runtime import Runtime
 
@@ -82,7 +82,7 @@ def settle(
     except PermanentError as exc:  # the output URI itself is unusable: nothing can be written
         log.error("%s: outcome cannot be recorded (%s); counted failed", task.input_uri, exc)
         try:
-            rt.jobs.record(task.job_id, task.input_uri, Status.FAILED.value)
+            count(rt.jobs, rt.storage, task.job_id, task.input_uri, Status.FAILED.value, f"{exc.reason}: {exc}")
         except TransientError:
             pass
         return Status.FAILED.value

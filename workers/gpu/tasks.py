@@ -56,7 +56,8 @@ def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> list:
             log.exception("could not settle a GPU message")
             unsettled.append(message)
 
-    # 1. Parse each message alone; drop keys already finished (redelivery after a crash)
+    # 1. Parse each message alone; drop keys already finished (redelivery after a crash) and
+    #    keys of a cancelled job (a batch already generating finishes: it is not interrupted)
     tasks: list[tuple[dict, PromptTask]] = []
     for message in messages:
         try:
@@ -69,7 +70,7 @@ def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> list:
                 unsettled.append(message)
             continue
         try:
-            if not already_done(task, rt.storage, rt.jobs):
+            if not rt.jobs.is_cancelled(task.job_id) and not already_done(task, rt.storage, rt.jobs):
                 tasks.append((message, task))
         except TransientError as exc:
             end(message, task=task, transient=exc)
