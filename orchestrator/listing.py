@@ -52,13 +52,14 @@ class ListFile(Listing):
     def pages(self, cursor: str) -> Iterator[Page]:
         start = int(cursor or 0)
         strip = len(split_uri(self.root)[1].rstrip("/")) + 1
+        space = split_uri(self.root)[0]
         with open(self.path, "rb") as f:
             f.seek(start)
             items: list[InputItem] = []
             for raw in iter(f.readline, b""):
                 uri = _entry(raw, self.path)
-                if uri is not None:
-                    items.append(InputItem(uri, split_uri(uri)[1][strip:]))
+                if uri is not None:  # (the first pass checked that every entry is in ``space``)
+                    items.append(InputItem(uri, uri[len(space) + strip :] if space else os.path.abspath(uri)[strip:]))
                 if len(items) >= self.page_size:
                     yield items, str(f.tell())
                     items = []
@@ -81,6 +82,8 @@ def _entry(raw: bytes, list_file: str) -> str | None:
     line = raw.decode().strip()
     if not line or line.startswith("#"):
         return None
+    if line.startswith("s3://"):
+        return line
     if is_local(line) and not os.path.isabs(line):
         return os.path.join(os.path.dirname(os.path.abspath(list_file)), line)
     return line

@@ -18,16 +18,16 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from orchestrator.inputs import InputItem, plan_outputs
+from orchestrator.inputs import InputItem, OutputPlan, plan_outputs
 from orchestrator.listing import open_listing
-from shared.errors import InputError
+from shared.errors import InputError, UnsafeKeyError
 from shared.imageio import output_name
 from shared.jobs import JobStore, job_key
 from shared.jobsummary import is_sidecar, write_job_files
 from shared.messages import ImageTask, JobSpec
 from shared.results import seed_for
 from shared.settings import Settings
-from shared.storage import Storage, is_local, relative_key, safe_join
+from shared.storage import Storage, check_key, is_local, relative_key, safe_join
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,26 @@ def done_outputs(out: str, storage: Storage) -> set[int]:
             if is_sidecar(out, uri):
                 done.add(_digest(relative_key(out, uri)[: -len(".json")]))
     return done
+
+
+def _plan_object_page(items: list[InputItem], out: str, source: str) -> OutputPlan:
+    """``plan_outputs`` for an object-store OUTPUT, the same checks at a fraction of the cost
+    (no per-key URI parsing): each output is ``out`` + a checked relative name."""
+    base = out if out.endswith("/") else out + "/"
+    outputs: list[tuple[InputItem, str]] = []
+    unsafe: list[tuple[InputItem, UnsafeKeyError]] = []
+    for item in items:
+        try:
+            outputs.append((item, base + check_key(output_name(item.key))))
+        except UnsafeKeyError as exc:
+            unsafe.append((item, exc))
+    inputs = {i.uri for i in items}
+    writers: dict[str, int] = {}
+    for _, o in outputs:
+        writers[o] = writers.get(o, 0) + 1
+    if any(o in inputs for _, o in outputs) or any(n > 1 for n in writers.values()):
+        return plan_outputs(items, out, source)  # raises, naming the keys
+    return OutputPlan(outputs, unsafe)
 
 
 def submit(
@@ -116,11 +136,13 @@ def submit(
                 continue
             seen.add(ident)
             kept.append(item)
-        plan = plan_outputs(kept, out, source)
+        plan = plan_outputs(kept, out, source) if is_local(out) else _plan_object_page(kept, out, source)
         for item, exc in plan.unsafe:
             jobs.record(spec.job_id, item.uri, "failed", f"{exc.reason}: {exc}")
             unsafe.append(item.uri)
-        keys = [i.key for i, o in plan.outputs if _digest(output_name(i.key)) not in done]
+        keys = [i.key for i, _ in plan.outputs]
+        if done:
+            keys = [k for k in keys if _digest(output_name(k)) not in done]
         page_skipped = len(plan.outputs) - len(keys)
         jobs.add_page(spec.job_id, keys, after, skipped=page_skipped, failed=len(plan.unsafe))
         count += len(plan.outputs)
