@@ -212,7 +212,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if not result.found:
         print(f"veil: no job {args.job!r} (veil jobs lists them)", file=sys.stderr)
         return 2
-    if result.summary is None:
+    if not result.cancelled:
         print(f"job {args.job} had already ended: nothing cancelled", file=sys.stderr)
         return 1
     print(

@@ -26,6 +26,7 @@ from shared.storage import Storage
 @dataclass(frozen=True)
 class Cancelled:
     found: bool
+    cancelled: bool = False  # False: the job had ended already
     removed_from_queues: int = 0
     summary: str | None = None
 
@@ -39,7 +40,7 @@ def cancel_job(job_id: str, settings: Settings, jobs: JobStore, storage: Storage
         return Cancelled(found=jobs.get(job_id) is not None)
     broker = redis.Redis.from_url(settings.broker_url)
     removed = sum(drop_job_messages(broker, q, job_id) for q in (settings.cpu_queue, settings.gpu_queue))
-    return Cancelled(True, removed, write_job_files(job_id, jobs, storage))
+    return Cancelled(True, True, removed, write_job_files(job_id, jobs, storage))
 
 
 def _relative(root: str, uri: str) -> str:

@@ -50,10 +50,11 @@ def summary_of(job: JobInfo, failed: dict[str, str]) -> dict:
 
 
 def write_job_files(job_id: str, jobs: JobStore, storage: Storage) -> str | None:
-    """Writes the summary and the folded manifest; returns the summary's URI (None: no record).
+    """Writes the summary and the folded manifest; returns the summary's URI (None: no record,
+    or a record with no spec).
     The manifest streams: one sidecar read at a time, rows joined once at the end."""
     job = jobs.get(job_id)
-    if job is None:
+    if job is None or job.spec is None:  # no record, or counters only (not made by veil submit)
         return None
     rows: list[bytes] = []
     for page in storage.list_pages(job.output):
