@@ -35,10 +35,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import boto3  # noqa: E402
 import redis  # noqa: E402
 
-from shared.jobs import JobStore, job_key  # noqa: E402
+from shared.jobs import (  # noqa: E402
+    JobStore,
+    job_key,
+    queue_depth,  # noqa: E402
+)
 from shared.settings import Settings  # noqa: E402
 from tests.services import free_port, moto_s3, wait_for, worker_env  # noqa: E402
-from workers.feeder import queue_depth  # noqa: E402
 
 
 def _redis_server(folder: Path) -> tuple[subprocess.Popen, str]:
@@ -154,6 +157,19 @@ def _s3_submit(env: dict, endpoint: str, settings: Settings, n: int) -> dict:
             "keys_per_s_listing": n / listing_s, "total": job.total}  # fmt: skip
 
 
+def _finished_set(r: redis.Redis, n: int) -> dict:
+    """Redis bytes per finished key: each one's 8-byte digest in the job's set (``JobStore.record``)."""
+    key = job_key("finished-set-measure", "keys")
+    before = int(r.info("memory")["used_memory"])
+    for start in range(0, n, 10_000):
+        r.sadd(
+            key, *[digest(f"s3://bench/in/{i // 1000:04d}/{i:07d}.jpg") for i in range(start, min(n, start + 10_000))]
+        )
+    after = int(r.info("memory")["used_memory"])
+    r.delete(key)
+    return {"keys": n, "bytes": after - before, "bytes_per_key": (after - before) / n}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=1_000_000)
@@ -194,7 +210,9 @@ def main() -> int:
             assert report["cancel"]["queued_after"]["big"] == 0
             assert report["cancel"]["queued_after"]["other"] == report["cancel"]["queued_before"]["other"]
             report["used_memory_after_cancel"] = int(r.info("memory")["used_memory"])
-            # 4. An S3 listing
+            # 4. The other per-key structure: the finished-keys set, as if all the keys had ended
+            report["finished_set"] = _finished_set(r, args.keys)
+            # 5. An S3 listing
             if args.s3_keys:
                 report["s3"] = _s3_submit(env, endpoint, settings, args.s3_keys)
     finally:

@@ -181,7 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
     from orchestrator.status import show_status
-    from workers.feeder import queue_depth
+    from shared.jobs import queue_depth
 
     settings = _settings()
     broker = redis.Redis.from_url(settings.broker_url)

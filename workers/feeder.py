@@ -26,7 +26,7 @@ import uuid
 import redis
 
 from shared.imageio import output_name
-from shared.jobs import JobStore
+from shared.jobs import JobStore, queue_depth
 from shared.messages import ImageTask, JobSpec
 from shared.results import seed_for
 from shared.settings import Settings
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 LOCK = "veil:feed:lock"
 TURN = "veil:feed:turn"
-UNACKED = "unacked"  # kombu's Redis transport: the hash of delivered, unacknowledged messages
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
@@ -52,15 +51,6 @@ def task_for(spec: JobSpec, key: str, *, overwrite: bool = False) -> ImageTask:
         seed=seed_for(spec.seed, key),
         overwrite=overwrite or spec.overwrite,
     )
-
-
-def queue_depth(r: redis.Redis, settings: Settings) -> dict[str, int]:
-    pipe = r.pipeline(transaction=False)
-    pipe.llen(settings.cpu_queue)
-    pipe.llen(settings.gpu_queue)
-    pipe.hlen(UNACKED)
-    cpu, gpu, unacked = pipe.execute()
-    return {"cpu": int(cpu), "gpu": int(gpu), "unacked": int(unacked)}
 
 
 class Feeder:

@@ -19,7 +19,7 @@ from orchestrator.submit import submit
 from shared.jobs import JobStore, job_key
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.services import ROOT, redis_url, wait_for, worker_env
+from tests.services import ROOT, moto_s3, redis_url, wait_for, worker_env
 from workers.celery_app import configure
 from workers.feeder import Feeder
 
@@ -150,3 +150,19 @@ def test_submit_killed_mid_listing_resumes_without_duplicates(tmp_path):
         and "nothing to add" in third.stderr
         and r.llen(job_key(job_id, "pending")) == len(pending)
     )
+
+
+def test_s3_prefix_is_a_folder_and_done_keys_are_skipped_from_one_listing():
+    with moto_s3() as endpoint:
+        settings = _settings(5, s3_endpoint_url=endpoint, s3_access_key_id="k", s3_secret_access_key="s")
+        storage = open_storage(settings)
+        client = storage.backend("s3://bkt/")._client
+        client.create_bucket(Bucket="bkt")
+        for key in ("in/a.jpg", "in/sub/b.jpg", "in/notes.txt", "inx/c.jpg", "out/a.jpg.json"):
+            client.put_object(Bucket="bkt", Key=key, Body=b"{}")
+        jobs = JobStore.from_url(settings.jobs_url)
+        result = submit("s3://bkt/in", "s3://bkt/out/", settings, storage, jobs, name="p", feed=False)
+        job = jobs.get(result.job_id)
+        assert (result.count, result.skipped, job.total, job.skipped) == (2, 1, 2, 1)  # not inx/, not notes.txt
+        assert jobs.redis.lrange(job_key(result.job_id, "pending"), 0, -1) == ["sub/b.jpg"]
+        assert job.spec.input == "s3://bkt/in/"
