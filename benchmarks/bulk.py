@@ -153,7 +153,8 @@ def _s3_submit(env: dict, endpoint: str, settings: Settings, n: int) -> dict:
     job = JobStore.from_url(settings.jobs_url).get(proc.stdout.strip().splitlines()[-1])
     assert job is not None and job.total == n, job
     listing_s = ended - job.created
-    return {"keys": n, "put_s": put_s, "raw_list_s": raw_list_s, "raw_listed": raw, "submit_s": submit_s, "keys_per_s": n / submit_s, "listing_s": listing_s,
+    return {"keys": n, "put_s": put_s, "raw_list_s": raw_list_s, "raw_listed": raw,
+            "submit_s": submit_s, "keys_per_s": n / submit_s, "listing_s": listing_s,
             "keys_per_s_listing": n / listing_s, "total": job.total}  # fmt: skip
 
 
