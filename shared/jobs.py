@@ -236,9 +236,8 @@ class JobStore:
 
     # -- counting ------------------------------------------------------------------------
     def record(self, job_id: str, input_uri: str, status: str, reason: str | None = None) -> bool:
-        """Counts a finished key once; returns False when it was already counted. Redis
-        unreachable: ``BrokerError`` (transient). ``just_finished`` says whether this key ended
-        the job."""
+        """Counts a finished key once; returns False when it was already counted (or the job's
+        record is gone). Redis unreachable: ``BrokerError`` (transient)."""
         return self.record_ending(job_id, input_uri, status, reason) > 0
 
     def record_ending(self, job_id: str, input_uri: str, status: str, reason: str | None = None) -> int:
