@@ -3,8 +3,9 @@
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
              [--mode portrait|scene] [--guard off|dlib|facenet]
     veil models check | fetch | tiny DIR
-    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--mode M] [--guard G]
-    veil status JOB [--watch] | veil jobs
+    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
+    veil status JOB [--watch] [--failed] | veil jobs | veil cancel JOB | veil retry JOB [--reason R] [--out O]
+    veil feed
     veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
     veil flower
     veil health [--max-age S] [--file PATH]
@@ -161,9 +162,14 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(settings: Settings):  # noqa: ANN202 - shared.jobs.JobStore, imported late
+    from shared.jobs import JobStore
+
+    return JobStore.from_url(settings.jobs_url, settings.job_ttl_s)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from orchestrator.submit import submit
-    from shared.jobs import JobStore
     from shared.storage import open_storage
     from workers.celery_app import configure
 
@@ -174,36 +180,93 @@ def cmd_submit(args: argparse.Namespace) -> int:
         args.out,
         settings,
         open_storage(settings),
-        JobStore.from_url(settings.jobs_url),
+        _jobs(settings),
         name=args.name,
         overwrite=args.overwrite,
     )
     print(result.job_id)
+    if result.complete:
+        print(f"job {args.name!r} was submitted whole already: nothing to add", file=sys.stderr)
+        return 0
     if result.repeats:
         print(f"{result.repeats} input(s) listed more than once: each enqueued once", file=sys.stderr)
     for uri in result.unsafe:
         print(f"refused (unsafe_key, counted failed): {uri}", file=sys.stderr)
     print(
-        f"submitted {result.count} keys as job {result.job_id}; watch with:  veil status {result.job_id} --watch",
+        f"{'resumed: ' if result.resumed else ''}submitted {result.count} keys ({result.skipped} already done) as job "
+        f"{result.job_id}; watch with:  veil status {result.job_id} --watch",
         file=sys.stderr,
     )
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import redis
+
     from orchestrator.status import show_status
-    from shared.jobs import JobStore
+    from shared.jobs import queue_depth
 
     settings = _settings()
-    return show_status(JobStore.from_url(settings.jobs_url), args.job, watch=args.watch, interval=args.interval)
+    broker = redis.Redis.from_url(settings.broker_url)
+    return show_status(
+        _jobs(settings),
+        args.job,
+        watch=args.watch,
+        interval=args.interval,
+        failed=args.failed,
+        depth=lambda: queue_depth(broker, settings),
+    )
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from orchestrator.status import list_jobs
-    from shared.jobs import JobStore
+
+    return list_jobs(_jobs(_settings()))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.control import cancel_job
+    from shared.storage import open_storage
+    from workers.celery_app import configure
 
     settings = _settings()
-    return list_jobs(JobStore.from_url(settings.jobs_url))
+    configure(settings)
+    result = cancel_job(args.job, settings, _jobs(settings), open_storage(settings))
+    if not result.found:
+        print(f"veil: no job {args.job!r} (veil jobs lists them)", file=sys.stderr)
+        return 2
+    if not result.cancelled:
+        print(f"job {args.job} had already ended: nothing cancelled", file=sys.stderr)
+        return 1
+    print(
+        f"cancelled {args.job}: {result.removed_from_queues} message(s) removed from the queues; "
+        f"summary {result.summary}"
+    )
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from orchestrator.control import retry_job
+    from shared.storage import open_storage
+    from workers.celery_app import configure
+
+    settings = _settings()
+    configure(settings)
+    n = retry_job(args.job, settings, _jobs(settings), open_storage(settings), reason=args.reason, out=args.out)
+    print(f"{n} failed key(s) of job {args.job} queued again; watch with:  veil status {args.job} --watch")
+    return 0
+
+
+def cmd_feed(args: argparse.Namespace) -> int:
+    import threading
+
+    from workers.celery_app import configure
+    from workers.feeder import Feeder
+
+    settings = _settings()
+    configure(settings)
+    Feeder(settings).run(threading.Event())
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -404,8 +467,12 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
     status.add_argument("job", help="the job id that veil submit printed")
     status.add_argument("--watch", action="store_true", help="refresh until the job is finished")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    status.add_argument("--failed", action="store_true", help="also list each failed key with its reason")
     status.set_defaults(func=cmd_status)
-    sub.add_parser("jobs", help="list jobs").set_defaults(func=cmd_jobs)
+    sub.add_parser("jobs", help="list recent jobs (records expire VEIL_JOB_TTL_S after the end)").set_defaults(
+        func=cmd_jobs
+    )
+    _add_job_control(sub)
 
     worker = sub.add_parser("worker", help="run a CPU-tier or GPU-tier worker")
     worker.add_argument("tier", choices=["cpu", "gpu"])
@@ -418,6 +485,19 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
     health.add_argument("--max-age", type=float, default=60.0, help="seconds the file may be old (default 60)")
     health.add_argument("--file", help="the health file (default: VEIL_HEALTH_FILE)")
     health.set_defaults(func=cmd_health)
+
+
+def _add_job_control(sub: argparse._SubParsersAction) -> None:
+    cancel = sub.add_parser("cancel", help="stop a job: its remaining keys are dropped, other jobs untouched")
+    cancel.add_argument("job")
+    cancel.set_defaults(func=cmd_cancel)
+    retry = sub.add_parser("retry", help="queue a job's failed keys again (overwrite), with the job's options")
+    retry.add_argument("job")
+    retry.add_argument("--failed", action="store_true", help="only failed keys (the default, and the only mode)")
+    retry.add_argument("--reason", help="only keys whose failure reason starts with this (e.g. storage)")
+    retry.add_argument("--out", help="the job's OUTPUT: read its _veil/JOB/ summary when the record has expired")
+    retry.set_defaults(func=cmd_retry)
+    sub.add_parser("feed", help="run the feeder alone (CPU workers run one already)").set_defaults(func=cmd_feed)
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:

@@ -1,27 +1,135 @@
-"""Job bookkeeping in Redis: counters only. Results live in object storage, so losing Redis
-never loses a finished image or sidecar; it only loses the progress counts.
+"""Jobs in Redis: each job's spec (stored once), its pending keys, counters, failures and state.
+Results live in object storage, so losing Redis never loses a finished image or sidecar; it
+only loses progress counts and the keys not yet fed to the queue (``veil submit`` again with
+the same ``--name`` lists them again and skips every key whose sidecar exists).
 
-Keys: ``veil:jobs`` (sorted set of job ids by creation time), ``veil:job:{id}`` (hash: name,
-input, output, total, created, and one counter per status), ``veil:job:{id}:keys`` (set of
-finished input URIs, so a redelivered message is never counted twice).
+Keys, for job ``J`` (all expire ``VEIL_JOB_TTL_S`` after the job ends):
+
+=========================  ====================================================================
+``veil:jobs``              sorted set: job id -> created (``veil jobs``)
+``veil:jobs:active``       sorted set: jobs with keys waiting to be fed (the feeder's round robin)
+``veil:jobname:NAME``      the id of the job named NAME (a re-run submit resumes it)
+``veil:job:J``             hash: name, input, output, spec (JobSpec JSON), state, total, cursor,
+                           listed, created, ended, and the counters done / no_face / failed / skipped
+``veil:job:J:pending``     list of relative keys not yet fed to ``veil.cpu`` (~the key's bytes each)
+``veil:job:J:redo``        list of relative keys to redo with overwrite (``veil retry``)
+``veil:job:J:keys``        set of 8-byte digests of the finished input URIs: a redelivered key is
+                           counted once (digests, not URIs: ~60 B per key whatever its length)
+``veil:job:J:failed``      hash: input URI -> reason, for each key that failed (``--failed``)
+``veil:job:J:rate``        hash: unix second -> keys finished in it (the last minutes only)
+=========================  ====================================================================
+
+States: ``submitting`` (listing in progress), ``running``, ``finished`` (every listed key
+counted), ``cancelled``. A cancelled job's keys that are neither finished nor skipped count as
+cancelled; a message of it that a worker receives is dropped (``is_cancelled``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import redis
 
 from shared.errors import BrokerError
-from shared.messages import Status
+from shared.messages import JobSpec, Status
+from shared.settings import Settings
 
 STATUSES = tuple(s.value for s in Status)
+SUBMITTING, RUNNING, FINISHED, CANCELLED = "submitting", "running", "finished", "cancelled"
+JOBS, ACTIVE = "veil:jobs", "veil:jobs:active"
+RATE_WINDOW_S = 60
 
-# Add the key to the job's finished set and count its status, atomically (Lua runs whole).
-_RECORD = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+
+#: kombu's Redis transport: the hash of delivered, not yet acknowledged messages (all queues)
+UNACKED = "unacked"
+
+
+def queue_depth(r: redis.Redis, settings: Settings) -> dict[str, int]:
+    """Messages in ``veil.cpu``, in ``veil.gpu``, and held unacknowledged by workers."""
+    pipe = r.pipeline(transaction=False)
+    pipe.llen(settings.cpu_queue)
+    pipe.llen(settings.gpu_queue)
+    pipe.hlen(UNACKED)
+    cpu, gpu, unacked = pipe.execute()
+    return {"cpu": int(cpu), "gpu": int(gpu), "unacked": int(unacked)}
+
+
+def job_key(job_id: str, part: str = "") -> str:
+    return f"veil:job:{job_id}" + (f":{part}" if part else "")
+
+
+def name_key(name: str) -> str:
+    return f"veil:jobname:{name}"
+
+
+def digest(input_uri: str) -> bytes:
+    return hashlib.blake2b(input_uri.encode(), digest_size=8).digest()
+
+
+def _all_keys(job_id: str) -> list[str]:
+    return [job_key(job_id)] + [job_key(job_id, p) for p in ("pending", "redo", "keys", "failed", "rate")]
+
+
+# Shared by record and end_listing: a job whose listing is complete and whose keys are all
+# counted is finished, once; its keys then expire after the TTL.
+_MAYBE_END = """
+local function maybe_end(job, keys, now, ttl)
+  local h = redis.call('HMGET', job, 'state', 'listed', 'total', 'done', 'no_face', 'failed', 'skipped')
+  if h[1] ~= 'running' or h[2] ~= '1' then return 0 end
+  local seen = 0
+  for i = 4, 7 do seen = seen + tonumber(h[i] or '0') end
+  if seen < tonumber(h[3] or '0') then return 0 end
+  redis.call('HSET', job, 'state', 'finished', 'ended', now)
+  redis.call('ZREM', 'veil:jobs:active', string.sub(job, 10))
+  for _, k in ipairs(keys) do redis.call('EXPIRE', k, ttl) end
+  local name = redis.call('HGET', job, 'name')
+  if name then redis.call('EXPIRE', 'veil:jobname:' .. name, ttl) end
+  return 1
+end
+"""
+
+# Count a finished key once (its digest joins the job's set), keep a failure's reason, add it to
+# the per-second rate, and end the job when every listed key is counted: one Lua call runs whole,
+# so a Redis cut can never leave a key marked counted without its count. A job whose record is
+# gone (expired) is not recreated.
+_RECORD = (
+    _MAYBE_END
+    + """
+local job = KEYS[1]
+if redis.call('EXISTS', job) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HINCRBY', job, ARGV[2], 1)
+if ARGV[2] == 'failed' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[4]) end
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+if redis.call('HLEN', KEYS[4]) > 300 then
+  local old = tonumber(ARGV[5]) - 120
+  for _, sec in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if tonumber(sec) < old then redis.call('HDEL', KEYS[4], sec) end
+  end
+end
+return 1 + maybe_end(job, {unpack(KEYS, 1, 6)}, ARGV[6], tonumber(ARGV[7]))
+"""
+)
+
+# The listing is complete: mark it, and end the job at once if nothing is left to count.
+_END_LISTING = (
+    _MAYBE_END
+    + """
+redis.call('HSET', KEYS[1], 'listed', '1')
+if redis.call('HGET', KEYS[1], 'state') == 'submitting' then redis.call('HSET', KEYS[1], 'state', 'running') end
+return maybe_end(KEYS[1], KEYS, ARGV[1], tonumber(ARGV[2]))
+"""
+)
+
+# The feeder's only write to a job: a job with nothing left to feed and a complete listing
+# leaves the round robin (a job still listing stays: more pages are coming).
+_DEACTIVATE = """
+if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0
+   and redis.call('HGET', KEYS[3], 'listed') == '1' then
+  redis.call('ZREM', 'veil:jobs:active', ARGV[1])
   return 1
 end
 return 0
@@ -36,43 +144,226 @@ class JobInfo:
     output: str
     total: int
     created: float
-    counts: dict[str, int]
+    counts: dict[str, int]  # done / no_face / failed
+    state: str = RUNNING
+    skipped: int = 0  # already done before this job (a sidecar in the output listing)
+    pending: int = 0  # not yet fed to the queue
+    listed: bool = True
+    ended: float | None = None
+    spec: JobSpec | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counted(self) -> int:
+        return sum(self.counts.values()) + self.skipped
+
+    @property
+    def cancelled(self) -> int:
+        """A cancelled job's keys that will never be done (in-flight ones may still finish)."""
+        return max(0, self.total - self.counted) if self.state == CANCELLED else 0
 
     @property
     def finished(self) -> int:
-        return sum(self.counts.values())
+        return self.counted + self.cancelled
+
+    @property
+    def in_flight(self) -> int:
+        return max(0, self.total - self.counted - self.pending) if self.state != CANCELLED else 0
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 86400):
         self._r = client
+        self.ttl_s = ttl_s
+        self._record = client.register_script(_RECORD)
+        self._end_listing = client.register_script(_END_LISTING)
+        self._deactivate = client.register_script(_DEACTIVATE)
+        self._states: dict[str, tuple[float, str | None]] = {}  # job id -> (read at, state)
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+    def from_url(cls, url: str, ttl_s: int = 7 * 86400) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
 
-    def create(self, job_id: str, *, name: str, input: str, output: str) -> None:
+    @property
+    def redis(self) -> redis.Redis:
+        return self._r
+
+    # -- creating and listing ------------------------------------------------------------
+    def create(self, job_id: str, *, name: str, input: str, output: str, spec: JobSpec | None = None) -> None:
+        """A job whose listing is already complete (counters only), or, with ``spec``, one that
+        ``veil submit`` is about to list (state ``submitting`` until ``end_listing``)."""
         now = time.time()
-        self._r.hset(
-            f"veil:job:{job_id}", mapping={"name": name, "input": input, "output": output, "total": 0, "created": now}
-        )
-        self._r.zadd("veil:jobs", {job_id: now})
+        mapping: dict[str | bytes, str | float | int] = {"name": name, "input": input, "output": output, "total": 0}
+        mapping |= {"created": now, "state": SUBMITTING if spec else RUNNING, "listed": 0 if spec else 1}
+        if spec is not None:
+            mapping["spec"] = spec.model_dump_json()
+        pipe = self._r.pipeline()
+        pipe.hset(job_key(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py: Mapping is invariant
+        pipe.zadd(JOBS, {job_id: now})
+        if spec is not None:
+            pipe.zadd(ACTIVE, {job_id: now})
+            pipe.set(name_key(name), job_id)
+        pipe.execute()
+
+    def by_name(self, name: str) -> str | None:
+        return self._r.get(name_key(name))  # type: ignore[return-value]  # decode_responses
 
     def add_total(self, job_id: str, n: int) -> None:
-        self._r.hincrby(f"veil:job:{job_id}", "total", n)
+        self._r.hincrby(job_key(job_id), "total", n)
 
-    def record(self, job_id: str, input_uri: str, status: str) -> bool:
-        """Counts a finished key once; returns False when it was already counted. Both writes go
-        in one MULTI, so a Redis cut between them cannot mark a key counted without counting it.
-        Redis unreachable: ``BrokerError`` (transient)."""
-        script = self._r.register_script(_RECORD)
+    def add_page(self, job_id: str, keys: list[str], cursor: str, skipped: int = 0, failed: int = 0) -> None:
+        """One listing page, in one MULTI: its keys queued, the total counted and the resume
+        cursor moved, so a submit killed at any moment resumes after the last whole page."""
+        pipe = self._r.pipeline(transaction=True)
+        if keys:
+            pipe.rpush(job_key(job_id, "pending"), *keys)
+        pipe.hincrby(job_key(job_id), "total", len(keys) + skipped + failed)  # failed: counted by record
+        if skipped:
+            pipe.hincrby(job_key(job_id), "skipped", skipped)
+        pipe.hset(job_key(job_id), "cursor", cursor)
+        pipe.execute()
+
+    def add_redo(self, job_id: str, keys: list[str]) -> None:
+        """Keys of a job re-created from its summary (``veil retry`` after the record expired)."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.rpush(job_key(job_id, "redo"), *keys)
+        pipe.hincrby(job_key(job_id), "total", len(keys))
+        pipe.execute()
+
+    def end_listing(self, job_id: str) -> bool:
+        """Returns True when the job ended right away (every key skipped)."""
+        return bool(self._end_listing(keys=_all_keys(job_id), args=[time.time(), self.ttl_s]))
+
+    # -- counting ------------------------------------------------------------------------
+    def record(self, job_id: str, input_uri: str, status: str, reason: str | None = None) -> bool:
+        """Counts a finished key once; returns False when it was already counted (or the job's
+        record is gone). Redis unreachable: ``BrokerError`` (transient)."""
+        return self.record_ending(job_id, input_uri, status, reason) > 0
+
+    def record_ending(self, job_id: str, input_uri: str, status: str, reason: str | None = None) -> int:
+        """0: already counted (or no such job); 1: counted; 2: counted, and it ended the job."""
+        now = time.time()
+        keys = _all_keys(job_id)
+        args: list[bytes | str | float] = [
+            digest(input_uri),
+            status,
+            input_uri,
+            reason or "",
+            int(now),
+            now,
+            self.ttl_s,
+        ]
         try:
-            return bool(script(keys=[f"veil:job:{job_id}:keys", f"veil:job:{job_id}"], args=[input_uri, status]))
+            return int(self._record(keys=[keys[0], keys[3], keys[4], keys[5], *keys[1:3]], args=args))
         except redis.RedisError as exc:
             raise BrokerError(f"job counters: {type(exc).__name__}: {exc}") from exc
 
+    # -- control -------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> bool:
+        """Cancelled: nothing more is fed, the pending keys are dropped, the record expires after
+        the TTL. Returns False for an unknown or already ended job."""
+        state: str | None = self._r.hget(job_key(job_id), "state")  # type: ignore[assignment]  # decode_responses
+        if state in (None, FINISHED, CANCELLED):
+            return False
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(job_key(job_id), mapping={"state": CANCELLED, "ended": time.time(), "listed": 1})
+        pipe.delete(job_key(job_id, "pending"), job_key(job_id, "redo"))
+        pipe.zrem(ACTIVE, job_id)
+        for key in _all_keys(job_id):
+            pipe.expire(key, self.ttl_s)
+        name: str | None = self._r.hget(job_key(job_id), "name")  # type: ignore[assignment]
+        if name:
+            pipe.expire(name_key(name), self.ttl_s)
+        pipe.execute()
+        return True
+
+    def delete(self, job_id: str) -> None:
+        name: str | None = self._r.hget(job_key(job_id), "name")  # type: ignore[assignment]
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(*_all_keys(job_id))
+        if name:
+            pipe.delete(name_key(name))
+        pipe.zrem(JOBS, job_id)
+        pipe.zrem(ACTIVE, job_id)
+        pipe.execute()
+
+    def state(self, job_id: str) -> str | None:
+        return self._r.hget(job_key(job_id), "state")  # type: ignore[return-value]
+
+    def is_cancelled(self, job_id: str, max_age_s: float = 2.0) -> bool:
+        """Whether a worker should drop this job's message: its state, read at most every
+        ``max_age_s`` per job and process (a cancel takes effect within that). Redis down:
+        ``BrokerError`` (the message goes back, as for any transient failure)."""
+        now = time.monotonic()
+        read_at, state = self._states.get(job_id, (-1e9, None))
+        if now - read_at > max_age_s:
+            try:
+                state = self.state(job_id)
+            except redis.RedisError as exc:
+                raise BrokerError(f"job state: {type(exc).__name__}: {exc}") from exc
+            self._states[job_id] = (now, state)
+        return state == CANCELLED
+
+    def failed(self, job_id: str) -> dict[str, str]:
+        """Input URI -> reason of each failed key."""
+        return self._r.hgetall(job_key(job_id, "failed"))  # type: ignore[return-value]
+
+    def requeue_failed(self, job_id: str, items: Iterable[tuple[str, str]]) -> int:
+        """``veil retry``: each (input URI, relative key) that is counted failed is uncounted and
+        queued again, to be redone with overwrite; the job runs again until they are counted."""
+        items = list(items)
+        if not items:
+            return 0
+        pipe = self._r.pipeline(transaction=True)
+        failed = job_key(job_id, "failed")
+        for uri, _ in items:
+            pipe.hexists(failed, uri)
+        present = [(u, k) for (u, k), there in zip(items, pipe.execute(), strict=True) if there]
+        if not present:
+            return 0
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hdel(failed, *[u for u, _ in present])
+        pipe.srem(job_key(job_id, "keys"), *[digest(u) for u, _ in present])
+        pipe.hincrby(job_key(job_id), "failed", -len(present))
+        pipe.rpush(job_key(job_id, "redo"), *[k for _, k in present])
+        pipe.hset(job_key(job_id), mapping={"state": RUNNING, "ended": ""})
+        for key in _all_keys(job_id):
+            pipe.persist(key)
+        pipe.zadd(ACTIVE, {job_id: time.time()})
+        pipe.execute()
+        return len(present)
+
+    # -- the feeder's side -----------------------------------------------------------------
+    def active(self) -> list[str]:
+        return self._r.zrange(ACTIVE, 0, -1)  # type: ignore[return-value]
+
+    def peek(self, job_id: str, n: int) -> tuple[list[str], bool]:
+        """Up to ``n`` keys to feed next (redo keys first) and whether they are redo keys. They
+        leave their list only once sent (``taken``): a feeder killed between sends them again,
+        never loses them."""
+        redo = self._r.lrange(job_key(job_id, "redo"), 0, n - 1)
+        if redo:
+            return redo, True  # type: ignore[return-value]
+        return self._r.lrange(job_key(job_id, "pending"), 0, n - 1), False  # type: ignore[return-value]
+
+    def taken(self, job_id: str, n: int, redo: bool) -> None:
+        self._r.ltrim(job_key(job_id, "redo" if redo else "pending"), n, -1)
+
+    def deactivate_if_drained(self, job_id: str) -> bool:
+        keys = [job_key(job_id, "pending"), job_key(job_id, "redo"), job_key(job_id)]
+        return bool(self._deactivate(keys=keys, args=[job_id]))
+
+    def spec(self, job_id: str) -> JobSpec | None:
+        raw = self._r.hget(job_key(job_id), "spec")
+        return JobSpec.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+
+    # -- reading -------------------------------------------------------------------------
     def get(self, job_id: str) -> JobInfo | None:
-        h: dict[str, str] = self._r.hgetall(f"veil:job:{job_id}")  # type: ignore[assignment]  # decode_responses
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(job_key(job_id))
+        pipe.llen(job_key(job_id, "pending"))
+        pipe.llen(job_key(job_id, "redo"))
+        h, pending, redo = pipe.execute()
         if not h:
             return None
         return JobInfo(
@@ -83,8 +374,27 @@ class JobStore:
             total=int(h.get("total", 0)),
             created=float(h.get("created", 0)),
             counts={s: int(h.get(s, 0)) for s in STATUSES},
+            state=h.get("state", RUNNING),
+            skipped=int(h.get("skipped", 0)),
+            pending=int(pending) + int(redo),
+            listed=h.get("listed", "1") == "1",
+            ended=float(h["ended"]) if h.get("ended") else None,
+            spec=JobSpec.model_validate_json(h["spec"]) if h.get("spec") else None,
         )
 
+    def rate(self, job_id: str, now: float | None = None, window_s: int = RATE_WINDOW_S) -> float:
+        """Keys finished per second over the last ``window_s`` whole seconds."""
+        now = time.time() if now is None else now
+        per_second: dict[str, str] = self._r.hgetall(job_key(job_id, "rate"))  # type: ignore[assignment]
+        last = int(now) - 1  # the current second is still filling
+        counted = sum(int(n) for sec, n in per_second.items() if last - window_s < int(sec) <= last)
+        return counted / window_s
+
     def list(self, limit: int = 50) -> list[JobInfo]:
-        ids: list[str] = self._r.zrevrange("veil:jobs", 0, limit - 1)  # type: ignore[assignment]  # decode_responses
-        return [j for j in (self.get(i) for i in ids) if j is not None]
+        """The most recent jobs; ids whose record has expired leave the index here."""
+        ids: list[str] = self._r.zrevrange(JOBS, 0, limit - 1)  # type: ignore[assignment]  # decode_responses
+        found = [(i, self.get(i)) for i in ids]
+        gone = [i for i, j in found if j is None]
+        if gone:
+            self._r.zrem(JOBS, *gone)
+        return [j for _, j in found if j is not None]

@@ -152,3 +152,23 @@ class ResultRecord(_Message):
     # issue 14
     mode: Mode = Mode.PORTRAIT
     faces: list[FaceRecord] | None = None  # scene mode: every face replaced
+
+
+# -- bulk jobs (issue 10) -------------------------------------------------------------------
+class JobSpec(_Message):
+    """A job's options, stored ONCE per job in Redis (``shared/jobs.py``) and in its
+    ``_veil/JOB/summary.json``: the feeder builds each key's ImageTask from it and the key's
+    relative path, so nothing job-wide is repeated per key. Per-job options that other
+    features add (method, mode, guard) belong here, with defaults, so older specs still read."""
+
+    job_id: str
+    name: str
+    input: str  # the root every relative key is under: s3://b/in/, a folder, a list file's common folder
+    source: str  # what the user named: the prefix, folder, glob or list file
+    output: str  # output root: each key's image and sidecar mirror its relative key here
+    seed: int = Field(0, ge=0)  # base seed; each key's seed derives from it and the key
+    overwrite: bool = False
+    created: float = 0.0
+    method: Method = Method.SD  # issue 13: sd, or a classical method finished on the CPU tier
+    mode: Mode = Mode.PORTRAIT  # issue 14: portrait, or scene (every face replaced in place)
+    guard: GuardName = GuardName.OFF  # issue 14: the re-identification guard

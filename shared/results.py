@@ -132,7 +132,7 @@ def already_done(task: ImageTask | PromptTask, storage, jobs=None) -> bool:
     if task.overwrite or (existing := read_sidecar(storage, task.output_uri)) is None:
         return False
     if jobs is not None:
-        jobs.record(task.job_id, task.input_uri, existing.status.value)
+        count(jobs, storage, task.job_id, task.input_uri, existing.status.value, existing.reason)
     return True
 
 
@@ -147,4 +147,17 @@ def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
     else:
         storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")
     if jobs is not None and record.job_id:
-        jobs.record(record.job_id, record.input, record.status.value)
+        count(jobs, storage, record.job_id, record.input, record.status.value, record.reason)
+
+
+def count(jobs, storage, job_id: str, input_uri: str, status: str, reason: str | None = None) -> None:
+    """Counts a key for its job once; the key that ends the job writes the job's summary and
+    folded manifest (``shared.jobsummary``). Failing to write those never fails the key: ``veil
+    cancel``/``veil retry`` write them again, and every sidecar is in storage anyway."""
+    if jobs.record_ending(job_id, input_uri, status, reason) == 2:
+        from shared.jobsummary import write_job_files
+
+        try:
+            write_job_files(job_id, jobs, storage)
+        except Exception:  # noqa: BLE001 - the key itself is recorded; the summary is a convenience
+            logging.getLogger(__name__).exception("job %s: summary and manifest not written", job_id)

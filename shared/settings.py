@@ -205,6 +205,18 @@ class Settings(BaseSettings):
     # one process using every core's threads on an idle 16-core host.
     cpu_threads: int = Field(1, ge=1)
 
+    # -- bulk jobs (issue 10): the feeder, job records ------------------------------------
+    # At most this many messages sit in veil.cpu + veil.gpu + unacknowledged (kombu's
+    # ``unacked``) at once; the feeder (workers/feeder.py) tops them up from the jobs' pending
+    # lists, round robin across jobs. Bounds Redis memory whatever the job size, and how long a
+    # new job waits behind an old one. Keep it above what the workers hold (CPU processes +
+    # 2 x batch size per GPU worker) so no worker idles.
+    queue_window: int = Field(1000, ge=1)
+    # Seconds between the feeder's passes (each CPU worker runs one; a Redis lock lets one feed).
+    feed_interval_s: float = Field(1.0, gt=0)
+    # How long a job's record stays in Redis after it finished or was cancelled (7 days).
+    job_ttl_s: int = Field(7 * 86400, ge=1)
+
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
 

@@ -50,6 +50,10 @@ LOCAL = ""  # the scheme of a plain filesystem path
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+#: one page of a listing (URIs)
+KeyPage = list[str]
+
+
 class Backend(Protocol):
     """One storage scheme. Path logic is class-level (no client needed); I/O needs an instance."""
 
@@ -241,6 +245,21 @@ class S3Backend(ObjectStoreBackend):
             for obj in page.get("Contents", []):
                 yield f"s3://{bucket}/{obj['Key']}"
 
+    def list_pages(self, prefix: str, start_after: str = "") -> Iterator[KeyPage]:
+        """The listing one page (up to 1,000 keys) at a time, each page fetched with retries as
+        it is needed: never the whole listing in memory. ``start_after``: a URI already listed
+        (a resumed listing continues after it; S3 lists keys in UTF-8 byte order)."""
+        bucket, key_prefix = self.parse(prefix)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
+        if start_after:
+            kwargs["StartAfter"] = self.parse(start_after)[1]
+        while True:
+            page = self._call(self._client.list_objects_v2, **kwargs)
+            yield [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
 
 #: scheme -> backend class; "" is a plain filesystem path.
 _BACKENDS: dict[str, type[Backend]] = {LOCAL: LocalBackend, S3Backend.scheme: S3Backend}
@@ -290,7 +309,7 @@ def is_under(root: str, uri: str) -> bool:
 
 
 #: Names Veil writes at the top of an output root: no input key may map onto them.
-RESERVED_NAMES = frozenset({"manifest.jsonl", "manifest.parts", ".veil.lock"})
+RESERVED_NAMES = frozenset({"manifest.jsonl", "manifest.parts", ".veil.lock", "_veil"})  # _veil/JOB/: bulk jobs
 
 
 def check_key(relative: str) -> str:
@@ -376,6 +395,24 @@ class Storage:
 
     def list(self, prefix: str) -> Iterator[str]:
         return self.backend(prefix).list(prefix)
+
+    def list_pages(self, prefix: str, start_after: str = "", page_size: int = 1000) -> Iterator[KeyPage]:
+        """``list`` in pages, resumable after ``start_after`` (a URI of an earlier page): S3 pages
+        as the store returns them; other backends' listing sorted (as strings), cut into pages."""
+        backend = self.backend(prefix)
+        if hasattr(backend, "list_pages"):
+            yield from backend.list_pages(prefix, start_after)
+            return
+        page: KeyPage = []
+        for uri in sorted(backend.list(prefix)):
+            if start_after and uri <= start_after:
+                continue
+            page.append(uri)
+            if len(page) >= page_size:
+                yield page
+                page = []
+        if page:
+            yield page
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -79,8 +79,9 @@ def s3_behind_proxy(bucket: str):
 
 
 def object_keys(client, bucket: str, prefix: str) -> list[str]:
+    """The keys' outputs and sidecars under ``prefix`` (a job's own files under ``_veil/`` left out)."""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []) if "/_veil/" not in o["Key"])
 
 
 def batch_sizes(log_path: Path) -> list[int]:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from shared.settings import Settings
 
@@ -52,6 +52,12 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
     def _load_models(**_: object) -> None:  # in each pool child, after fork
         metrics.serve(metrics.pool_child_port(settings.metrics_port))  # the child does the work
         runtime.current().models("cpu", CpuModels.for_worker)
+
+    @worker_ready.connect(weak=False)
+    def _feed(**_: object) -> None:  # in the main process, once the pool runs: tops veil.cpu up
+        from workers.feeder import start_thread
+
+        start_thread(settings)
 
     app.worker_main(_celery_argv(settings.cpu_queue, "cpu", "prefork", concurrency))
 

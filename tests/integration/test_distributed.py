@@ -73,8 +73,9 @@ def wait_job(env, job_id: str, total: int, timeout: float):
 
 
 def keys(client, prefix: str) -> list[str]:
+    """Outputs and sidecars under ``prefix`` (a job's summary and manifest under ``_veil/`` left out)."""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []) if "/_veil/" not in o["Key"])
 
 
 def check_outputs(client, out_prefix: str):
@@ -146,9 +147,11 @@ def test_submit_runs_both_tiers_and_flower_lists_them(s3, tiny_models, tmp_path)
         assert requests.get(url, timeout=5).status_code == 401
         assert "s3cret-flower" not in (tmp_path / "flower.log").read_text(errors="replace")
 
-        # A second submit to the same output skips every finished key
-        again = submit(env, "out")
-        assert wait_job(env, again, total, timeout=120).counts == job.counts
+        # A second submit to the same output skips every finished key (one listing of its sidecars)
+        again = veil(env, "submit", f"s3://{BUCKET}/in/", "--out", f"s3://{BUCKET}/out/", "--name", "again")
+        assert again.returncode == 0, again.stderr
+        skipped = wait_job(env, again.stdout.strip().splitlines()[-1], total, timeout=120)
+        assert skipped.skipped == total and skipped.state == "finished"
         assert max(batch_sizes(tmp_path / "gpu.log")[len(sizes):] or [0]) <= 4
     finally:
         for proc in (flower, gpu, cpu):

@@ -51,7 +51,10 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> str:
     models: dict[str, str] = {}
     timings: dict[str, float] = {}
     try:
-        # 2. Skip a key whose result already exists (idempotent redelivery, reruns)
+        # 2. Drop a cancelled job's key; skip a key whose result already exists (idempotent
+        #    redelivery, reruns)
+        if rt.jobs.is_cancelled(task.job_id):
+            return "cancelled"
         if already_done(task, rt.storage, rt.jobs):
             return "skipped"
         cpu = rt.models("cpu", CpuModels.for_worker)

@@ -90,7 +90,8 @@ def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> tuple[list[tu
             log.exception("could not settle a GPU message")
             unsettled.append(message)
 
-    # 1. Parse each message alone; drop keys already finished (redelivery after a crash)
+    # 1. Parse each message alone; drop keys already finished (redelivery after a crash) and
+    #    keys of a cancelled job (a batch already generating finishes: it is not interrupted)
     tasks: list[tuple[int, PromptTask]] = []
     for i, message in enumerate(messages):
         try:
@@ -103,7 +104,9 @@ def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> tuple[list[tu
                 unsettled.append(message)
             continue
         try:
-            if already_done(task, rt.storage, rt.jobs):
+            if rt.jobs.is_cancelled(task.job_id):
+                outcomes[i] = ("cancelled", None)
+            elif already_done(task, rt.storage, rt.jobs):
                 outcomes[i] = ("skipped", None)
             else:
                 tasks.append((i, task))

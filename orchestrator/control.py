@@ -1,0 +1,85 @@
+"""``veil cancel`` and ``veil retry``: stopping one job without touching the others, and redoing
+only the keys that failed, with the job's own spec.
+
+Cancel: the job's state becomes ``cancelled`` (workers drop its messages from then on, within
+the state cache's 2 s), its pending keys are deleted, its messages still waiting in ``veil.cpu``
+and ``veil.gpu`` are removed (at most a window of them), and its summary is written. Batches
+already running finish; their keys count done.
+
+Retry: each key counted failed (optionally only those whose reason starts with ``--reason``)
+is uncounted and queued again with overwrite. When the job's record has expired, its spec and
+failed keys are read back from ``OUTPUT/_veil/JOB/`` (``--out`` says where) and the job is
+re-created holding only those keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.errors import InputError
+from shared.jobs import JobStore
+from shared.jobsummary import failed_rows, read_job_files, write_job_files
+from shared.settings import Settings
+from shared.storage import Storage
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    found: bool
+    cancelled: bool = False  # False: the job had ended already
+    removed_from_queues: int = 0
+    summary: str | None = None
+
+
+def cancel_job(job_id: str, settings: Settings, jobs: JobStore, storage: Storage) -> Cancelled:
+    import redis
+
+    from workers.feeder import drop_job_messages  # the Celery message format; no task module
+
+    if not jobs.cancel(job_id):
+        return Cancelled(found=jobs.get(job_id) is not None)
+    broker = redis.Redis.from_url(settings.broker_url)
+    removed = sum(drop_job_messages(broker, q, job_id) for q in (settings.cpu_queue, settings.gpu_queue))
+    return Cancelled(True, True, removed, write_job_files(job_id, jobs, storage))
+
+
+def _relative(root: str, uri: str) -> str:
+    if not uri.startswith(root):
+        raise InputError(f"{uri!r} is not under the job's input root {root!r}")
+    return uri[len(root) :]
+
+
+def retry_job(
+    job_id: str,
+    settings: Settings,
+    jobs: JobStore,
+    storage: Storage,
+    *,
+    reason: str | None = None,
+    out: str | None = None,
+    feed: bool = True,
+) -> int:
+    """Returns how many keys were queued again."""
+    spec = jobs.spec(job_id)
+    if spec is not None:
+        failed = [(u, r) for u, r in jobs.failed(job_id).items() if reason is None or r.startswith(reason)]
+        n = jobs.requeue_failed(job_id, [(u, _relative(spec.input, u)) for u, _ in failed])
+    else:
+        if not out:
+            raise InputError(f"job {job_id!r} has no record in Redis (expired?): give --out OUTPUT to read its summary")
+        try:
+            spec, rows = read_job_files(out, job_id, storage)
+        except FileNotFoundError as exc:
+            raise InputError(f"job {job_id!r}: no summary under {out!r} ({exc})") from None
+        keys = [_relative(spec.input, r.input) for r in failed_rows(rows, job_id, reason)]
+        if not keys:
+            return 0
+        jobs.create(job_id, name=spec.name, input=spec.source, output=spec.output, spec=spec)
+        jobs.add_redo(job_id, keys)
+        jobs.end_listing(job_id)
+        n = len(keys)
+    if n and feed:
+        from workers.feeder import Feeder
+
+        Feeder(settings, jobs).feed_once()
+    return n
