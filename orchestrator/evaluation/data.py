@@ -30,6 +30,9 @@ class Pair:
     status: str  # the manifest's: done | no_face | failed
     output: Path | None  # the anonymized image (status done)
     method: str | None
+    # scene mode (issue 14): the output is the input with its faces replaced, so the probe is the
+    # face found where the row's biggest face was (input pixels), not whatever face is biggest now
+    match_box: tuple[float, float, float, float] | None = None
 
 
 def read_identities(path: Path) -> dict[str, str]:
@@ -70,7 +73,9 @@ def read_pairs(originals: Path, anonymized: Path, identities: dict[str, str]) ->
         output = Path(row["output"]) if row.get("output") and row.get("status") == "done" else None
         if output is not None and not output.is_absolute():
             output = anonymized / output
-        pairs.append(Pair(rel, identities[rel], row.get("status", "failed"), output, row.get("method")))
+        box = row.get("face_box") if row.get("mode") == "scene" else None
+        match_box = (float(box[0]), float(box[1]), float(box[2]), float(box[3])) if box else None
+        pairs.append(Pair(rel, identities[rel], row.get("status", "failed"), output, row.get("method"), match_box))
     return sorted(pairs, key=lambda p: p.file), unmatched
 
 

@@ -20,6 +20,9 @@ from shared.settings import EmbedderName, Settings
 from workers.cpu.detection import biggest_face, build_detector, detect_downscaled
 from workers.embedders import FaceEmbedder, load_embedder
 
+Box = tuple[float, float, float, float] | list[float]
+MATCH_IOU = 0.3  # a regenerated face moves a little; another person's face does not overlap this much
+
 log = logging.getLogger(__name__)
 THUMB = 160  # px, the longer side of the report's thumbnails
 
@@ -50,20 +53,23 @@ class FaceReader:
             self.attributes = AttributeModels.load(models_dir, device)
         self._seen: dict[str, Face] = {}  # sha256 of the bytes -> what they gave (an unchanged output)
 
-    def read(self, path: Path, *, keep_for_fid: bool = False) -> Face:
-        """The face in ``path``; identical bytes (an output equal to its input) are read once."""
+    def read(self, path: Path, *, keep_for_fid: bool = False, match_box: Box | None = None) -> Face:
+        """The face in ``path``: the biggest one, or with ``match_box`` (x1, y1, x2, y2 in the
+        file's own pixels: a scene-mode output keeps its input's geometry) the detected face that
+        overlaps it most (IoU >= MATCH_IOU; none: not found). Identical bytes (an output equal to
+        its input) are read once per ``match_box``."""
         try:
             data = path.read_bytes()
         except OSError as exc:
             return Face(path, False, error=f"{type(exc).__name__}: {exc}")
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest() + repr(match_box)
         if digest in self._seen and (self._seen[digest].inception is not None or not keep_for_fid):
             seen = self._seen[digest]
             return Face(path, seen.found, seen.embeddings, seen.attributes, seen.thumbnail, seen.inception, seen.error)
-        self._seen[digest] = face = self._read(path, data, keep_for_fid)
+        self._seen[digest] = face = self._read(path, data, keep_for_fid, match_box)
         return face
 
-    def _read(self, path: Path, data: bytes, keep_for_fid: bool) -> Face:
+    def _read(self, path: Path, data: bytes, keep_for_fid: bool, match_box: Box | None = None) -> Face:
         try:
             rgb = decode_image(data, max_pixels=self.settings.max_image_pixels, max_side=2048)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
@@ -72,7 +78,11 @@ class FaceReader:
         if keep_for_fid:
             face.inception = np.asarray(Image.fromarray(rgb).resize((299, 299), Image.Resampling.BICUBIC))
         found = detect_downscaled(self.detector, rgb, self.settings.detect_max_side, self.settings.min_face_size)
-        index = biggest_face(found)
+        if match_box is None:
+            index = biggest_face(found)
+        else:  # the box is in the file's pixels; ``rgb`` may be reduced (max_side)
+            scale = rgb.shape[1] / Image.open(io.BytesIO(data)).size[0]
+            index = matching_face(found.boxes, [v * scale for v in match_box])
         if index is None:
             return face
         box, landmarks = found.boxes[index], found.landmarks[index]
@@ -87,6 +97,21 @@ class FaceReader:
                 "age": demography.age,
             }
         return face
+
+
+def matching_face(boxes: np.ndarray, box: Box) -> int | None:
+    """Index of the detection overlapping ``box`` most, if its IoU reaches MATCH_IOU."""
+    if len(boxes) == 0:
+        return None
+    x1 = np.maximum(boxes[:, 0], box[0])
+    y1 = np.maximum(boxes[:, 1], box[1])
+    x2 = np.minimum(boxes[:, 2], box[2])
+    y2 = np.minimum(boxes[:, 3], box[3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    iou = inter / (areas + (box[2] - box[0]) * (box[3] - box[1]) - inter + 1e-9)
+    best = int(np.argmax(iou))
+    return best if iou[best] >= MATCH_IOU else None
 
 
 def thumbnail(rgb: np.ndarray) -> str:

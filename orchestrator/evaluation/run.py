@@ -86,7 +86,8 @@ def evaluate(
         bar.update()
     for run in runs:
         for pair in run.pairs:
-            run.probes.append(reader.read(pair.output, keep_for_fid=fid) if pair.output else None)
+            probe = reader.read(pair.output, keep_for_fid=fid, match_box=pair.match_box) if pair.output else None
+            run.probes.append(probe)
             bar.update()
     bar.close()
     # 3. Metrics per run: identity per embedder, attributes, quality
