@@ -31,8 +31,9 @@ pip_install -e ".[all,test]"
 # folder; reinstall the contrib build last so cv2/ is whole and at the pinned version.
 phase "reinstalling opencv-contrib-python-headless last (pyfacer and deepface share cv2/)"
 pip_install --force-reinstall --no-deps "opencv-contrib-python-headless==4.14.0.94"
-# The real-browser tests of Flower (tests/integration/test_watching.py): headless Chromium and
-# its WebDriver from Debian's packages (selenium, a pip package, drives them).
+# Headless Chromium and its WebDriver from Debian's packages, for the real-browser tests: Flower
+# (tests/integration/test_watching.py, driven by selenium) and veil eval's HTML report
+# (tests/integration/test_eval.py)
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
   phase "chromium and chromedriver already installed"
 elif command -v apt-get >/dev/null; then
@@ -46,15 +47,5 @@ else
 fi
 phase "checking the imports"
 python -c "import cv2, torch, diffusers, facer, deepface, facenet_pytorch, celery, boto3; cv2.CascadeClassifier; print('veil installed: torch', torch.__version__, 'cv2', cv2.__version__)"
-# -- issue 13: veil eval's report is opened in headless Chromium by its test (Debian packages) --
-if command -v chromium >/dev/null 2>&1; then
-  phase "chromium already installed"
-elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  phase "installing chromium and chromium-driver (apt-get; the eval report's browser test)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
-else
-  phase "chromium is missing and apt-get cannot run here: tests/integration/test_eval.py's browser test will fail"
-fi
 python -c "import dlib; print('dlib', dlib.__version__)"
 phase "install done"
