@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 import redis
 
@@ -23,7 +24,7 @@ from shared.jobs import JobStore, job_key
 from shared.messages import ImageTask, JobSpec
 from shared.settings import Settings
 from tests.faults import OwnRedis
-from tests.services import ROOT, redis_url, wait_for, worker_env
+from tests.services import ROOT, redis_url, start_worker, stop, wait_for, worker_env
 from workers.celery_app import CPU_TASK, app, configure
 from workers.feeder import LOCK, CeleryMessages, Feeder, task_for
 
@@ -192,3 +193,42 @@ def test_redis_restarted_mid_feed_loses_nothing(tmp_path):
         assert len(fed) == len(set(fed)) and sorted(fed) == sorted(keys)
     finally:
         own.stop()
+
+
+@pytest.mark.slow
+def test_fair_window_through_a_real_worker(tiny_models, tmp_path):
+    """Issue 18: a 20-key job submitted after a 200-key one (default VEIL_QUEUE_WINDOW of 1000,
+    which held all 200 in FIFO before) finishes while most of the big job is still to come."""
+    from PIL import Image  # noqa: PLC0415 - only this test writes images
+
+    rng = np.random.default_rng(0)
+    for name, n in (("big", 200), ("small", 20)):
+        (tmp_path / name).mkdir()
+        for i in range(n):  # small noise images: no face, so each key ends on the CPU tier, quickly
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / name / f"{i:03d}.png")
+    env = worker_env(models_dir=tiny_models, broker_url=redis_url(13), cpu_queue="cpu-13", gpu_queue="gpu-13",
+                     method="blur", queue_window_s=1, feed_interval_s=0.2)  # fmt: skip
+    jobs = JobStore.from_url(env["VEIL_BROKER_URL"])
+    cpu = start_worker("cpu", env, tmp_path / "cpu.log", "--concurrency", "1")
+    try:
+        big = _veil_submit(env, tmp_path / "big", tmp_path / "out-big", "big")
+        assert jobs.get(big).pending >= 200 - 64  # the window: 32 keys or twice what workers hold
+        wait_for(lambda: jobs.get(big).counted >= 1, 300, "the worker's first key")
+        small = _veil_submit(env, tmp_path / "small", tmp_path / "out-small", "small")
+        big_at_submit = jobs.get(big).counted
+        done = wait_for(lambda: (j := jobs.get(small)) and j.state == "finished" and j, 600, "the small job")
+        assert done.counts["no_face"] + done.counts["done"] == 20
+        big_then = jobs.get(big)
+        # FIFO (all 200 queued by the first submit) would finish every big key first; here the
+        # small job waits behind one window (a second of throughput, at least 32 keys), and
+        # then shares it
+        assert big_then.counted - big_at_submit <= 32 + 20 + 20 and big_then.pending > 0, (big_at_submit, big_then)
+    finally:
+        stop(cpu)
+
+
+def _veil_submit(env, source, out, name: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(source), "--out", str(out),
+                           "--name", name], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
