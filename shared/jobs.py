@@ -136,6 +136,17 @@ return 0
 """
 
 
+@dataclass(frozen=True)
+class FeedLoad:
+    """What the feeder needs of one active job to share the window (``JobStore.loads``)."""
+
+    job_id: str
+    exists: bool
+    in_window: int  # fed, not yet counted: in veil.cpu, veil.gpu or held by a worker
+    waiting: int  # in its pending and redo lists
+    rate: float  # keys finished per second, lately
+
+
 @dataclass
 class JobInfo:
     job_id: str
@@ -339,15 +350,66 @@ class JobStore:
 
     def peek(self, job_id: str, n: int) -> tuple[list[str], bool]:
         """Up to ``n`` keys to feed next (redo keys first) and whether they are redo keys. They
-        leave their list only once sent (``taken``): a feeder killed between sends them again,
-        never loses them."""
+        leave their list only in the feeder's commit of their chunk (``workers/feeder.py``),
+        in the same atomic step as their messages enter the queue."""
         redo = self._r.lrange(job_key(job_id, "redo"), 0, n - 1)
         if redo:
             return redo, True  # type: ignore[return-value]
         return self._r.lrange(job_key(job_id, "pending"), 0, n - 1), False  # type: ignore[return-value]
 
-    def taken(self, job_id: str, n: int, redo: bool) -> None:
-        self._r.ltrim(job_key(job_id, "redo" if redo else "pending"), n, -1)
+    def loads(self, job_ids: list[str], now: float | None = None, rate_s: int = 30) -> list[FeedLoad]:
+        """Per job, in one round trip: its keys in the window (listed, not counted, not waiting),
+        its keys waiting to be fed (pending + redo) and its finish rate over the last ``rate_s``
+        whole seconds. A job whose record is gone has ``exists`` False."""
+        now = time.time() if now is None else now
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(job_key(job_id), "total", "done", "no_face", "failed", "skipped", "state")
+            pipe.llen(job_key(job_id, "pending"))
+            pipe.llen(job_key(job_id, "redo"))
+            pipe.hgetall(job_key(job_id, "rate"))
+        replies = pipe.execute()
+        last = int(now) - 1  # the current second is still filling
+        out = []
+        for i, job_id in enumerate(job_ids):
+            h, pending, redo, per_second = replies[4 * i : 4 * i + 4]
+            waiting = int(pending) + int(redo)
+            counted = sum(int(v or 0) for v in h[1:5])
+            finished = sum(int(c) for sec, c in per_second.items() if last - rate_s < int(sec) <= last)
+            out.append(
+                FeedLoad(
+                    job_id,
+                    exists=h[5] is not None,
+                    in_window=max(0, int(h[0] or 0) - counted - waiting),
+                    waiting=waiting,
+                    rate=finished / rate_s,
+                )
+            )
+        return out
+
+    def record_failed(self, job_id: str, failures: list[tuple[str, str]]) -> int:
+        """Each (input URI, reason) counted failed, as ``record`` does, in one round trip (the
+        feeder's refused keys). Idempotent: a key already counted is not counted again."""
+        if not failures:
+            return 0
+        keys = _all_keys(job_id)
+        now = time.time()
+        pipe = self._r.pipeline(transaction=False)
+        for uri, reason in failures:
+            args: list[bytes | str | float] = [digest(uri), "failed", uri, reason, int(now), now, self.ttl_s]
+            self._record(keys=[keys[0], keys[3], keys[4], keys[5], *keys[1:3]], args=args, client=pipe)
+        try:
+            return sum(1 for n in pipe.execute() if int(n) > 0)
+        except redis.RedisError as exc:
+            raise BrokerError(f"job counters: {type(exc).__name__}: {exc}") from exc
+
+    def forget(self, job_id: str) -> None:
+        """A job in the round robin whose record is gone (expired, deleted): its lists go, it
+        leaves the round robin (its keys can no longer be counted anywhere)."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(job_key(job_id, "pending"), job_key(job_id, "redo"))
+        pipe.zrem(ACTIVE, job_id)
+        pipe.execute()
 
     def deactivate_if_drained(self, job_id: str) -> bool:
         keys = [job_key(job_id, "pending"), job_key(job_id, "redo"), job_key(job_id)]

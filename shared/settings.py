@@ -208,10 +208,15 @@ class Settings(BaseSettings):
     # -- bulk jobs (issue 10): the feeder, job records ------------------------------------
     # At most this many messages sit in veil.cpu + veil.gpu + unacknowledged (kombu's
     # ``unacked``) at once; the feeder (workers/feeder.py) tops them up from the jobs' pending
-    # lists, round robin across jobs. Bounds Redis memory whatever the job size, and how long a
-    # new job waits behind an old one. Keep it above what the workers hold (CPU processes +
-    # 2 x batch size per GPU worker) so no worker idles.
+    # lists, a fair share per job. Bounds Redis memory whatever the job size. The upper bound
+    # of the window: VEIL_QUEUE_WINDOW_S sizes it below this from the measured throughput.
+    # Keep it above what the workers hold (CPU processes + 2 x batch size per GPU worker).
     queue_window: int = Field(1000, ge=1)
+    # The window in SECONDS of the jobs' measured finish rate (keys/s over the last 30 s x
+    # this), at least 32 keys and twice what the workers hold, at most VEIL_QUEUE_WINDOW:
+    # a job submitted after a big one has its first key started within about this long,
+    # whatever is queued before it. 0: the window is VEIL_QUEUE_WINDOW keys.
+    queue_window_s: float = Field(90.0, ge=0)
     # Seconds between the feeder's passes (each CPU worker runs one; a Redis lock lets one feed).
     feed_interval_s: float = Field(1.0, gt=0)
     # How long a job's record stays in Redis after it finished or was cancelled (7 days).
