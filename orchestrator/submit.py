@@ -1,14 +1,20 @@
 """``veil submit``: a job's keys streamed into its pending list in Redis, page by page.
 
-1. The job is found by ``--name`` (a re-run resumes it after its last whole page) or created,
-   with its ``JobSpec`` (input root, output root, seed, overwrite) stored once.
-2. Keys already done are skipped from ONE listing of the output prefix's sidecars (a set of
-   8-byte digests here, not a HEAD per key).
-3. Each page: its keys checked (none outside OUTPUT, none onto an input, no two on one output),
-   then, in one MULTI, pushed as relative keys onto the pending list with the total and the
-   resume cursor; the feeder (``workers/feeder.py``) tops ``veil.cpu`` up after each page.
+1. Refused at once, as ``veil run`` refuses it: OUTPUT inside INPUT (or the same).
+2. One submit per ``--name`` at a time (``SubmitLock``): a second one is refused (exit 2) while
+   the first runs; one whose holder died takes over and resumes.
+3. The job is found by ``--name`` (a re-run resumes it after its last whole page), or its spec made.
+4. Before the job exists: the WHOLE listing checked as ``veil run`` plans its run (no output on
+   an input, no two inputs on one output, across pages too: ``check_whole_listing``, one extra
+   listing pass), and the keys already done read from ONE listing of the output's sidecars.
+   Any refusal here (an ``InputError``, exit 2) leaves no job behind.
+5. The job made (``JobStore.create``: it takes its name atomically), then each page: unsafe keys
+   counted failed, the rest, in one MULTI, pushed as relative keys onto the pending list with
+   the total and the resume cursor; the feeder (``workers/feeder.py``) tops ``veil.cpu`` up after
+   each page. A refusal after the job exists deletes it; so does any failure before its first page.
 
-Nothing per key is held in this process but two sets of 8-byte digests (keys seen, keys done).
+Nothing per key is held in this process but sets of 8-byte digests: the inputs' and planned
+outputs' during the check, then the keys seen and the keys done while pushing.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Keys, for job ``J`` (all expire ``VEIL_JOB_TTL_S`` after the job ends):
 ``veil:jobs``              sorted set: job id -> created (``veil jobs``)
 ``veil:jobs:active``       sorted set: jobs with keys waiting to be fed (the feeder's round robin)
 ``veil:jobname:NAME``      the id of the job named NAME (a re-run submit resumes it)
+``veil:submitting:NAME``   the Redis client id of the ``veil submit --name NAME`` listing it now
+                           (``orchestrator.submit.SubmitLock``; 120 s TTL renewed per page)
 ``veil:job:J``             hash: name, input, output, spec (JobSpec JSON), state, total, cursor,
                            listed, created, ended, and the counters done / no_face / failed / skipped
 ``veil:job:J:pending``     list of relative keys not yet fed to ``veil.cpu`` (~the key's bytes each)
