@@ -25,17 +25,18 @@ from tqdm import tqdm
 
 from models.weights import missing_files
 from orchestrator.inputs import OutputPlan, list_inputs_with_repeats, plan_outputs
+from orchestrator.outputcheck import check_output_outside_input as _check_output_outside_input  # veil submit's too
 from orchestrator.outputcheck import check_output_writable, stop_if_disk_full
 from orchestrator.outputlock import output_lock
 from orchestrator.submit import image_task
 from shared.devices import resolve_device
 from shared.diskio import append_whole
-from shared.errors import InputError, MissingWeightsError, call_with_retries
+from shared.errors import MissingWeightsError, call_with_retries
 from shared.inputfiles import read_input
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
 from shared.settings import Settings
-from shared.storage import Storage, is_local, is_under, join_uri, scheme_of
+from shared.storage import Storage, is_local, join_uri
 from workers.cpu.classical import is_classical
 from workers.cpu.stage import CpuModels, analyze, anonymize_classical
 from workers.gpu.stage import Finished, GpuModels, finish_batch
@@ -216,13 +217,6 @@ def _run_locked(
     manifest.close()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _check_output_outside_input(input_spec: str, output: str) -> None:
-    """Outputs written inside the input folder would be read back as inputs on the next run."""
-    if is_under(input_spec, output):
-        where = "folder" if is_local(output) else f"{scheme_of(output)}:// prefix"
-        raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose a {where} outside it")
 
 
 _DONE = object()

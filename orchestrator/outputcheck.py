@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shared.errors import DiskFullError, InputError
 from shared.messages import ResultRecord
-from shared.storage import is_local
+from shared.storage import is_local, is_under, scheme_of
 
 
 def check_output_writable(output: str) -> None:
@@ -38,6 +38,14 @@ def check_output_writable(output: str) -> None:
         raise InputError(f"OUTPUT {output!r} cannot be made: {str(above)!r} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
         raise InputError(f"OUTPUT {output!r} cannot be made: {str(above)!r} is not writable")
+
+
+def check_output_outside_input(input_spec: str, output: str) -> None:
+    """Outputs written inside the input folder would be read back as inputs on the next run
+    (OUTPUT the same as INPUT included). ``veil run`` and ``veil submit`` both refuse it."""
+    if is_under(input_spec, output):
+        where = "folder" if is_local(output) else f"{scheme_of(output)}:// prefix"
+        raise InputError(f"OUTPUT {output!r} lies inside INPUT {input_spec!r}: choose a {where} outside it")
 
 
 def stop_if_disk_full(records: list[ResultRecord]) -> None:

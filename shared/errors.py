@@ -140,7 +140,72 @@ class DiskFullError(PermanentError):
 
 
 class StorageError(TransientError):
+    """Storage that may answer later: S3 5xx, throttling, a connection reset or timeout, a local
+    I/O error (``EIO``) that is none of the refusals below."""
+
     reason = "storage"
+
+
+class StorageRefusedError(PermanentError):
+    """Storage refused the request for a reason that retrying cannot change (a name it cannot
+    hold, a bucket that does not exist, no permission): the key ends failed with the subclass's
+    reason, at once, instead of being sent again. ``shared.storage`` raises these for local
+    ``OSError`` errnos and S3 error codes (its ``LOCAL_REFUSALS`` / ``S3_REFUSALS`` tables);
+    an S3 4xx that no table names is this class itself."""
+
+    reason = "storage_refused"
+
+
+class NameTooLongError(StorageRefusedError):
+    """A file name over the filesystem's limit (``ENAMETOOLONG``: 255 bytes on most), or an S3
+    key over 1,024 bytes (``KeyTooLongError``)."""
+
+    reason = "name_too_long"
+
+
+class AccessDeniedError(StorageRefusedError):
+    """``EACCES``/``EPERM`` on a local path; S3 ``AccessDenied`` (any 403 that names no other cause)."""
+
+    reason = "access_denied"
+
+
+class ReadOnlyStorageError(StorageRefusedError):
+    """``EROFS``: the output's filesystem is mounted read-only."""
+
+    reason = "read_only"
+
+
+class NotADirectoryStorageError(StorageRefusedError):
+    """A path whose parent is a file (``ENOTDIR``, or ``EEXIST`` from making that parent)."""
+
+    reason = "not_a_directory"
+
+
+class IsADirectoryStorageError(StorageRefusedError):
+    """``EISDIR``: a folder sits where a file is to be read or written."""
+
+    reason = "is_a_directory"
+
+
+class InvalidNameError(StorageRefusedError):
+    """A name the filesystem cannot hold (``EINVAL``/``EILSEQ``: a character a FAT or SMB share refuses)."""
+
+    reason = "invalid_name"
+
+
+class NoSuchBucketError(StorageRefusedError):
+    reason = "no_such_bucket"
+
+
+class InvalidBucketNameError(StorageRefusedError):
+    reason = "invalid_bucket_name"
+
+
+class InvalidCredentialsError(StorageRefusedError):
+    """S3 ``InvalidAccessKeyId``/``SignatureDoesNotMatch``, or no credentials at all: every
+    request would be refused the same way until the settings change."""
+
+    reason = "invalid_credentials"
 
 
 class DeviceOutOfMemoryError(TransientError):

@@ -9,6 +9,8 @@ Keys, for job ``J`` (all expire ``VEIL_JOB_TTL_S`` after the job ends):
 ``veil:jobs``              sorted set: job id -> created (``veil jobs``)
 ``veil:jobs:active``       sorted set: jobs with keys waiting to be fed (the feeder's round robin)
 ``veil:jobname:NAME``      the id of the job named NAME (a re-run submit resumes it)
+``veil:submitting:NAME``   the Redis client id of the ``veil submit --name NAME`` listing it now
+                           (``orchestrator.submit.SubmitLock``; 120 s TTL renewed per page)
 ``veil:job:J``             hash: name, input, output, spec (JobSpec JSON), state, total, cursor,
                            listed, created, ended, and the counters done / no_face / failed / skipped
 ``veil:job:J:pending``     list of relative keys not yet fed to ``veil.cpu`` (~the key's bytes each)
@@ -136,6 +138,23 @@ return 0
 """
 
 
+# A job made whole or not at all; with a spec it takes its name (SET NX in effect: a name held
+# by another job that still exists is refused, one whose job is gone is taken over).
+_CREATE = """
+local job, name = KEYS[1], KEYS[2]
+local id, now, named = ARGV[1], ARGV[2], ARGV[3] == '1'
+if named then
+  local holder = redis.call('GET', name)
+  if holder and holder ~= id and redis.call('EXISTS', 'veil:job:' .. holder) == 1 then return 0 end
+  redis.call('SET', name, id)
+end
+redis.call('HSET', job, unpack(ARGV, 4))
+redis.call('ZADD', 'veil:jobs', now, id)
+if named then redis.call('ZADD', 'veil:jobs:active', now, id) end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class FeedLoad:
     """What the feeder needs of one active job to share the window (``JobStore.loads``)."""
@@ -189,6 +208,7 @@ class JobStore:
         self._record = client.register_script(_RECORD)
         self._end_listing = client.register_script(_END_LISTING)
         self._deactivate = client.register_script(_DEACTIVATE)
+        self._create = client.register_script(_CREATE)
         self._states: dict[str, tuple[float, str | None]] = {}  # job id -> (read at, state)
 
     @classmethod
@@ -200,21 +220,20 @@ class JobStore:
         return self._r
 
     # -- creating and listing ------------------------------------------------------------
-    def create(self, job_id: str, *, name: str, input: str, output: str, spec: JobSpec | None = None) -> None:
+    def create(self, job_id: str, *, name: str, input: str, output: str, spec: JobSpec | None = None) -> bool:
         """A job whose listing is already complete (counters only), or, with ``spec``, one that
-        ``veil submit`` is about to list (state ``submitting`` until ``end_listing``)."""
+        ``veil submit`` is about to list (state ``submitting`` until ``end_listing``) and that
+        takes the name ``name``. One Lua call: the name is taken and the job made together, or
+        neither, so of two submits of one name that get here at once exactly one makes a job.
+        Returns False (nothing written) when the name belongs to another job that exists."""
         now = time.time()
-        mapping: dict[str | bytes, str | float | int] = {"name": name, "input": input, "output": output, "total": 0}
+        mapping: dict[str, str | float | int] = {"name": name, "input": input, "output": output, "total": 0}
         mapping |= {"created": now, "state": SUBMITTING if spec else RUNNING, "listed": 0 if spec else 1}
         if spec is not None:
             mapping["spec"] = spec.model_dump_json()
-        pipe = self._r.pipeline()
-        pipe.hset(job_key(job_id), mapping=mapping)  # type: ignore[arg-type]  # redis-py: Mapping is invariant
-        pipe.zadd(JOBS, {job_id: now})
-        if spec is not None:
-            pipe.zadd(ACTIVE, {job_id: now})
-            pipe.set(name_key(name), job_id)
-        pipe.execute()
+        fields = [str(x) for kv in mapping.items() for x in kv]
+        keys = [job_key(job_id), name_key(name)]
+        return bool(self._create(keys=keys, args=[job_id, now, "1" if spec is not None else "0", *fields]))
 
     def by_name(self, name: str) -> str | None:
         return self._r.get(name_key(name))  # type: ignore[return-value]  # decode_responses

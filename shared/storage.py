@@ -7,12 +7,16 @@ is joined onto a base, what key an object has under a listed root, and the I/O i
 ``register_backend`` call; no caller changes.
 
 ``open_storage(settings)`` builds one ``Storage`` that routes each URI to its backend.
-Transient failures (S3 5xx, throttling, connection errors) raise ``StorageError``; a missing
-object raises ``FileNotFoundError``. Credentials come from the settings, never from messages.
+Transient failures (S3 5xx, throttling, connection errors, a local I/O error) raise
+``StorageError``; a refusal that retrying cannot change (a name too long, no such bucket, access
+denied, a read-only filesystem) raises a ``StorageRefusedError`` subclass with its own reason code
+(``LOCAL_REFUSALS``, ``S3_REFUSALS``); a full disk raises ``DiskFullError``; a missing object
+raises ``FileNotFoundError``. Credentials come from the settings, never from messages.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import uuid
@@ -22,16 +26,32 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from shared.diskio import write_then_rename
-from shared.errors import InputError, StorageError, UnsafeKeyError
+from shared.errors import (
+    AccessDeniedError,
+    InputError,
+    InvalidBucketNameError,
+    InvalidCredentialsError,
+    InvalidNameError,
+    IsADirectoryStorageError,
+    NameTooLongError,
+    NoSuchBucketError,
+    NotADirectoryStorageError,
+    ReadOnlyStorageError,
+    StorageError,
+    StorageRefusedError,
+    UnsafeKeyError,
+)
 from shared.settings import Settings
 
 __all__ = [
     "Backend",
+    "LOCAL_REFUSALS",
     "LocalBackend",
     "ObjectStoreBackend",
     "S3Backend",
     "Storage",
     "RESERVED_NAMES",
+    "S3_REFUSALS",
     "backend_class",
     "check_key",
     "check_output_uri",
@@ -77,6 +97,30 @@ class Backend(Protocol):
     def list(self, prefix: str) -> Iterator[str]: ...
 
 
+#: local errno -> the permanent error it is (anything else but ENOENT and a full disk: ``StorageError``)
+LOCAL_REFUSALS: dict[int, type[StorageRefusedError]] = {
+    errno.ENAMETOOLONG: NameTooLongError,
+    errno.EACCES: AccessDeniedError,
+    errno.EPERM: AccessDeniedError,
+    errno.EROFS: ReadOnlyStorageError,
+    errno.ENOTDIR: NotADirectoryStorageError,
+    errno.EEXIST: NotADirectoryStorageError,  # making a parent folder where a file is
+    errno.EISDIR: IsADirectoryStorageError,
+    errno.EINVAL: InvalidNameError,
+    errno.EILSEQ: InvalidNameError,
+}
+
+
+def local_error(exc: OSError, uri: str) -> Exception:
+    """What a local ``OSError`` means: ``FileNotFoundError`` as it is (a missing object), a
+    ``StorageRefusedError`` subclass for a refusal (``LOCAL_REFUSALS``), ``StorageError`` otherwise."""
+    if isinstance(exc, FileNotFoundError):
+        return exc
+    what = f"{uri}: {exc.strerror or exc}"
+    refusal = LOCAL_REFUSALS.get(exc.errno or 0)
+    return refusal(what) if refusal is not None else StorageError(what)
+
+
 class LocalBackend:
     """Filesystem paths. ``list`` walks a folder recursively, in sorted order."""
 
@@ -103,21 +147,34 @@ class LocalBackend:
         return os.path.isdir(root) and Path(uri).resolve().is_relative_to(Path(root).resolve())
 
     def read(self, uri: str) -> bytes:
-        return Path(uri).read_bytes()
+        try:
+            return Path(uri).read_bytes()
+        except OSError as exc:
+            raise local_error(exc, uri) from exc
 
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
-        """Atomic: written to a temporary file, then renamed, so a crash leaves no half file."""
+        """Atomic: written to a temporary file, then renamed, so a crash leaves no half file.
+        A full disk raises ``DiskFullError`` (from ``write_then_rename``)."""
         path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # unique per call (threads of one process too) and short whatever the target's length
-        tmp = path.with_name(f".veil-{uuid.uuid4().hex[:16]}.tmp")
-        write_then_rename(tmp, path, data)  # the temporary file is removed on any failure
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # unique per call (threads of one process too) and short whatever the target's length
+            tmp = path.with_name(f".veil-{uuid.uuid4().hex[:16]}.tmp")
+            write_then_rename(tmp, path, data)  # the temporary file is removed on any failure
+        except OSError as exc:
+            raise local_error(exc, uri) from exc
 
     def exists(self, uri: str) -> bool:
-        return Path(uri).is_file()
+        try:
+            return Path(uri).is_file()
+        except OSError as exc:  # ENOENT and ENOTDIR are "no" already; a name too long is not
+            raise local_error(exc, uri) from exc
 
     def delete(self, uri: str) -> None:
-        Path(uri).unlink(missing_ok=True)
+        try:
+            Path(uri).unlink(missing_ok=True)
+        except OSError as exc:
+            raise local_error(exc, uri) from exc
 
     def list(self, prefix: str) -> Iterator[str]:
         root = Path(prefix)
@@ -165,6 +222,53 @@ class ObjectStoreBackend:
         return (uri.rstrip("/") + "/").startswith(root.rstrip("/") + "/")
 
 
+#: S3 error code -> the permanent error it is. Not here: 404s (``FileNotFoundError``), 5xx,
+#: throttling and 408/409/429 (``StorageError``), ``PreconditionFailed`` (``create`` reads it);
+#: any other 4xx is a ``StorageRefusedError``, a 403 an ``AccessDeniedError``.
+S3_REFUSALS: dict[str, type[StorageRefusedError]] = {
+    "NoSuchBucket": NoSuchBucketError,
+    "AccessDenied": AccessDeniedError,
+    "AllAccessDisabled": AccessDeniedError,
+    "AccountProblem": AccessDeniedError,
+    "InvalidBucketName": InvalidBucketNameError,
+    "KeyTooLongError": NameTooLongError,
+    "InvalidAccessKeyId": InvalidCredentialsError,
+    "SignatureDoesNotMatch": InvalidCredentialsError,
+    "InvalidToken": InvalidCredentialsError,
+    "ExpiredToken": InvalidCredentialsError,
+}
+_S3_TRANSIENT = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeTooSkewed",
+        "OperationAborted",
+        "BadDigest",
+        "IncompleteBody",
+    }
+)
+
+
+def s3_error(code: str, status: int, where: str) -> Exception | None:
+    """What an S3 error answer means (``None``: let the caller see the ``ClientError`` itself)."""
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return FileNotFoundError(where)
+    if code in ("PreconditionFailed", "412"):
+        return None
+    what = f"S3 {code or status} ({where})"
+    if code in S3_REFUSALS:
+        return S3_REFUSALS[code](what)
+    if status >= 500 or status in (408, 409, 429) or code in _S3_TRANSIENT:
+        return StorageError(what)
+    if status == 403:
+        return AccessDeniedError(what)
+    if 400 <= status < 500:
+        return StorageRefusedError(what)
+    return StorageError(what)
+
+
 class S3Backend(ObjectStoreBackend):
     scheme: ClassVar[str] = "s3"
 
@@ -183,24 +287,30 @@ class S3Backend(ObjectStoreBackend):
         )
 
     def _call(self, fn: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
+        where = "s3://" + str(kwargs.get("Bucket", "")) + "/" + str(kwargs.get("Key", kwargs.get("Prefix", "")))
         try:
             return fn(**kwargs)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise FileNotFoundError(kwargs.get("Key", "")) from exc
-            if status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling"):
-                raise StorageError(f"S3 {code or status}") from exc
-            raise
+            error = s3_error(code, status, where)
+            if error is None:
+                raise
+            raise error from exc
+        except ParamValidationError as exc:  # refused before sending: a bucket name S3 cannot have
+            kind = InvalidBucketNameError if "bucket name" in str(exc).lower() else StorageRefusedError
+            raise kind(f"{where}: {exc}") from exc
+        except NoCredentialsError as exc:
+            raise InvalidCredentialsError(f"{where}: {exc}") from exc
         except BotoCoreError as exc:  # connection reset, endpoint unreachable, read timeout
-            raise StorageError(f"S3 connection: {type(exc).__name__}") from exc
+            raise StorageError(f"S3 connection: {type(exc).__name__} ({where})") from exc
 
     def read(self, uri: str) -> bytes:
         bucket, key = self.parse(uri)
-        return self._call(self._client.get_object, Bucket=bucket, Key=key)["Body"].read()
+        # the body is read inside ``_call``: a connection cut mid-body is a StorageError too
+        return self._call(lambda **kw: self._client.get_object(**kw)["Body"].read(), Bucket=bucket, Key=key)
 
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         bucket, key = self.parse(uri)

@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.inputs import InputItem, plan_outputs
 from orchestrator.submit import image_task
-from shared.errors import InputError, UnsafeKeyError
+from shared.errors import InputError, IsADirectoryStorageError, UnsafeKeyError
 from shared.messages import FaceAnalysis, ImageTask, PromptTask, ResultRecord, Status
 from shared.results import publish
 from shared.settings import Settings
@@ -162,6 +162,6 @@ def test_two_threads_writing_one_target_leave_a_whole_file_and_no_tmp(tmp_path):
 def test_a_failed_write_leaves_no_tmp(tmp_path):
     storage = open_storage(Settings.from_env({}))
     (tmp_path / "dir.jpg").mkdir()  # os.replace onto a folder fails
-    with pytest.raises(OSError):
+    with pytest.raises(IsADirectoryStorageError):  # permanent (issue 18): never sent again
         storage.write(str(tmp_path / "dir.jpg"), b"x")
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["dir.jpg"]
