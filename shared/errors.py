@@ -267,3 +267,10 @@ def call_with_retries(
 #: The one place retry behaviour is declared. Celery tasks read it; ``veil run`` retries
 #: transient storage errors with the same policy.
 RETRY_POLICY = RetryPolicy()
+
+#: How long a worker retries one send to the broker in place (``workers.retries.send``) before
+#: it gives the message it holds back unacknowledged: one retry after 0.5-1 s. A failed try
+#: costs ~6 s with Redis refusing connections (redis-py's own reconnect attempts; measured on a
+#: 2-core VM), so a send gives up within ~13 s: an outage costs a task or a GPU batch seconds,
+#: never minutes. Nothing is lost: the worker's own message was never acknowledged.
+SEND_POLICY = RetryPolicy(max_retries=1, backoff_s=1.0, backoff_max_s=1.0)

@@ -75,6 +75,11 @@ def _all_keys(job_id: str) -> list[str]:
     return [job_key(job_id)] + [job_key(job_id, p) for p in ("pending", "redo", "keys", "failed", "rate")]
 
 
+def _record_keys(job_id: str) -> list[str]:
+    """A job's keys in the order ``_RECORD_ONE`` reads them: hash, keys, failed, rate, pending, redo."""
+    return [job_key(job_id)] + [job_key(job_id, p) for p in ("keys", "failed", "rate", "pending", "redo")]
+
+
 # Shared by record and end_listing: a job whose listing is complete and whose keys are all
 # counted is finished, once; its keys then expire after the TTL.
 _MAYBE_END = """
@@ -96,25 +101,65 @@ end
 # Count a finished key once (its digest joins the job's set), keep a failure's reason, add it to
 # the per-second rate, and end the job when every listed key is counted: one Lua call runs whole,
 # so a Redis cut can never leave a key marked counted without its count. A job whose record is
-# gone (expired) is not recreated.
+# gone (expired) is not recreated. ``k``: the job's hash, keys, failed, rate, pending, redo.
+_RECORD_ONE = """
+local function record_one(k, digest, status, input, reason, sec, now, ttl)
+  local job = k[1]
+  if redis.call('EXISTS', job) == 0 then return 0 end
+  if redis.call('SADD', k[2], digest) == 0 then return 0 end
+  redis.call('HINCRBY', job, status, 1)
+  if status == 'failed' then redis.call('HSET', k[3], input, reason) end
+  redis.call('HINCRBY', k[4], sec, 1)
+  if redis.call('HLEN', k[4]) > 300 then
+    local old = tonumber(sec) - 120
+    for _, s in ipairs(redis.call('HKEYS', k[4])) do
+      if tonumber(s) < old then redis.call('HDEL', k[4], s) end
+    end
+  end
+  return 1 + maybe_end(job, k, now, ttl)
+end
+"""
+
 _RECORD = (
     _MAYBE_END
+    + _RECORD_ONE
     + """
-local job = KEYS[1]
-if redis.call('EXISTS', job) == 0 then return 0 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('HINCRBY', job, ARGV[2], 1)
-if ARGV[2] == 'failed' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[4]) end
-redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
-if redis.call('HLEN', KEYS[4]) > 300 then
-  local old = tonumber(ARGV[5]) - 120
-  for _, sec in ipairs(redis.call('HKEYS', KEYS[4])) do
-    if tonumber(sec) < old then redis.call('HDEL', KEYS[4], sec) end
-  end
-end
-return 1 + maybe_end(job, {unpack(KEYS, 1, 6)}, ARGV[6], tonumber(ARGV[7]))
+return record_one({unpack(KEYS, 1, 6)}, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
 """
 )
+
+# Many keys (a GPU batch) in one call, one round trip: KEYS holds 6 keys per item (as
+# ``_RECORD``), ARGV the second, now and TTL, then 4 per item (digest, status, input, reason).
+# Not a transaction across items: each key is counted whole, as one ``_RECORD`` would.
+_RECORD_MANY = (
+    _MAYBE_END
+    + _RECORD_ONE
+    + """
+local out = {}
+for i = 0, #KEYS / 6 - 1 do
+  local a = 4 + 4 * i
+  out[i + 1] = record_one({unpack(KEYS, 6 * i + 1, 6 * i + 6)}, ARGV[a], ARGV[a + 1], ARGV[a + 2],
+                          ARGV[a + 3], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+end
+return out
+"""
+)
+
+# Cancel, as one transition: a job that ended meanwhile (finished, or finalizing: its end is
+# being written) is not overwritten. The cancelled job is queued for finalizing (its summary).
+# KEYS: the job's 6 keys (hash first), ARGV: job id, now, TTL.
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'finished' or state == 'finalizing' or state == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'ended', ARGV[2], 'listed', 1)
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', 'veil:jobs:active', ARGV[1])
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, tonumber(ARGV[3])) end
+local name = redis.call('HGET', KEYS[1], 'name')
+if name then redis.call('EXPIRE', 'veil:jobname:' .. name, tonumber(ARGV[3])) end
+redis.call('ZADD', 'veil:jobs:finalize', ARGV[2], ARGV[1])
+return 1
+"""
 
 # The listing is complete: mark it, and end the job at once if nothing is left to count.
 _END_LISTING = (
@@ -209,6 +254,8 @@ class JobStore:
         self._end_listing = client.register_script(_END_LISTING)
         self._deactivate = client.register_script(_DEACTIVATE)
         self._create = client.register_script(_CREATE)
+        self._record_many = client.register_script(_RECORD_MANY)
+        self._cancel = client.register_script(_CANCEL)
         self._states: dict[str, tuple[float, str | None]] = {}  # job id -> (read at, state)
 
     @classmethod
@@ -273,7 +320,7 @@ class JobStore:
     def record_ending(self, job_id: str, input_uri: str, status: str, reason: str | None = None) -> int:
         """0: already counted (or no such job); 1: counted; 2: counted, and it ended the job."""
         now = time.time()
-        keys = _all_keys(job_id)
+        keys = _record_keys(job_id)
         args: list[bytes | str | float] = [
             digest(input_uri),
             status,
@@ -284,28 +331,33 @@ class JobStore:
             self.ttl_s,
         ]
         try:
-            return int(self._record(keys=[keys[0], keys[3], keys[4], keys[5], *keys[1:3]], args=args))
+            return int(self._record(keys=keys, args=args))
+        except redis.RedisError as exc:
+            raise BrokerError(f"job counters: {type(exc).__name__}: {exc}") from exc
+
+    def record_many(self, items: list[tuple[str, str, str, str | None]]) -> list[int]:
+        """``record_ending`` for each (job id, input URI, status, reason), in one Redis call (one
+        round trip, one Lua script run whole per key): each key's 0 / 1 / 2, in order. Redis
+        unreachable: ``BrokerError``, and then no key may be taken as counted."""
+        if not items:
+            return []
+        now = time.time()
+        keys: list[str] = []
+        args: list[bytes | str | float] = [int(now), now, self.ttl_s]
+        for job_id, input_uri, status, reason in items:
+            keys += _record_keys(job_id)
+            args += [digest(input_uri), status, input_uri, reason or ""]
+        try:
+            return [int(n) for n in self._record_many(keys=keys, args=args)]
         except redis.RedisError as exc:
             raise BrokerError(f"job counters: {type(exc).__name__}: {exc}") from exc
 
     # -- control -------------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
         """Cancelled: nothing more is fed, the pending keys are dropped, the record expires after
-        the TTL. Returns False for an unknown or already ended job."""
-        state: str | None = self._r.hget(job_key(job_id), "state")  # type: ignore[assignment]  # decode_responses
-        if state in (None, FINISHED, CANCELLED):
-            return False
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hset(job_key(job_id), mapping={"state": CANCELLED, "ended": time.time(), "listed": 1})
-        pipe.delete(job_key(job_id, "pending"), job_key(job_id, "redo"))
-        pipe.zrem(ACTIVE, job_id)
-        for key in _all_keys(job_id):
-            pipe.expire(key, self.ttl_s)
-        name: str | None = self._r.hget(job_key(job_id), "name")  # type: ignore[assignment]
-        if name:
-            pipe.expire(name_key(name), self.ttl_s)
-        pipe.execute()
-        return True
+        the TTL, and the job is queued for finalizing. One Lua call: a job that ends meanwhile
+        stays ended. Returns False for an unknown or already ended (or finalizing) job."""
+        return bool(self._cancel(keys=_all_keys(job_id), args=[job_id, time.time(), self.ttl_s]))
 
     def delete(self, job_id: str) -> None:
         name: str | None = self._r.hget(job_key(job_id), "name")  # type: ignore[assignment]

@@ -137,17 +137,22 @@ def already_done(task: ImageTask | PromptTask, storage, jobs=None) -> bool:
 
 
 def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
-    """Writes the sidecar (the key's commit marker, after its image) and counts it once. An unsafe
-    ``output_uri`` (a forged message) gets no sidecar, which would land beside it: it is counted
-    and logged only."""
+    """Writes the sidecar (the key's commit marker, after its image) and counts it once."""
+    write_sidecar(record, output_uri, storage)
+    if jobs is not None and record.job_id:
+        count(jobs, storage, record.job_id, record.input, record.status.value, record.reason)
+
+
+def write_sidecar(record: ResultRecord, output_uri: str, storage) -> bool:
+    """The sidecar half of ``publish``. An unsafe ``output_uri`` (a forged message) gets no
+    sidecar, which would land beside it: logged, False (the key is still counted)."""
     try:
         check_output_uri(output_uri)
     except UnsafeKeyError as exc:
         logging.getLogger(__name__).warning("no sidecar for %s: %s", record.input, exc)
-    else:
-        storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")
-    if jobs is not None and record.job_id:
-        count(jobs, storage, record.job_id, record.input, record.status.value, record.reason)
+        return False
+    storage.write(sidecar_uri(output_uri), record.model_dump_json(indent=1).encode(), "application/json")
+    return True
 
 
 def count(jobs, storage, job_id: str, input_uri: str, status: str, reason: str | None = None) -> None:
@@ -155,9 +160,23 @@ def count(jobs, storage, job_id: str, input_uri: str, status: str, reason: str |
     folded manifest (``shared.jobsummary``). Failing to write those never fails the key: ``veil
     cancel``/``veil retry`` write them again, and every sidecar is in storage anyway."""
     if jobs.record_ending(job_id, input_uri, status, reason) == 2:
-        from shared.jobsummary import write_job_files
+        _job_ended(jobs, storage, job_id)
 
-        try:
-            write_job_files(job_id, jobs, storage)
-        except Exception:  # noqa: BLE001 - the key itself is recorded; the summary is a convenience
-            logging.getLogger(__name__).exception("job %s: summary and manifest not written", job_id)
+
+def count_many(jobs, storage, records: list[ResultRecord]) -> list[int]:
+    """``count`` for many keys (a GPU batch) in one Redis round trip (``JobStore.record_many``):
+    each record's 0 (already counted), 1 (counted) or 2 (counted, and it ended its job).
+    ``BrokerError`` when Redis is unreachable: then none may be taken as counted."""
+    ended = jobs.record_many([(r.job_id, r.input, r.status.value, r.reason) for r in records])
+    for job_id in dict.fromkeys(r.job_id for r, n in zip(records, ended, strict=True) if n == 2 and r.job_id):
+        _job_ended(jobs, storage, job_id)
+    return ended
+
+
+def _job_ended(jobs, storage, job_id: str) -> None:
+    from shared.jobsummary import write_job_files
+
+    try:
+        write_job_files(job_id, jobs, storage)
+    except Exception:  # noqa: BLE001 - the key itself is recorded; the summary is a convenience
+        logging.getLogger(__name__).exception("job %s: summary and manifest not written", job_id)

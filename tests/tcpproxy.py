@@ -33,6 +33,9 @@ class TcpProxy:
         self._closed = False
         self.connections = 0  # accepted while up, for tests that check traffic went through
         self.bytes_down = 0  # bytes the service sent back through the proxy
+        #: called with each chunk a client sends, before it is forwarded: a test counts requests
+        #: with it, or cuts at a chosen request (``cut()`` from inside drops that chunk)
+        self.on_request = None
         threading.Thread(target=self._accept_loop, name="tcpproxy-accept", daemon=True).start()
 
     @property
@@ -84,6 +87,10 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
             while data := src.recv(65536):
+                if not down and self.on_request is not None:
+                    self.on_request(data)
+                    if not self._up.is_set():
+                        break
                 dst.sendall(data)
                 if down:
                     self.bytes_down += len(data)

@@ -5,8 +5,10 @@ after ``RETRY_POLICY.countdown`` (backoff with jitter) on a transient failure, o
 The outcome itself is written to S3 (sidecar) and Redis (job counter, re-sent message), and
 either can be down: ``settle`` then sends the message again unchanged after a backoff, so the
 key stays queued rather than lost. Only when the broker refuses that too does it raise
-``BrokerError``: the caller must then leave the message unacknowledged (Redis restores it after
-the visibility timeout).
+``BrokerError``: the caller must then leave the message unacknowledged (the CPU task rejects it
+with requeue, the GPU batch gives it back; Redis restores it after the visibility timeout if
+even that fails). ``send`` retries in place for seconds only (``SEND_POLICY``), so a broker
+outage never holds a worker for minutes: the message the worker holds is the key's safety.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.errors import RETRY_POLICY, BrokerError, PermanentError, TransientError, call_with_retries
+from shared.errors import RETRY_POLICY, SEND_POLICY, BrokerError, PermanentError, TransientError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import count, error_record, publish
 from workers import metrics
@@ -54,17 +56,18 @@ def _tier(task_name: str) -> str:
 
 
 def send(message: dict[str, Any], task_name: str, queue: str, countdown: float | None = None) -> None:
-    """Sends by name, retried in place per ``RETRY_POLICY`` while the broker is down (a Redis
-    restart is seconds; the policy waits minutes), then ``BrokerError``. Retrying here matters:
-    a message whose outcome could not be recorded is only safe once it is back on the queue."""
+    """Sends by name, retried in place per ``SEND_POLICY`` (seconds: a Redis restart passes),
+    then ``BrokerError``. Each try is one publish without Celery's own retries, so the whole call
+    is bounded by the policy's waits plus a failed connect per try. The caller still holds the
+    message it is handling, unacknowledged: on ``BrokerError`` it gives that back (nothing lost)."""
 
     def once() -> None:
         try:
-            app.send_task(task_name, args=[message], queue=queue, countdown=countdown)
+            app.send_task(task_name, args=[message], queue=queue, countdown=countdown, retry=False)
         except Exception as exc:  # noqa: BLE001 - kombu/redis raise many types; all mean "broker down"
             raise BrokerError(f"could not send {task_name}: {type(exc).__name__}: {exc}") from exc
 
-    call_with_retries(once, on_retry=lambda n, exc: log.warning("broker down, send retry %d: %s", n, exc))
+    call_with_retries(once, SEND_POLICY, on_retry=lambda n, exc: log.warning("broker down, send retry %d: %s", n, exc))
 
 
 def settle(

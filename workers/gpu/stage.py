@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -233,23 +234,34 @@ def _finish_by_mode(
     return [fin for fin in out if fin is not None]
 
 
+#: threads of ``io_pool``: a batch's image uploads and sidecar PUTs (S3 calls and PIL encoding
+#: release the GIL)
+IO_THREADS = 8
+_io: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """The process's one bounded pool for storage calls, created on first use (after fork)."""
+    global _io
+    if _io is None or _io[0] != os.getpid():
+        _io = (os.getpid(), ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="veil-io"))
+    return _io[1]
+
+
 def store_images(
     tasks: list[PromptTask],
     images: list[np.ndarray],
     storage: Storage,
-    threads: int = 8,
     timings: list[dict[str, float]] | None = None,
 ) -> list[BaseException | None]:
-    """Encode and upload a batch's images in parallel threads (PIL encoding and S3 uploads
-    release the GIL); returns each image's exception, or None where it was stored. Each image's
-    ``encode`` and ``upload`` seconds go into its ``timings`` dict, when given."""
+    """Encode and upload a batch's images in parallel (``io_pool``); returns each image's
+    exception, or None where it was stored. Each image's ``encode`` and ``upload`` seconds go
+    into its ``timings`` dict, when given."""
     if not tasks:
         return []
     timings = timings if timings is not None else [{} for _ in tasks]
-    with ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
-        futures = [
-            pool.submit(store_image, t, px, storage, tm) for t, px, tm in zip(tasks, images, timings, strict=True)
-        ]
+    pool = io_pool()
+    futures = [pool.submit(store_image, t, px, storage, tm) for t, px, tm in zip(tasks, images, timings, strict=True)]
     return [f.exception() for f in futures]
 
 
