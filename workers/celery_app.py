@@ -20,6 +20,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from shared import redisconn
 from shared.settings import Settings
 
 app = Celery("veil")
@@ -47,7 +48,13 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
+        # Issue 18: no connection waits forever on a half-open socket (a partition); the bounds
+        # and why they hold are in shared/redisconn.py. Retry the broker forever (default: 100
+        # tries, ~50 min), so a long partition or Redis outage never ends a worker.
+        broker_connection_timeout=settings.redis_connect_timeout_s,
+        broker_connection_max_retries=None,
         broker_transport_options={
+            **redisconn.transport_options(settings),
             "visibility_timeout": settings.visibility_timeout_s,
             # kombu scans for expired unacknowledged messages every interval x throttle s
             # (default 10 x 10): scan every ~visibility/5 s, so a dead worker's keys come back
