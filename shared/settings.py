@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     # partition: no RST, no FIN, just silence) is noticed within ~30 s (RELIABILITY.md).
     # A blocking read or write gives up after this many seconds. Must exceed kombu's BRPOP poll
     # (1 s), or every idle poll would time out.
-    redis_socket_timeout_s: float = Field(10.0, gt=1.0)
+    redis_socket_timeout_s: float = Field(5.0, gt=1.0)
     redis_connect_timeout_s: float = Field(5.0, gt=0)
     # redis-py PINGs a connection idle longer than this before using it; kombu checks its BRPOP
     # and pub/sub connections this often and drops one whose reply is overdue by this much.

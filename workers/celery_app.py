@@ -17,6 +17,8 @@ messages it holds but has not started to the queue as it closes its channel.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -42,7 +44,30 @@ def _forget_broker_connections() -> None:
     app.amqp._producer_pool = None
 
 
+def _heartbeats_sent_once() -> None:
+    """Celery's worker heartbeat is published from the event loop with ``retry=True`` and no
+    retry limit (kombu's ``Connection.ensure``, ``max_retries=None``). With the broker
+    partitioned, every reconnect waits out the socket timeout, forever, and the loop never
+    reaches its shutdown check: a CPU worker with nothing running was still up 60 s after SIGTERM
+    (py-spy: ``Heart._send`` -> ``Connection._ensure_connection``). A heartbeat goes out again
+    every 2 s anyway, so it is sent once: a failure reaches the loop as a connection error, and
+    the consumer reconnects the way it always does (its retry checks for shutdown)."""
+    from celery.worker import heartbeat
+
+    send = heartbeat.Heart._send
+    if getattr(send, "veil_once", False):
+        return
+
+    def once(self: heartbeat.Heart, event: str, retry: bool = True) -> Any:
+        return send(self, event, retry=False)
+
+    once.veil_once = True  # type: ignore[attr-defined]
+    heartbeat.Heart._send = once  # type: ignore[method-assign]
+
+
 def configure(settings: Settings, *, tier: str | None = None) -> Celery:
+    if tier is not None:
+        _heartbeats_sent_once()
     if app.configured and app.conf.broker_url not in (None, settings.broker_url):
         _forget_broker_connections()
     app.conf.update(
