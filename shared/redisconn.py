@@ -7,7 +7,7 @@ Celery's broker connections (``transport_options``, used by ``workers/celery_app
 Veil's own clients (``client``: the job store, the feeder through it, the exporter, ``veil
 status``, the health check), gets:
 
-- ``socket_timeout`` (``VEIL_REDIS_SOCKET_TIMEOUT_S``, 10 s): a read or write waits at most this;
+- ``socket_timeout`` (``VEIL_REDIS_SOCKET_TIMEOUT_S``, 5 s): a read or write waits at most this;
 - ``socket_connect_timeout`` (``VEIL_REDIS_CONNECT_TIMEOUT_S``, 5 s);
 - TCP keepalive (``VEIL_REDIS_KEEPALIVE_S``, 10 s idle, 3 probes at a third of it) and
   ``TCP_USER_TIMEOUT`` (2x it): the kernel drops a connection to a vanished peer in ~20 s;
@@ -17,9 +17,11 @@ status``, the health check), gets:
 
 The bound, a half-open connection noticed within 30 s: a consumer's BRPOP within
 1 + 2 x 10 = 21 s (kombu's check; the kernel's keepalive too in a real partition); a command on
-one of Veil's clients within 2 x 10 s + 5 s (one retry on a fresh connection, then
+one of Veil's clients within 2 x 5 s + 5 s (one retry on a fresh connection, then
 ``redis.ConnectionError`` / ``TimeoutError`` reach ``RETRY_POLICY``); Celery's publish and close
-paths within 10 s per read.
+paths within 5 s per read. Worker heartbeats are sent once, not retried forever
+(``workers/celery_app.py``), and SIGTERM with the broker silent ends a worker within
+``workers/shutdown.py``'s limit (20 s of silence).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 def client(url: str, settings: Settings | None = None, *, decode_responses: bool = False) -> redis.Redis:
     """A redis-py client for ``url`` with the bounds above. A command is tried at most twice (the
     second time on a fresh connection, which covers a Redis restart); redis-py's default is 10
-    retries, which would turn a 10 s timeout into minutes."""
+    retries, which would turn a 5 s timeout into a minute."""
     return redis.Redis.from_url(
         url,
         decode_responses=decode_responses,

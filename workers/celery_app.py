@@ -86,6 +86,12 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
             # within ~1.2 x the visibility timeout, on any live or restarted worker.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 5)),
             "unacked_restore_throttle": 1,
+            # The restore scan's lock (SET NX) expires after this (kombu's default: 300 s). A
+            # worker that took it and then lost the broker (a partition; its SET arrived, the
+            # reply did not) kept every worker from restoring for 5 minutes: measured, the keys
+            # a killed worker held came back 300 s after the partition instead of
+            # visibility_timeout_s. The scan itself takes well under a second at the window's size.
+            "unacked_mutex_expire": 30,
         },
         task_ignore_result=True,
         task_acks_late=True,

@@ -5,6 +5,7 @@ tests/integration/test_redisconn.py and tests/integration/test_partition.py."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from kombu.transport.redis import Channel
@@ -56,4 +57,36 @@ def test_veil_clients_get_the_bounds_and_one_retry():
     kwargs = store.redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 7.0 and kwargs["socket_keepalive"] is True
     assert kwargs["health_check_interval"] == Settings.model_fields["redis_health_check_interval_s"].default
-    assert kwargs["retry"].get_retries() == 1  # redis-py's default (10) would turn 10 s into minutes
+    assert kwargs["retry"].get_retries() == 1  # redis-py's default (10) would turn 5 s into a minute
+
+
+def test_heartbeats_are_sent_once_not_retried_forever():
+    from celery.worker import heartbeat
+
+    from workers.celery_app import configure
+
+    sent = []
+
+    class Eventer:
+        on_enabled: set = set()
+        on_disabled: set = set()
+
+        def send(self, event, **kw):
+            sent.append((event, kw["retry"]))
+
+    configure(Settings.from_env({}, broker_url="redis://127.0.0.1:1/0"), tier="cpu")
+    heartbeat.Heart(timer=None, eventer=Eventer())._send("worker-heartbeat")
+    assert sent == [("worker-heartbeat", False)]
+
+
+def test_shutdown_watch_exits_once_the_broker_is_silent_long_enough():
+    from workers import shutdown
+
+    settings = Settings.from_env({}, broker_url="redis://127.0.0.1:1/0", redis_socket_timeout_s=1.5,
+                                 redis_connect_timeout_s=0.2)  # fmt: skip
+    exits = []
+    began = time.monotonic()
+    shutdown.watch(settings, exit_now=exits.append)  # port 1: refused at once, every time
+    waited = time.monotonic() - began
+    assert exits == [shutdown.EXIT_BROKER_UNREACHABLE]
+    assert shutdown.unreachable_limit_s(settings) <= waited < shutdown.unreachable_limit_s(settings) + 3
