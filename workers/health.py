@@ -16,7 +16,7 @@ and, in the GPU tier's solo pool, runs the batch itself. So the file's age tells
   partition: no RST, the peer just goes silent) while its loop still goes round, and a CPU
   worker whose processes are all busy sends no BRPOP at all. So a side thread PINGs the broker
   every interval on its own connection (``shared/redisconn.py``'s bounds: no PING waits more
-  than ~25 s), and the loop writes the file only while the last PONG is at most
+  than ~15 s), and the loop writes the file only while the last PONG is at most
   ``broker_bound_s`` old. A partition stops the writes within that bound, and the liveness
   probe fails ``--max-age`` later.
 
