@@ -165,7 +165,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 def _jobs(settings: Settings):  # noqa: ANN202 - shared.jobs.JobStore, imported late
     from shared.jobs import JobStore
 
-    return JobStore.from_url(settings.jobs_url, settings.job_ttl_s)
+    return JobStore.from_url(settings.jobs_url, settings.job_ttl_s, settings)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -201,13 +201,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import redis
-
     from orchestrator.status import show_status
+    from shared import redisconn
     from shared.jobs import queue_depth
 
     settings = _settings()
-    broker = redis.Redis.from_url(settings.broker_url)
+    broker = redisconn.client(settings.broker_url, settings)
     return show_status(
         _jobs(settings),
         args.job,
@@ -348,7 +347,9 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     from workers.metrics import run_exporter
 
     settings = _settings()
-    run_exporter(settings.broker_url, [settings.cpu_queue, settings.gpu_queue], args.port or settings.metrics_port)
+    run_exporter(
+        settings.broker_url, [settings.cpu_queue, settings.gpu_queue], args.port or settings.metrics_port, settings
+    )
     return 0
 
 

@@ -32,13 +32,12 @@ class Cancelled:
 
 
 def cancel_job(job_id: str, settings: Settings, jobs: JobStore, storage: Storage) -> Cancelled:
-    import redis
-
+    from shared import redisconn
     from workers.feeder import drop_job_messages  # the Celery message format; no task module
 
     if not jobs.cancel(job_id):
         return Cancelled(found=jobs.get(job_id) is not None)
-    broker = redis.Redis.from_url(settings.broker_url)
+    broker = redisconn.client(settings.broker_url, settings)
     removed = sum(drop_job_messages(broker, q, job_id) for q in (settings.cpu_queue, settings.gpu_queue))
     return Cancelled(True, True, removed, write_job_files(job_id, jobs, storage))
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from shared import redisconn
 from shared.errors import BrokerError
 from shared.messages import JobSpec, Status
 from shared.settings import Settings
@@ -259,8 +260,10 @@ class JobStore:
         self._states: dict[str, tuple[float, str | None]] = {}  # job id -> (read at, state)
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: int = 7 * 86400) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
+    def from_url(cls, url: str, ttl_s: int = 7 * 86400, settings: Settings | None = None) -> JobStore:
+        """A store on ``url`` whose connections have ``settings``' socket bounds (the defaults
+        without): none waits forever on a half-open connection (``shared/redisconn.py``)."""
+        return cls(redisconn.client(url, settings, decode_responses=True), ttl_s)
 
     @property
     def redis(self) -> redis.Redis:

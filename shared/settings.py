@@ -187,6 +187,21 @@ class Settings(BaseSettings):
     # true. /healthcheck stays open (it answers only "OK").
     flower_public_metrics: bool = False
 
+    # -- Redis connections (issue 18: workers survive a partition; shared/redisconn.py) ---------
+    # Every Redis connection Veil opens (Celery's broker connections and Veil's own clients:
+    # jobs, feeder, exporter, status, health) gets these, so a half-open connection (a network
+    # partition: no RST, no FIN, just silence) is noticed within ~30 s (RELIABILITY.md).
+    # A blocking read or write gives up after this many seconds. Must exceed kombu's BRPOP poll
+    # (1 s), or every idle poll would time out.
+    redis_socket_timeout_s: float = Field(5.0, gt=1.0)
+    redis_connect_timeout_s: float = Field(5.0, gt=0)
+    # redis-py PINGs a connection idle longer than this before using it; kombu checks its BRPOP
+    # and pub/sub connections this often and drops one whose reply is overdue by this much.
+    redis_health_check_interval_s: int = Field(10, ge=1)
+    # TCP keepalive: first probe after this many idle seconds, then 3 probes at a third of it; the
+    # kernel drops a dead peer's connection after ~2x this (TCP_USER_TIMEOUT bounds unacked data).
+    redis_keepalive_s: int = Field(10, ge=1)
+
     # -- worker health (issue 12: Kubernetes probes, workers/health.py) -----------------------
     # A file the worker rewrites from its event loop every VEIL_HEALTH_INTERVAL_S while it
     # consumes; `veil health --max-age S` checks its age (the pods' probes). Unset: no file.

@@ -3,6 +3,13 @@
 ``cut()`` resets every open connection and answers new ones with a reset until ``restore()``:
 to a client that is an endpoint gone away (connection reset / refused), which is what an S3 or
 Redis outage looks like from a worker. The proxy listens on 127.0.0.1 only.
+
+``partition()`` is a network partition instead: nothing is reset or closed, bytes just stop.
+Open connections stay open (half-open: no RST, no FIN) but the proxy reads from neither side,
+so each peer's writes sit in kernel buffers and its reads see silence; a close by either peer is
+not passed on either. A new connection completes its handshake (the kernel's listen backlog)
+but is not served. ``heal()`` lets everything flow again: bytes held during the partition are
+delivered (as TCP's retransmissions would, within their timeout), held connections are served.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
+        self._flowing = threading.Event()  # cleared by partition(): nothing read, nothing sent
+        self._flowing.set()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._closed = False
@@ -42,8 +51,24 @@ class TcpProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def partition(self) -> None:
+        """From now on no byte crosses the proxy, and no connection is closed or reset."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
+    @property
+    def partitioned(self) -> bool:
+        return not self._flowing.is_set()
+
     def cut(self) -> None:
         self._up.clear()
+        self._flowing.set()  # pipes held by a partition wake up and find their sockets reset
         with self._lock:
             for sock in list(self._open):
                 _reset(sock)
@@ -69,7 +94,8 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            if not self._up.is_set():
+            self._flowing.wait()  # partitioned: served once healed; later ones wait in the backlog
+            if not self._up.is_set() or self._closed:
                 _reset(client)
                 continue
             try:
@@ -86,7 +112,12 @@ class TcpProxy:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
-            while data := src.recv(65536):
+            while True:
+                self._flowing.wait()  # partitioned: read nothing, so the peer's bytes stay put
+                data = src.recv(65536)
+                self._flowing.wait()  # read (or EOF) just as a partition began: held until it heals
+                if not data:
+                    break
                 if not down and self.on_request is not None:
                     self.on_request(data)
                     if not self._up.is_set():
@@ -97,6 +128,7 @@ class TcpProxy:
         except OSError:
             pass
         finally:
+            self._flowing.wait()  # a reset or close seen during a partition is passed on after it
             with self._lock:
                 self._open.discard(src)
                 self._open.discard(dst)

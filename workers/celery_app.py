@@ -17,9 +17,12 @@ messages it holds but has not started to the queue as it closes its channel.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 
+from shared import redisconn
 from shared.settings import Settings
 
 app = Celery("veil")
@@ -41,19 +44,54 @@ def _forget_broker_connections() -> None:
     app.amqp._producer_pool = None
 
 
+def _heartbeats_sent_once() -> None:
+    """Celery's worker heartbeat is published from the event loop with ``retry=True`` and no
+    retry limit (kombu's ``Connection.ensure``, ``max_retries=None``). With the broker
+    partitioned, every reconnect waits out the socket timeout, forever, and the loop never
+    reaches its shutdown check: a CPU worker with nothing running was still up 60 s after SIGTERM
+    (py-spy: ``Heart._send`` -> ``Connection._ensure_connection``). A heartbeat goes out again
+    every 2 s anyway, so it is sent once: a failure reaches the loop as a connection error, and
+    the consumer reconnects the way it always does (its retry checks for shutdown)."""
+    from celery.worker import heartbeat
+
+    send = heartbeat.Heart._send
+    if getattr(send, "veil_once", False):
+        return
+
+    def once(self: heartbeat.Heart, event: str, retry: bool = True) -> Any:
+        return send(self, event, retry=False)
+
+    once.veil_once = True  # type: ignore[attr-defined]
+    heartbeat.Heart._send = once  # type: ignore[method-assign]
+
+
 def configure(settings: Settings, *, tier: str | None = None) -> Celery:
+    if tier is not None:
+        _heartbeats_sent_once()
     if app.configured and app.conf.broker_url not in (None, settings.broker_url):
         _forget_broker_connections()
     app.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
+        # Issue 18: no connection waits forever on a half-open socket (a partition); the bounds
+        # and why they hold are in shared/redisconn.py. Retry the broker forever (default: 100
+        # tries, ~50 min), so a long partition or Redis outage never ends a worker.
+        broker_connection_timeout=settings.redis_connect_timeout_s,
+        broker_connection_max_retries=None,
         broker_transport_options={
+            **redisconn.transport_options(settings),
             "visibility_timeout": settings.visibility_timeout_s,
             # kombu scans for expired unacknowledged messages every interval x throttle s
             # (default 10 x 10): scan every ~visibility/5 s, so a dead worker's keys come back
             # within ~1.2 x the visibility timeout, on any live or restarted worker.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 5)),
             "unacked_restore_throttle": 1,
+            # The restore scan's lock (SET NX) expires after this (kombu's default: 300 s). A
+            # worker that took it and then lost the broker (a partition; its SET arrived, the
+            # reply did not) kept every worker from restoring for 5 minutes: measured, the keys
+            # a killed worker held came back 300 s after the partition instead of
+            # visibility_timeout_s. The scan itself takes well under a second at the window's size.
+            "unacked_mutex_expire": 30,
         },
         task_ignore_result=True,
         task_acks_late=True,

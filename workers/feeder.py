@@ -218,7 +218,7 @@ class _Chunk:
 class Feeder:
     def __init__(self, settings: Settings, jobs: JobStore | None = None):
         self.settings = settings
-        self.jobs = jobs or JobStore.from_url(settings.jobs_url, settings.job_ttl_s)
+        self.jobs = jobs or JobStore.from_url(settings.jobs_url, settings.job_ttl_s, settings)
         self._specs: dict[str, JobSpec | str] = {}  # job id -> its spec, or why it has none
         self._token = uuid.uuid4().hex
         self._commit = self.jobs.redis.register_script(_COMMIT)

@@ -38,7 +38,7 @@ def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str
 
 
 def run_cpu_worker(settings: Settings, concurrency: int) -> None:
-    from workers import health, metrics, runtime
+    from workers import health, metrics, runtime, shutdown
     from workers.celery_app import configure
     from workers.cpu import tasks  # noqa: F401  (registers the CPU task; this tier's only)
     from workers.cpu.stage import CpuModels
@@ -46,6 +46,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
     health.reset(settings)
     app = configure(settings, tier="cpu")
     health.install(app, settings, "cpu")
+    shutdown.install(settings)  # SIGTERM with the broker unreachable: out within the pod's grace
     runtime.start(settings)
 
     @worker_process_init.connect(weak=False)
@@ -64,7 +65,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
 def run_gpu_worker_here(settings: Settings, name: str) -> None:
     """One solo-pool worker in this process (the device is whatever this process sees)."""
-    from workers import health, metrics, runtime
+    from workers import health, metrics, runtime, shutdown
     from workers.celery_app import configure
     from workers.gpu import tasks  # registers the GPU task; this tier's only
     from workers.gpu.stage import GpuModels
@@ -72,6 +73,7 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     health.reset(settings)  # no file while the model loads: the pod is not ready yet
     app = configure(settings, tier="gpu")
     health.install(app, settings, "gpu")
+    shutdown.install(settings)
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
     metrics.serve(settings.metrics_port)  # this process runs the batches (solo pool)

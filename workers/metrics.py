@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -24,6 +24,9 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +185,10 @@ class QueueDepthCollector(Collector):
     """``veil_queue_depth{queue}``: messages waiting in each Redis queue, read at scrape time.
     Messages a worker has reserved (prefetched, unacknowledged) are not counted."""
 
-    def __init__(self, redis_url: str, queues: Iterable[str]):
-        import redis
+    def __init__(self, redis_url: str, queues: Iterable[str], settings: Settings | None = None):
+        from shared import redisconn
 
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._client = redisconn.client(redis_url, settings)  # a scrape never waits forever
         self._queues = list(queues)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -212,13 +215,13 @@ def exported_samples() -> set[str]:
     return names
 
 
-def exporter_registry(redis_url: str, queues: Iterable[str]) -> CollectorRegistry:
+def exporter_registry(redis_url: str, queues: Iterable[str], settings: Settings | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueDepthCollector(redis_url, queues))
+    registry.register(QueueDepthCollector(redis_url, queues, settings))
     return registry
 
 
-def run_exporter(broker_url: str, queues: list[str], port: int) -> None:
+def run_exporter(broker_url: str, queues: list[str], port: int, settings: Settings | None = None) -> None:
     """``veil exporter``: serves ``veil_queue_depth`` on ``port`` until killed."""
     import threading
 
@@ -226,6 +229,6 @@ def run_exporter(broker_url: str, queues: list[str], port: int) -> None:
         raise ValueError("veil exporter reads queue depth from Redis: VEIL_BROKER_URL must be a redis:// URL")
     if port <= 0:
         raise ValueError("veil exporter needs a port: set VEIL_METRICS_PORT or --port")
-    start_http_server(port, registry=exporter_registry(broker_url, queues))
+    start_http_server(port, registry=exporter_registry(broker_url, queues, settings))
     print(f"veil exporter: veil_queue_depth of {', '.join(queues)} on :{port}/metrics", flush=True)
     threading.Event().wait()

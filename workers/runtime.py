@@ -38,7 +38,7 @@ class Runtime:
     @property
     def jobs(self) -> JobStore:
         if self._jobs is None:
-            self._jobs = JobStore.from_url(self.settings.jobs_url, self.settings.job_ttl_s)
+            self._jobs = JobStore.from_url(self.settings.jobs_url, self.settings.job_ttl_s, self.settings)
         return self._jobs
 
     def models(self, name: str, load: Callable[[Settings, Any], Any]) -> Any:
