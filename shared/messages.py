@@ -11,6 +11,9 @@ Version 3 added fields with defaults only, so versions 1 and 2 read as before: `
 scene mode) on ImageTask and PromptTask, ``faces`` (one ``FacePrompt`` per face) on PromptTask,
 and ``mode`` and ``faces`` (one ``FaceRecord`` per face) on ResultRecord. A version 1 or 2
 message is a portrait message of method ``sd`` with the guard off.
+
+Issue 19 added ``sampler_noise`` to ResultRecord (optional, default None: records written before
+it, and keys the GPU tier did not generate, have none).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from shared.settings import GuardName, Method, Mode
+from shared.settings import GuardName, Method, Mode, SamplerNoise
 
 SCHEMA_VERSION: Final = 3
 
@@ -152,6 +155,9 @@ class ResultRecord(_Message):
     # issue 14
     mode: Mode = Mode.PORTRAIT
     faces: list[FaceRecord] | None = None  # scene mode: every face replaced
+    # issue 19: the faithful sampler's Brownian noise scheme that made ``output`` (``exact`` or
+    # ``tree``; None for the fast sampler, a classical method, or a record from before)
+    sampler_noise: SamplerNoise | None = None
 
 
 # -- bulk jobs (issue 10) -------------------------------------------------------------------

@@ -7,7 +7,7 @@ import logging
 
 from shared.errors import NoFaceError, UnsafeKeyError, VeilError
 from shared.messages import FaceRecord, ImageTask, PromptTask, ResultRecord, Status
-from shared.settings import Mode
+from shared.settings import Mode, SamplerNoise
 from shared.storage import check_output_uri
 
 
@@ -17,7 +17,10 @@ def seed_for(base_seed: int, relative_key: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def done_record(task: PromptTask, timings_s: dict[str, float] | None = None) -> ResultRecord:
+def done_record(
+    task: PromptTask, timings_s: dict[str, float] | None = None, sampler_noise: SamplerNoise | None = None
+) -> ResultRecord:
+    """``sampler_noise``: the GPU generator's Brownian noise scheme (``PortraitGenerator.sampler_noise``)."""
     a = task.analysis
     return ResultRecord(
         input=task.input_uri,
@@ -35,13 +38,19 @@ def done_record(task: PromptTask, timings_s: dict[str, float] | None = None) -> 
         job_id=task.job_id,
         timings_s=timings_s or {},
         mode=task.mode,
+        sampler_noise=sampler_noise,
     )
 
 
-def scene_record(task: PromptTask, faces: list[dict], timings_s: dict[str, float] | None = None) -> ResultRecord:
+def scene_record(
+    task: PromptTask,
+    faces: list[dict],
+    timings_s: dict[str, float] | None = None,
+    sampler_noise: SamplerNoise | None = None,
+) -> ResultRecord:
     """Scene mode's ``done`` row: the portrait fields describe the biggest face (``faces[0]``),
     ``faces`` every face replaced (``FaceRecord``)."""
-    record = done_record(task, timings_s)
+    record = done_record(task, timings_s, sampler_noise)
     return record.model_copy(update={"mode": Mode.SCENE, "faces": [FaceRecord(**f) for f in faces]})
 
 

@@ -32,6 +32,13 @@ class SamplerName(str, enum.Enum):
     FAST = "fast"  # DPM++ 2M SDE Karras: 1 UNet evaluation per step
 
 
+class SamplerNoise(str, enum.Enum):
+    """How the faithful sampler draws its Brownian noise (see ``workers.gpu.noise``, issue 19)."""
+
+    EXACT = "exact"  # each image's Brownian path at the step times, one draw per image (batched)
+    TREE = "tree"  # diffusers' torchsde Brownian trees, one per image: matches outputs before issue 19
+
+
 # -- scene mode and the re-identification guard (issue 14) ----------------------------------
 
 
@@ -102,6 +109,11 @@ class Settings(BaseSettings):
     sampler: SamplerName = SamplerName.FAITHFUL
     #: deprecated name of ``sampler`` (VEIL_SCHEDULER): still read, with a warning
     scheduler: SamplerName | None = Field(None, exclude=True, repr=False)
+    # The faithful sampler's Brownian noise (issue 19): ``exact`` draws each image's path at the
+    # step times in one draw (5.8 ms per image of sampler work at batch 64 on one CPU core, against
+    # 240 ms with the trees: BENCHMARKS.md); ``tree`` is diffusers' torchsde trees, kept to match
+    # outputs made before. The two give different images for the same seed.
+    sampler_noise: SamplerNoise = SamplerNoise.EXACT
     steps: int = Field(15, ge=1, le=200)
     # The paper does not state its guidance scale; 7.0 is the value Realistic Vision's
     # authors recommend for v5.1 (and A1111's default), so it is ours.
@@ -111,7 +123,8 @@ class Settings(BaseSettings):
     prompt_chunks: int = Field(3, ge=1, le=8)
     image_size: int = Field(512, ge=64, le=2048, multiple_of=64)
     # Prompts per diffusion call. 8 measured best for the faithful sampler on an H200
-    # (BENCHMARKS.md, issue 7): larger batches lose to its per-image Brownian-tree noise.
+    # (BENCHMARKS.md, issue 7): larger batches lost to its per-image Brownian-tree noise. With
+    # issue 19's exact noise larger batches are predicted to win; kept at 8 until measured.
     # The GPU worker lowers it at start if it does not fit the device.
     batch_size: int = Field(8, ge=1, le=256)
     # GPU-path optimisations (workers/gpu/generation.py). Measured on an H200 (BENCHMARKS.md):

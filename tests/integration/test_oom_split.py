@@ -103,6 +103,7 @@ def test_finish_batch_hands_back_or_retries_transient_failures(generator, tmp_pa
     assert [k.record is None for k in handed].count(True) == 1
     assert all(isinstance(k.transient, TransientError) for k in handed if k.record is None)
     assert all(k.record.status.value == "done" and k.record.model_sha256 == {"unet": "abc"} for k in handed if k.record)
+    assert all(k.record.sampler_noise is None for k in handed if k.record)  # the fast sampler has no Brownian noise
     # veil run's way: retried here per RETRY_POLICY, then done, with the generation time per key
     timings = [{"detect": 0.1}, {"detect": 0.2}]
     retried = finish_batch(batch, gpu, FlakyStorage(fails=1), timings, retry_stores=True)

@@ -51,6 +51,7 @@ def test_every_face_is_recorded_with_its_own_prompt_and_seed(scene_run):
     assert set(rows) == {*PHOTOS, "couple.png", "selfie-many-people.png"}
     for name, row in rows.items():
         assert row["status"] == "done" and row["mode"] == "scene", name
+        assert row["sampler_noise"] == "exact"  # issue 19: the faithful sampler's noise scheme, recorded
         faces = row["faces"]
         assert len(faces) >= (2 if name.startswith("couple") else 4), name
         areas = [(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]) for f in faces]

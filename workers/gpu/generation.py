@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from shared.settings import SamplerName
+from shared.settings import SamplerName, SamplerNoise
 from workers.gpu.schedulers import build_sampler
 
 VAE_SCALE = 8
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GenerationConfig:
     sampler: SamplerName = SamplerName.FAITHFUL
+    #: the faithful sampler's Brownian noise (``workers.gpu.noise``; ``tree``: torchsde's, as before issue 19)
+    sampler_noise: SamplerNoise = SamplerNoise.EXACT
     steps: int = 15
     guidance_scale: float = 7.0
     image_size: int = 512
@@ -64,7 +66,7 @@ class PortraitGenerator:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.config = config
         self.device, self.dtype = device, dtype
-        self.sampler = build_sampler(config.sampler, scheduler_config)
+        self.sampler = build_sampler(config.sampler, scheduler_config, config.sampler_noise)
         self._warned_cut = False  # a cut prompt is reported once per process, then at debug level
         self._latent_channels = unet.config.in_channels
         self._vae_scaling = vae.config.scaling_factor
@@ -163,15 +165,27 @@ class PortraitGenerator:
             rows.append(row + [pad] * (tok.model_max_length - len(row)))
         return torch.tensor(rows, dtype=torch.long)
 
+    @property
+    def sampler_noise(self) -> SamplerNoise | None:
+        """The Brownian noise scheme each image's record names (None: the sampler has none)."""
+        return self.sampler.noise
+
+    def _latent_shape(self) -> tuple[int, int, int]:
+        side = self.config.image_size // VAE_SCALE
+        return (self._latent_channels, side, side)
+
     def _prepare_timesteps(self, seeds: list[int]) -> torch.Tensor:
+        """The schedule, and the batch's noise for it (the exact scheme copies it to the device
+        here, once). The begin index is set so that the first step does not look its timestep
+        up on the device (a host-device sync); img2img sets its own."""
         scheduler = self.sampler.scheduler
         scheduler.set_timesteps(self.config.steps, device=self.device)
-        self.sampler.prepare(scheduler, seeds)
+        scheduler.set_begin_index(0)
+        self.sampler.prepare(scheduler, seeds, self._latent_shape(), self.device)
         return scheduler.timesteps
 
     def _initial_latents(self, generators: list[torch.Generator]) -> torch.Tensor:
-        side = self.config.image_size // VAE_SCALE
-        shape = (len(generators), self._latent_channels, side, side)
+        shape = (len(generators), *self._latent_shape())
         latents = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
         latents = latents.to(self.device) * self.sampler.scheduler.init_noise_sigma
         return latents

@@ -168,7 +168,8 @@ def finish_scenes(
             except Exception as exc:  # noqa: BLE001
                 error = exc
         if error is None:
-            finished[i] = Finished(task, scene_record(task, [_record_of(f) for f in own], _rounded(tm)))
+            record = scene_record(task, [_record_of(f) for f in own], _rounded(tm), gpu.generator.sampler_noise)
+            finished[i] = Finished(task, record)
         elif isinstance(error, TransientError):
             finished[i] = Finished(task, None, error)
         else:

@@ -22,6 +22,14 @@ ignores the spacing; it is set there too so that both read the same.
 
 Both samplers draw their stochastic noise per image from that image's own seed, so an image's
 random numbers do not depend on its batch-mates (its pixels may, by rounding: see generation.py).
+
+The faithful sampler's Brownian noise has two schemes (``SamplerNoise``, ``VEIL_SAMPLER_NOISE``),
+an Enum mapped to functions in ``NOISE_SCHEMES``: ``exact`` (default, issue 19) installs
+``workers.gpu.noise.ExactBrownianNoise`` as the scheduler's ``noise_sampler``, each image's path
+drawn once per batch at the step times; ``tree`` leaves diffusers its torchsde Brownian trees (one
+per image, as before issue 19: the images of earlier runs). Same law, different numbers: for the
+same seed the two schemes give different images. The fast sampler has no Brownian noise (one
+normal draw per step per image), so the scheme does not apply to it.
 """
 
 from __future__ import annotations
@@ -34,7 +42,12 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from shared.settings import SamplerName
+from shared.settings import SamplerName, SamplerNoise
+from workers.gpu.noise import ExactBrownianNoise
+
+#: ``prepare(scheduler, seeds, latent_shape, device)``: called after ``set_timesteps`` with the
+#: batch's seeds, one image's latent shape (C, H, W) and the device
+Prepare = Callable[[Any, list[int], tuple[int, ...], torch.device], None]
 
 
 @dataclass
@@ -42,26 +55,39 @@ class Sampler:
     """A scheduler plus how to feed it per-image noise for one batch."""
 
     scheduler: Any
-    prepare: Callable[[Any, list[int]], None]  # called after set_timesteps with the batch's seeds
+    prepare: Prepare
     step_kwargs: Callable[[torch.Tensor, list[torch.Generator]], dict[str, Any]]
+    #: the Brownian noise scheme recorded with each image (None: the sampler has none)
+    noise: SamplerNoise | None = None
 
 
 #: See the module docstring: the Karras range of A1111's "DPM++ SDE Karras" is the model's whole one.
 TIMESTEP_SPACING = "linspace"
 
 
-def _faithful(config: dict[str, Any]) -> Sampler:
+def _exact_noise(s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device) -> None:
+    """Each image's Brownian path at every step time, drawn once per batch (``workers.gpu.noise``)."""
+    s.noise_sampler = ExactBrownianNoise(s.sigmas, seeds, shape, device)
+
+
+def _tree_noise(s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device) -> None:
+    """diffusers' own: a list of seeds makes it build one torchsde Brownian tree per image."""
+    s.noise_sampler = None
+    s.noise_sampler_seed = list(seeds)
+
+
+NOISE_SCHEMES: dict[SamplerNoise, Prepare] = {
+    SamplerNoise.EXACT: _exact_noise,
+    SamplerNoise.TREE: _tree_noise,
+}
+
+
+def _faithful(config: dict[str, Any], noise: SamplerNoise) -> Sampler:
     scheduler = DPMSolverSDEScheduler.from_config(config, use_karras_sigmas=True, timestep_spacing=TIMESTEP_SPACING)
-
-    def prepare(s: Any, seeds: list[int]) -> None:
-        # A list of seeds makes diffusers build one Brownian tree per image.
-        s.noise_sampler = None
-        s.noise_sampler_seed = list(seeds)
-
-    return Sampler(scheduler, prepare, lambda latents, generators: {})
+    return Sampler(scheduler, NOISE_SCHEMES[noise], lambda latents, generators: {}, noise)
 
 
-def _fast(config: dict[str, Any]) -> Sampler:
+def _fast(config: dict[str, Any], noise: SamplerNoise) -> Sampler:
     scheduler = DPMSolverMultistepScheduler.from_config(
         config,
         algorithm_type="sde-dpmsolver++",
@@ -74,10 +100,10 @@ def _fast(config: dict[str, Any]) -> Sampler:
         noise = randn_tensor(latents.shape, generator=generators, device=latents.device, dtype=torch.float32)
         return {"variance_noise": noise}
 
-    return Sampler(scheduler, lambda s, seeds: None, step_kwargs)
+    return Sampler(scheduler, lambda s, seeds, shape, device: None, step_kwargs)
 
 
-SAMPLERS: dict[SamplerName, Callable[[dict[str, Any]], Sampler]] = {
+SAMPLERS: dict[SamplerName, Callable[[dict[str, Any], SamplerNoise], Sampler]] = {
     SamplerName.FAITHFUL: _faithful,
     SamplerName.FAST: _fast,
 }
@@ -89,5 +115,6 @@ UNET_EVALS: dict[SamplerName, Callable[[int], int]] = {
 }
 
 
-def build_sampler(name: SamplerName, config: dict[str, Any]) -> Sampler:
-    return SAMPLERS[name](dict(config))
+def build_sampler(name: SamplerName, config: dict[str, Any], noise: SamplerNoise = SamplerNoise.EXACT) -> Sampler:
+    """``noise``: the faithful sampler's Brownian noise scheme (ignored by the fast sampler)."""
+    return SAMPLERS[name](dict(config), SamplerNoise(noise))

@@ -82,6 +82,7 @@ class GpuModels:
         parts = load_sd_components(Path(settings.models_dir), device, dtype)
         config = GenerationConfig(
             sampler=settings.sampler,
+            sampler_noise=settings.sampler_noise,
             steps=settings.steps,
             guidance_scale=settings.guidance_scale,
             image_size=settings.image_size,
@@ -208,7 +209,8 @@ def finish_batch(
             except Exception as exc:  # noqa: BLE001
                 error = exc
         if error is None:
-            finished.append(Finished(task, done_record(task, {k: round(v, 4) for k, v in tm.items()})))
+            record = done_record(task, {k: round(v, 4) for k, v in tm.items()}, gpu.generator.sampler_noise)
+            finished.append(Finished(task, record))
         elif isinstance(error, TransientError) and not retry_stores:
             finished.append(Finished(task, None, error))
         else:
