@@ -50,9 +50,10 @@ class Recorder:
         return self.inner(a, b)
 
 
-@pytest.mark.parametrize("steps, begin", [(15, 0), (15, 12), (4, 0)])
+@pytest.mark.parametrize("steps, begin", [(15, 0), (15, 12), (4, 0), (1, 0)])
 def test_the_scheduler_asks_exactly_the_precomputed_queries(steps, begin):
-    """Every query of a whole run (and of img2img's tail, from a begin index) is found exactly."""
+    """Every query of a whole run (and of img2img's tail, from a begin index) is found exactly;
+    one step asks none (its only step goes to sigma 0), and the sampler must still run."""
     sampler = scheduler(steps)
     s = sampler.scheduler
     s.set_begin_index(begin)

@@ -88,8 +88,8 @@ class _Plan:
     """The sorted query times and, per query, the gaps it spans with their coefficients."""
 
     def __init__(self, queries: Sequence[tuple[float, float]]):
-        if not queries:
-            raise ValueError("no noise queries: a schedule without a stochastic step")
+        # no queries (one step: the last step is a plain Euler step) is an empty plan: nothing
+        # is drawn, and any query at all raises NoiseQueryError
         self.times = sorted({t for pair in queries for t in pair})
         index = {t: k for k, t in enumerate(self.times)}
         self.gaps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]  # float64: exact
