@@ -23,7 +23,7 @@ from orchestrator.listing import open_listing
 from shared.errors import InputError, UnsafeKeyError
 from shared.imageio import output_name
 from shared.jobs import JobStore, job_key
-from shared.jobsummary import is_sidecar, write_job_files
+from shared.jobsummary import is_sidecar
 from shared.messages import ImageTask, JobSpec
 from shared.results import seed_for
 from shared.settings import Settings
@@ -156,8 +156,7 @@ def submit(
     if not resumed and count == 0 and not unsafe:
         jobs.delete(spec.job_id)
         raise InputError(f"INPUT: no images found in {source!r}")
-    if jobs.end_listing(spec.job_id):  # every key was skipped: the job is finished already
-        write_job_files(spec.job_id, jobs, storage)
+    jobs.end_listing(spec.job_id)  # every key skipped: it ends now; a CPU worker's finalize writes its files
     if feeder is not None:
         feeder.feed_once()
     return Submitted(spec.job_id, count, repeats, tuple(unsafe), skipped, resumed)

@@ -151,13 +151,8 @@ def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
 
 
 def count(jobs, storage, job_id: str, input_uri: str, status: str, reason: str | None = None) -> None:
-    """Counts a key for its job once; the key that ends the job writes the job's summary and
-    folded manifest (``shared.jobsummary``). Failing to write those never fails the key: ``veil
-    cancel``/``veil retry`` write them again, and every sidecar is in storage anyway."""
-    if jobs.record_ending(job_id, input_uri, status, reason) == 2:
-        from shared.jobsummary import write_job_files
-
-        try:
-            write_job_files(job_id, jobs, storage)
-        except Exception:  # noqa: BLE001 - the key itself is recorded; the summary is a convenience
-            logging.getLogger(__name__).exception("job %s: summary and manifest not written", job_id)
+    """Counts a key for its job once. The key that ends the job only moves it to ``finalizing``
+    and into the finalize set (the same Lua call, ``JobStore.record_ending`` returns 2): its
+    manifest and summary are a task of their own (``workers/finalize.py``), never written here,
+    inside a GPU batch. ``storage`` is unused; kept so every caller's signature stays."""
+    jobs.record_ending(job_id, input_uri, status, reason)

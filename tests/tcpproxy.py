@@ -13,9 +13,12 @@ import threading
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST rather than FIN (SO_LINGER 0), as a dead peer does."""
+    """Close with RST rather than FIN (SO_LINGER 0), as a dead peer does. ``SHUT_RD`` first: a
+    ``close`` alone leaves the socket alive while another thread is blocked in ``recv`` on it
+    (Linux keeps it until that call returns), so a request in flight hung until its timeout."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)  # wakes the pipe thread's recv without sending a FIN
     except OSError:
         pass
     sock.close()
