@@ -3,6 +3,10 @@
 ``cut()`` resets every open connection and answers new ones with a reset until ``restore()``:
 to a client that is an endpoint gone away (connection reset / refused), which is what an S3 or
 Redis outage looks like from a worker. The proxy listens on 127.0.0.1 only.
+
+``latency_s`` delays the first chunk of each burst forwarded from client to server (a new
+request; the rest of a body streamed right behind it is not delayed again), so every request
+pays about that much more, as against a distant S3 (``benchmarks/scale.py``: 15 ms).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 
 def _reset(sock: socket.socket) -> None:
@@ -25,8 +30,9 @@ def _reset(sock: socket.socket) -> None:
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", latency_s: float = 0.0):
         self.target = (target_host, target_port)
+        self.latency_s = latency_s
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
@@ -86,8 +92,12 @@ class TcpProxy:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
+            last = 0.0
             while data := src.recv(65536):
+                if self.latency_s and not down and time.monotonic() - last > self.latency_s:
+                    time.sleep(self.latency_s)  # a new request (not the rest of a body being streamed)
                 dst.sendall(data)
+                last = time.monotonic()
                 if down:
                     self.bytes_down += len(data)
         except OSError:
