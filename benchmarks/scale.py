@@ -141,11 +141,15 @@ def measure_local(redis_url: str, n: int, workdir: Path, threads: int) -> dict:
     t0 = time.monotonic()
     written = write_local(str(out), _items(n))
     print(f"local: {written} sidecars written in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    t0 = time.monotonic()
     _job_record(redis_url, str(out), n)
+    print(f"local: job record in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     result = _finalize_in_child(_env(broker_url=redis_url, finalize_threads=threads))
     manifest_mb = round((out / "_veil" / JOB / "manifest.jsonl").stat().st_size / 2**20, 1)
     assert result["rows"] == n, result
+    t0 = time.monotonic()
     shutil.rmtree(out)
+    print(f"local: OUTPUT removed in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return {"sidecars": n, "backend": "local", "other_job_sidecars": written - n, "threads": threads, **result,
             "manifest_mb": manifest_mb}  # fmt: skip
 
@@ -204,8 +208,10 @@ def main() -> int:
     redis_port, moto_port = _free_port(), _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="veil-scale-", dir=args.workdir))
     procs = [
-        subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no"], stdout=subprocess.DEVNULL),  # fmt: skip
+        subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        ),  # fmt: skip
     ]
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
     procs.append(subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(moto_port)], stdout=subprocess.DEVNULL,

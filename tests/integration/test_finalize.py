@@ -11,8 +11,8 @@ import threading
 import time
 
 import boto3
-from botocore.config import Config
 import pytest
+from botocore.config import Config
 
 from orchestrator.status import describe, show_status
 from shared.errors import RetryPolicy, StorageError
@@ -20,7 +20,7 @@ from shared.jobs import FINALIZE, JobStore, job_key
 from shared.jobsummary import job_file
 from shared.messages import JobSpec
 from shared.settings import Settings
-from shared.storage import PART_BYTES, open_storage
+from shared.storage import open_storage
 from tests import sidecars
 from tests.services import moto_s3, redis_url, wait_for
 from tests.tcpproxy import TcpProxy
@@ -95,6 +95,16 @@ def test_finalize_writes_only_its_own_rows_and_status_shows_finalizing(tmp_path,
     assert not (tmp_path / "out" / "_veil" / "jobB").exists()
     assert not list((tmp_path / "out" / "_veil" / "jobA").glob(".veil-*.tmp"))
 
+    # 4. The record expired: `veil finalize JOB --out OUTPUT` rebuilds both from the sidecars
+    jobs.delete("jobA")
+    assert fin.finalize_job("jobA", jobs, storage, settings).outcome == "no_record"
+    rebuilt = fin.finalize_job("jobA", jobs, storage, settings, out=out)
+    assert rebuilt.outcome == "written" and rebuilt.rows == 60
+    assert (tmp_path / "out" / "_veil" / "jobA" / "manifest.jsonl").read_bytes() == manifest
+    from_rows = json.loads((tmp_path / "out" / "_veil" / "jobA" / "summary.json").read_bytes())
+    assert from_rows["counts"] == summary["counts"] and from_rows["failed_by_reason"] == summary["failed_by_reason"]
+    assert from_rows["spec"] == summary["spec"]  # kept from the summary written before
+
 
 @pytest.fixture(scope="module")
 def moto():
@@ -113,7 +123,8 @@ def _client(endpoint: str):
                         aws_secret_access_key="testing", config=Config(max_pool_connections=32))  # fmt: skip
 
 
-N_BIG = 3800  # x ~2.4 kB a manifest row: > 8 MiB of rows, two multipart parts
+N_BIG = 2400  # x ~2.4 kB a manifest row: > 5 MiB of rows, two multipart parts of S3's least size
+MIN_PART = 5 * 2**20
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +138,9 @@ def big_output(moto):
     return "s3://fin/out/"
 
 
-def test_multipart_manifest_then_s3_cut_mid_finalize_gives_identical_files(moto, big_output):
+@pytest.mark.slow
+def test_multipart_manifest_then_s3_cut_mid_finalize_gives_identical_files(moto, big_output, monkeypatch):
+    monkeypatch.setattr("shared.storage.PART_BYTES", MIN_PART)  # S3's least part size (default 8 MiB)
     client = _client(moto)
     with TcpProxy(int(moto.rsplit(":", 1)[1])) as proxy:
         settings = _s3_settings(proxy.url, 3, finalize_threads=8)
@@ -138,7 +151,7 @@ def test_multipart_manifest_then_s3_cut_mid_finalize_gives_identical_files(moto,
         first = fin.finalize_job("big", jobs, storage, settings, policy=FAST)
         assert first.outcome == "finalized" and first.rows == N_BIG and first.listed == N_BIG + 40
         head = client.head_object(Bucket="fin", Key=f"out/_veil/big/{'manifest.jsonl'}")
-        assert head["ContentLength"] > PART_BYTES and head["ETag"].strip('"').endswith("-2")  # a 2-part upload
+        assert head["ContentLength"] > MIN_PART and head["ETag"].strip('"').endswith("-2")  # a 2-part upload
         manifest = client.get_object(Bucket="fin", Key="out/_veil/big/manifest.jsonl")["Body"].read()
         summary = client.get_object(Bucket="fin", Key="out/_veil/big/summary.json")["Body"].read()
         assert {r["job_id"] for r in _rows(manifest)} == {"big"} and len(_rows(manifest)) == N_BIG
@@ -159,7 +172,7 @@ def test_multipart_manifest_then_s3_cut_mid_finalize_gives_identical_files(moto,
         down_before = proxy.bytes_down
         worker = threading.Thread(target=cut_run)
         worker.start()
-        wait_for(lambda: proxy.bytes_down - down_before > 3_000_000 or not worker.is_alive(), 120, "reads under way",
+        wait_for(lambda: proxy.bytes_down - down_before > 2_000_000 or not worker.is_alive(), 120, "reads under way",
                  interval=0.005)  # fmt: skip
         assert worker.is_alive(), "the finalize ended before the cut"
         proxy.cut()
