@@ -147,11 +147,13 @@ def measure_local(redis_url: str, n: int, workdir: Path, threads: int) -> dict:
     result = _finalize_in_child(_env(broker_url=redis_url, finalize_threads=threads))
     manifest_mb = round((out / "_veil" / JOB / "manifest.jsonl").stat().st_size / 2**20, 1)
     assert result["rows"] == n, result
+    report = {"sidecars": n, "backend": "local", "other_job_sidecars": written - n, "threads": threads, **result,
+              "manifest_mb": manifest_mb}  # fmt: skip
+    print(json.dumps(report), file=sys.stderr)  # before the clean-up, which is slow at 1M files
     t0 = time.monotonic()
     shutil.rmtree(out)
     print(f"local: OUTPUT removed in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return {"sidecars": n, "backend": "local", "other_job_sidecars": written - n, "threads": threads, **result,
-            "manifest_mb": manifest_mb}  # fmt: skip
+    return report
 
 
 def measure_s3(redis_url: str, endpoint: str, n: int, latency_ms: float, threads: int) -> dict:
@@ -223,7 +225,6 @@ def main() -> int:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         if args.sidecars:
             report["finalize"] = measure_local(redis_url, args.sidecars, workdir, args.threads)
-            print(json.dumps(report["finalize"]), file=sys.stderr)
         if s3_n:
             report["finalize_s3"] = measure_s3(redis_url, f"http://127.0.0.1:{moto_port}", s3_n, args.latency_ms,
                                                args.threads)  # fmt: skip
