@@ -5,6 +5,7 @@
     veil models check | fetch | tiny DIR
     veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
     veil status JOB [--watch] [--failed] | veil jobs | veil cancel JOB | veil retry JOB [--reason R] [--out O]
+    veil finalize JOB [--out O]
     veil feed
     veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
     veil flower
@@ -256,6 +257,33 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finalize(args: argparse.Namespace) -> int:
+    """(Re)writes a job's ``_veil/JOB/manifest.jsonl`` and ``summary.json`` now, in this process."""
+    from shared.storage import open_storage
+    from workers.finalize import finalize_job
+
+    settings = _settings()
+    jobs = _jobs(settings)
+    job = jobs.get(args.job)
+    if job is None and not args.out:
+        print(f"veil: no job {args.job!r} in Redis (expired?): give --out OUTPUT to rebuild from its sidecars",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if job is not None and args.out and args.out.rstrip("/") != job.output.rstrip("/"):
+        print(f"veil: job {args.job} writes to {job.output!r}, not {args.out!r}", file=sys.stderr)
+        return 2
+
+    def progress(listed: int, rows: int) -> None:
+        print(f"job {args.job}: {listed} sidecars listed, {rows} rows of this job written", file=sys.stderr)
+
+    result = finalize_job(
+        args.job, jobs, open_storage(settings), settings, out=None if job else args.out, progress=progress
+    )
+    print(f"job {args.job}: {result.rows} manifest rows ({result.listed} sidecars listed) in {result.seconds:.1f} s; "
+          f"summary {result.summary}")  # fmt: skip
+    return 0
+
+
 def cmd_feed(args: argparse.Namespace) -> int:
     import threading
 
@@ -498,6 +526,10 @@ def _add_job_control(sub: argparse._SubParsersAction) -> None:
     retry.add_argument("--reason", help="only keys whose failure reason starts with this (e.g. storage)")
     retry.add_argument("--out", help="the job's OUTPUT: read its _veil/JOB/ summary when the record has expired")
     retry.set_defaults(func=cmd_retry)
+    fin = sub.add_parser("finalize", help="(re)write a job's _veil/JOB/ manifest and summary now")
+    fin.add_argument("job")
+    fin.add_argument("--out", help="the job's OUTPUT, when its record has expired: rebuilt from its sidecars")
+    fin.set_defaults(func=cmd_finalize)
     sub.add_parser("feed", help="run the feeder alone (CPU workers run one already)").set_defaults(func=cmd_feed)
 
 

@@ -3,8 +3,10 @@ only the keys that failed, with the job's own spec.
 
 Cancel: the job's state becomes ``cancelled`` (workers drop its messages from then on, within
 the state cache's 2 s), its pending keys are deleted, its messages still waiting in ``veil.cpu``
-and ``veil.gpu`` are removed (at most a window of them), and its summary is written. Batches
-already running finish; their keys count done.
+and ``veil.gpu`` are removed (at most a window of them), and its manifest and summary are
+written at once by ``finalize_job`` (the job joined the finalize set as it was cancelled, so if
+that fails the workers' finalize dispatcher writes them later). Batches already running finish;
+their keys count done (``veil finalize JOB`` writes the files again with them).
 
 Retry: each key counted failed (optionally only those whose reason starts with ``--reason``)
 is uncounted and queued again with overwrite. When the job's record has expired, its spec and
@@ -14,11 +16,12 @@ re-created holding only those keys.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from shared.errors import InputError
 from shared.jobs import JobStore
-from shared.jobsummary import failed_rows, read_job_files, write_job_files
+from shared.jobsummary import failed_rows, read_job_files
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -39,7 +42,17 @@ def cancel_job(job_id: str, settings: Settings, jobs: JobStore, storage: Storage
         return Cancelled(found=jobs.get(job_id) is not None)
     broker = redisconn.client(settings.broker_url, settings)
     removed = sum(drop_job_messages(broker, q, job_id) for q in (settings.cpu_queue, settings.gpu_queue))
-    return Cancelled(True, True, removed, write_job_files(job_id, jobs, storage))
+    return Cancelled(True, True, removed, _finalize(job_id, settings, jobs, storage))
+
+
+def _finalize(job_id: str, settings: Settings, jobs: JobStore, storage: Storage) -> str | None:
+    from workers.finalize import finalize_job  # the stage function, run inline
+
+    try:
+        return finalize_job(job_id, jobs, storage, settings).summary
+    except Exception as exc:  # noqa: BLE001 - the job is in the finalize set: a worker writes them later
+        logging.getLogger(__name__).warning("job %s: summary not written now (%s); a CPU worker will", job_id, exc)
+        return None
 
 
 def _relative(root: str, uri: str) -> str:

@@ -1,9 +1,13 @@
 """``veil status`` and ``veil jobs``: counts by outcome, what is queued and in flight, the depth
 of each tier's queue, the rate over the last minute and an ETA from it.
 
+A job whose keys are all counted shows ``finalizing`` until its ``_veil/JOB/summary.json`` is
+written (``workers/finalize.py``), then ``finished``; a cancelled one shows ``cancelled
+(finalizing)`` until then. ``--watch`` returns once the job is finished or cancelled.
+
 Exit codes of ``veil status`` (also after ``--watch``): 0 the job has no failed key (finished,
-or still running); 1 some keys failed (``--failed`` lists them with reasons); 2 no such job
-(never submitted, or its record expired: ``VEIL_JOB_TTL_S``); 3 the job was cancelled.
+finalizing, or still running); 1 some keys failed (``--failed`` lists them with reasons); 2 no
+such job (never submitted, or its record expired: ``VEIL_JOB_TTL_S``); 3 the job was cancelled.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from shared.jobs import CANCELLED, FINISHED, RATE_WINDOW_S, JobInfo, JobStore
+from shared.jobs import CANCELLED, FINALIZING, FINISHED, RATE_WINDOW_S, JobInfo, JobStore
 from shared.messages import Status
 
 EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN, EXIT_CANCELLED = 0, 1, 2, 3
@@ -39,13 +43,16 @@ def describe(job: JobInfo, rate: float, depth: dict[str, int] | None = None) -> 
     counts = job.counts | {"skipped": job.skipped, "cancelled": job.cancelled}
     text = " ".join(f"{k}={v}" for k, v in counts.items())
     left = max(0, job.total - job.finished)
-    if job.state in (FINISHED, CANCELLED) or (job.listed and not left):
+    if job.state == FINALIZING or (job.state == CANCELLED and job.finalized is None):
+        eta = "done, writing its manifest and summary"
+    elif job.state in (FINISHED, CANCELLED) or (job.listed and not left):
         eta = "done"
     elif not job.listed:
         eta = "? (still listing)"
     else:
         eta = _duration(left / rate) if rate > 0 else "?"
-    line = f"{job.job_id} {job.name!r} {job.state}: {job.finished}/{job.total} ({text})"
+    state = f"{job.state} (finalizing)" if job.state == CANCELLED and job.finalized is None else job.state
+    line = f"{job.job_id} {job.name!r} {state}: {job.finished}/{job.total} ({text})"
     line += f" queued={job.pending} in_flight={job.in_flight}"
     if depth is not None:
         line += " | queues " + " ".join(f"{k}={v}" for k, v in depth.items())
@@ -76,7 +83,7 @@ def show_status(
         return EXIT_UNKNOWN
     if watch:
         with tqdm(total=job.total, initial=job.finished, unit="img", desc=job_id, dynamic_ncols=True) as bar:
-            while not (job.state in (FINISHED, CANCELLED) or (job.listed and job.total and job.finished >= job.total)):
+            while job.state not in (FINISHED, CANCELLED):
                 time.sleep(interval)
                 job = jobs.get(job_id) or job
                 bar.total = job.total

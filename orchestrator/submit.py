@@ -34,7 +34,7 @@ from orchestrator.outputcheck import check_output_outside_input
 from shared.errors import InputError, StorageRefusedError, UnsafeKeyError
 from shared.imageio import output_name
 from shared.jobs import JobStore, job_key
-from shared.jobsummary import is_sidecar, write_job_files
+from shared.jobsummary import is_sidecar
 from shared.messages import ImageTask, JobSpec
 from shared.results import seed_for
 from shared.settings import Settings
@@ -320,8 +320,7 @@ def _submit(
         if not resumed and (isinstance(exc, InputError) or not pushed):
             jobs.delete(spec.job_id)
         raise
-    if jobs.end_listing(spec.job_id):  # every key was skipped: the job is finished already
-        write_job_files(spec.job_id, jobs, storage)
+    jobs.end_listing(spec.job_id)  # every key skipped: it ends now; a CPU worker's finalize writes its files
     if feeder is not None:
         feeder.feed_once()
     return Submitted(spec.job_id, count, repeats, tuple(unsafe), skipped, resumed)

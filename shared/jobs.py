@@ -8,11 +8,14 @@ Keys, for job ``J`` (all expire ``VEIL_JOB_TTL_S`` after the job ends):
 =========================  ====================================================================
 ``veil:jobs``              sorted set: job id -> created (``veil jobs``)
 ``veil:jobs:active``       sorted set: jobs with keys waiting to be fed (the feeder's round robin)
+``veil:jobs:finalize``     sorted set: job id -> when its finalize is due (an ended job's files to
+                           write; re-scored to now + lease when a finalize task is sent for it)
 ``veil:jobname:NAME``      the id of the job named NAME (a re-run submit resumes it)
 ``veil:submitting:NAME``   the Redis client id of the ``veil submit --name NAME`` listing it now
                            (``orchestrator.submit.SubmitLock``; 120 s TTL renewed per page)
 ``veil:job:J``             hash: name, input, output, spec (JobSpec JSON), state, total, cursor,
-                           listed, created, ended, and the counters done / no_face / failed / skipped
+                           listed, created, ended, finalized, and the counters done / no_face /
+                           failed / skipped
 ``veil:job:J:pending``     list of relative keys not yet fed to ``veil.cpu`` (~the key's bytes each)
 ``veil:job:J:redo``        list of relative keys to redo with overwrite (``veil retry``)
 ``veil:job:J:keys``        set of 8-byte digests of the finished input URIs: a redelivered key is
@@ -21,9 +24,12 @@ Keys, for job ``J`` (all expire ``VEIL_JOB_TTL_S`` after the job ends):
 ``veil:job:J:rate``        hash: unix second -> keys finished in it (the last minutes only)
 =========================  ====================================================================
 
-States: ``submitting`` (listing in progress), ``running``, ``finished`` (every listed key
-counted), ``cancelled``. A cancelled job's keys that are neither finished nor skipped count as
-cancelled; a message of it that a worker receives is dropped (``is_cancelled``).
+States: ``submitting`` (listing in progress), ``running``, ``finalizing`` (every listed key
+counted; its ``_veil/JOB/`` files not yet written), ``finished`` (files written), ``cancelled``
+(a ``finalized`` field once its files are written). A cancelled job's keys that are neither
+finished nor skipped count as cancelled; a message of it that a worker receives is dropped
+(``is_cancelled``). An ended or cancelled job joins ``veil:jobs:finalize`` in the same atomic
+step: its finalize (``workers/finalize.py``) is then due until one completes.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from shared.settings import Settings
 
 STATUSES = tuple(s.value for s in Status)
 SUBMITTING, RUNNING, FINISHED, CANCELLED = "submitting", "running", "finished", "cancelled"
-JOBS, ACTIVE = "veil:jobs", "veil:jobs:active"
+FINALIZING = "finalizing"
+JOBS, ACTIVE, FINALIZE = "veil:jobs", "veil:jobs:active", "veil:jobs:finalize"
 RATE_WINDOW_S = 60
 
 
@@ -82,7 +89,8 @@ def _record_keys(job_id: str) -> list[str]:
 
 
 # Shared by record and end_listing: a job whose listing is complete and whose keys are all
-# counted is finished, once; its keys then expire after the TTL.
+# counted ends, once: it goes to ``finalizing`` and joins the finalize set (due now); its keys
+# then expire after the TTL.
 _MAYBE_END = """
 local function maybe_end(job, keys, now, ttl)
   local h = redis.call('HMGET', job, 'state', 'listed', 'total', 'done', 'no_face', 'failed', 'skipped')
@@ -90,8 +98,9 @@ local function maybe_end(job, keys, now, ttl)
   local seen = 0
   for i = 4, 7 do seen = seen + tonumber(h[i] or '0') end
   if seen < tonumber(h[3] or '0') then return 0 end
-  redis.call('HSET', job, 'state', 'finished', 'ended', now)
+  redis.call('HSET', job, 'state', 'finalizing', 'ended', now)
   redis.call('ZREM', 'veil:jobs:active', string.sub(job, 10))
+  redis.call('ZADD', 'veil:jobs:finalize', now, string.sub(job, 10))
   for _, k in ipairs(keys) do redis.call('EXPIRE', k, ttl) end
   local name = redis.call('HGET', job, 'name')
   if name then redis.call('EXPIRE', 'veil:jobname:' .. name, ttl) end
@@ -200,6 +209,28 @@ if named then redis.call('ZADD', 'veil:jobs:active', now, id) end
 return 1
 """
 
+# The finalize dispatcher's take: up to ARGV[3] due ids (score <= now), each re-scored to
+# now + lease in the same call, so a lost message or a dead finalizer makes it due again.
+_TAKE_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+# A finalize completed for the end it read (``ended`` unchanged: not retried and re-ended since):
+# ``finalizing`` -> ``finished``, a ``finalized`` time, out of the finalize set. A job whose
+# record is gone leaves the set; one that ended again stays in it for that end's finalize.
+_FINALIZED = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'ended')
+if not h[1] then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+if (h[2] or '') ~= ARGV[2] then return 0 end
+if h[1] ~= 'finalizing' and h[1] ~= 'finished' and h[1] ~= 'cancelled' then return 0 end
+if h[1] == 'finalizing' then redis.call('HSET', KEYS[1], 'state', 'finished') end
+redis.call('HSET', KEYS[1], 'finalized', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class FeedLoad:
@@ -227,6 +258,7 @@ class JobInfo:
     listed: bool = True
     ended: float | None = None
     spec: JobSpec | None = None
+    finalized: float | None = None  # when its _veil/JOB/ files were last written
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -257,6 +289,8 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._record_many = client.register_script(_RECORD_MANY)
         self._cancel = client.register_script(_CANCEL)
+        self._take_due = client.register_script(_TAKE_DUE)
+        self._finalized = client.register_script(_FINALIZED)
         self._states: dict[str, tuple[float, str | None]] = {}  # job id -> (read at, state)
 
     @classmethod
@@ -370,6 +404,7 @@ class JobStore:
             pipe.delete(name_key(name))
         pipe.zrem(JOBS, job_id)
         pipe.zrem(ACTIVE, job_id)
+        pipe.zrem(FINALIZE, job_id)
         pipe.execute()
 
     def state(self, job_id: str) -> str | None:
@@ -390,8 +425,45 @@ class JobStore:
         return state == CANCELLED
 
     def failed(self, job_id: str) -> dict[str, str]:
-        """Input URI -> reason of each failed key."""
+        """Input URI -> reason of each failed key (the whole hash: ``veil status --failed``)."""
         return self._r.hgetall(job_key(job_id, "failed"))  # type: ignore[return-value]
+
+    def failed_reasons(self, job_id: str, count: int = 1000) -> dict[str, int]:
+        """Failed keys per reason code (the text before ``:``), read with HSCAN ``count`` fields
+        at a time: memory grows with the number of distinct codes, not of failed keys."""
+        tally: dict[str, int] = {}
+        for _, reason in self._r.hscan_iter(job_key(job_id, "failed"), count=count):
+            code = str(reason).split(":", 1)[0]
+            tally[code] = tally.get(code, 0) + 1
+        return tally
+
+    # -- job end: the finalize set -------------------------------------------------------
+    def take_due_finalizes(self, lease_s: float, limit: int = 100, now: float | None = None) -> list[str]:
+        """Ids whose finalize is due, each made due again ``lease_s`` from now in the same call."""
+        now = time.time() if now is None else now
+        return self._take_due(keys=[FINALIZE], args=[now, now + lease_s, limit])  # type: ignore[return-value]
+
+    def renew_finalize(self, job_id: str, lease_s: float) -> None:
+        """A finalize still at work pushes its job's due time on (only if it is still in the set)."""
+        self._r.zadd(FINALIZE, {job_id: time.time() + lease_s}, xx=True)
+
+    def finalize_due(self, job_id: str, when: float | None = None) -> None:
+        """Puts a job in the finalize set, due at ``when`` (now)."""
+        self._r.zadd(FINALIZE, {job_id: time.time() if when is None else when})
+
+    def finalize_pending(self) -> dict[str, float]:
+        """Job id -> due time, for every job whose files are still to be written."""
+        return dict(self._r.zrange(FINALIZE, 0, -1, withscores=True))  # type: ignore[arg-type]
+
+    def end_token(self, job_id: str) -> str:
+        """The job's ``ended`` field as stored: a finalize marks the end it read (``mark_finalized``)."""
+        return self._r.hget(job_key(job_id), "ended") or ""  # type: ignore[return-value]
+
+    def mark_finalized(self, job_id: str, end_token: str) -> bool:
+        """Its files are written for the end ``end_token``: ``finalizing`` -> ``finished``, a
+        ``finalized`` time, out of the finalize set. False: the job ran and ended again since (it
+        stays due), or it is not ended."""
+        return bool(self._finalized(keys=[job_key(job_id), FINALIZE], args=[job_id, end_token, time.time()]))
 
     def requeue_failed(self, job_id: str, items: Iterable[tuple[str, str]]) -> int:
         """``veil retry``: each (input URI, relative key) that is counted failed is uncounted and
@@ -415,6 +487,7 @@ class JobStore:
         for key in _all_keys(job_id):
             pipe.persist(key)
         pipe.zadd(ACTIVE, {job_id: time.time()})
+        pipe.zrem(FINALIZE, job_id)  # running again: it is finalized when it ends again
         pipe.execute()
         return len(present)
 
@@ -516,6 +589,7 @@ class JobStore:
             listed=h.get("listed", "1") == "1",
             ended=float(h["ended"]) if h.get("ended") else None,
             spec=JobSpec.model_validate_json(h["spec"]) if h.get("spec") else None,
+            finalized=float(h["finalized"]) if h.get("finalized") else None,
         )
 
     def rate(self, job_id: str, now: float | None = None, window_s: int = RATE_WINDOW_S) -> float:

@@ -178,3 +178,12 @@ class JobSpec(_Message):
     method: Method = Method.SD  # issue 13: sd, or a classical method finished on the CPU tier
     mode: Mode = Mode.PORTRAIT  # issue 14: portrait, or scene (every face replaced in place)
     guard: GuardName = GuardName.OFF  # issue 14: the re-identification guard
+
+
+class FinalizeTask(_Message):
+    """Finalize dispatcher -> CPU tier (``veil.finalize``): write one ended job's
+    ``_veil/JOB/manifest.jsonl`` and ``summary.json``. Only the id travels: the job's record in
+    Redis says where its output is; the finalize set (``veil:jobs:finalize``) is what makes it
+    durable, this message only wakes a worker."""
+
+    job_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")

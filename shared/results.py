@@ -165,27 +165,16 @@ def write_sidecar(record: ResultRecord, output_uri: str, storage) -> bool:
 
 
 def count(jobs, storage, job_id: str, input_uri: str, status: str, reason: str | None = None) -> None:
-    """Counts a key for its job once; the key that ends the job writes the job's summary and
-    folded manifest (``shared.jobsummary``). Failing to write those never fails the key: ``veil
-    cancel``/``veil retry`` write them again, and every sidecar is in storage anyway."""
-    if jobs.record_ending(job_id, input_uri, status, reason) == 2:
-        _job_ended(jobs, storage, job_id)
+    """Counts a key for its job once. The key that ends the job only moves it to ``finalizing``
+    and into the finalize set (the same Lua call, ``JobStore.record_ending`` returns 2): its
+    manifest and summary are a task of their own (``workers/finalize.py``), never written here,
+    inside a GPU batch. ``storage`` is unused; kept so every caller's signature stays."""
+    jobs.record_ending(job_id, input_uri, status, reason)
 
 
 def count_many(jobs, storage, records: list[ResultRecord]) -> list[int]:
     """``count`` for many keys (a GPU batch) in one Redis round trip (``JobStore.record_many``):
-    each record's 0 (already counted), 1 (counted) or 2 (counted, and it ended its job).
-    ``BrokerError`` when Redis is unreachable: then none may be taken as counted."""
-    ended = jobs.record_many([(r.job_id, r.input, r.status.value, r.reason) for r in records])
-    for job_id in dict.fromkeys(r.job_id for r, n in zip(records, ended, strict=True) if n == 2 and r.job_id):
-        _job_ended(jobs, storage, job_id)
-    return ended
-
-
-def _job_ended(jobs, storage, job_id: str) -> None:
-    from shared.jobsummary import write_job_files
-
-    try:
-        write_job_files(job_id, jobs, storage)
-    except Exception:  # noqa: BLE001 - the key itself is recorded; the summary is a convenience
-        logging.getLogger(__name__).exception("job %s: summary and manifest not written", job_id)
+    each record's 0 (already counted), 1 (counted) or 2 (counted, and it ended its job: it is
+    now ``finalizing``, its files a finalize task's work). ``BrokerError`` when Redis is
+    unreachable: then none may be taken as counted. ``storage`` is unused, as in ``count``."""
+    return jobs.record_many([(r.job_id, r.input, r.status.value, r.reason) for r in records])

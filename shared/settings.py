@@ -250,6 +250,15 @@ class Settings(BaseSettings):
     # How long a job's record stays in Redis after it finished or was cancelled (7 days).
     job_ttl_s: int = Field(7 * 86400, ge=1)
 
+    # -- job end (issue 18): the finalize task writing _veil/JOB/manifest.jsonl and summary.json --
+    # Sidecar reads in flight at once while a job's manifest is written (a bounded thread pool).
+    finalize_threads: int = Field(16, ge=1, le=256)
+    # A job handed to a finalize task is due again after this many seconds unless the task
+    # finished it (it renews the lease while it works): a lost message or a dead worker is redone.
+    finalize_lease_s: float = Field(600.0, gt=0)
+    # Seconds between the finalize dispatcher's passes (a thread of each CPU worker).
+    finalize_poll_s: float = Field(5.0, gt=0)
+
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
 

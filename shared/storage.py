@@ -12,21 +12,27 @@ Transient failures (S3 5xx, throttling, connection errors, a local I/O error) ra
 denied, a read-only filesystem) raises a ``StorageRefusedError`` subclass with its own reason code
 (``LOCAL_REFUSALS``, ``S3_REFUSALS``); a full disk raises ``DiskFullError``; a missing object
 raises ``FileNotFoundError``. Credentials come from the settings, never from messages.
+``Storage.open_writer(uri)`` streams one object of any size with bounded memory (a temporary
+file renamed into place; an S3 multipart upload, aborted on failure): nothing is visible under
+``uri`` until the whole object is.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from shared.diskio import write_then_rename
+from shared.diskio import as_disk_full, write_then_rename
 from shared.errors import (
+    RETRY_POLICY,
     AccessDeniedError,
     InputError,
     InvalidBucketNameError,
@@ -37,9 +43,11 @@ from shared.errors import (
     NoSuchBucketError,
     NotADirectoryStorageError,
     ReadOnlyStorageError,
+    RetryPolicy,
     StorageError,
     StorageRefusedError,
     UnsafeKeyError,
+    call_with_retries,
 )
 from shared.settings import Settings
 
@@ -72,6 +80,15 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 #: one page of a listing (URIs)
 KeyPage = list[str]
+
+#: an S3 multipart upload's part (S3 needs >= 5 MiB for every part but the last)
+PART_BYTES = 8 * 1024 * 1024
+
+
+class Writer(Protocol):
+    """What ``open_writer`` yields: bytes appended in order."""
+
+    def write(self, data: bytes, /) -> Any: ...
 
 
 class Backend(Protocol):
@@ -163,6 +180,28 @@ class LocalBackend:
             write_then_rename(tmp, path, data)  # the temporary file is removed on any failure
         except OSError as exc:
             raise local_error(exc, uri) from exc
+
+    @contextmanager
+    def open_writer(
+        self, uri: str, content_type: str | None = None, *, policy: RetryPolicy | None = None
+    ) -> Iterator[Writer]:
+        """A file written through a temporary file beside it, fsynced and renamed onto ``uri``
+        when the block ends; removed on any failure (a full disk: ``DiskFullError``)."""
+        path = Path(uri)
+        tmp = path.with_name(f".veil-{uuid.uuid4().hex[:16]}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                full = as_disk_full(exc, path)
+                raise (full if full is not exc else local_error(exc, uri)) from exc
+            raise
 
     def exists(self, uri: str) -> bool:
         try:
@@ -317,6 +356,23 @@ class S3Backend(ObjectStoreBackend):
         extra = {"ContentType": content_type} if content_type else {}
         self._call(self._client.put_object, Bucket=bucket, Key=key, Body=data, **extra)
 
+    @contextmanager
+    def open_writer(
+        self, uri: str, content_type: str | None = None, *, policy: RetryPolicy | None = None
+    ) -> Iterator[Writer]:
+        """One object streamed as a multipart upload (``PART_BYTES`` parts, each call retried
+        per ``policy``), completed when the block ends; an object under one part is one PUT. On
+        any failure the upload is aborted (best effort: with S3 unreachable an incomplete upload
+        stays, invisible, until the bucket's lifecycle rule removes it) and nothing appears."""
+        bucket, key = self.parse(uri)
+        upload = _MultipartUpload(self, bucket, key, content_type, policy or RETRY_POLICY)
+        try:
+            yield upload
+            upload.complete()
+        except BaseException:
+            upload.abort()
+            raise
+
     def size(self, uri: str) -> int:
         """The object's length from a HEAD request, without reading it."""
         bucket, key = self.parse(uri)
@@ -369,6 +425,87 @@ class S3Backend(ObjectStoreBackend):
             if not page.get("IsTruncated"):
                 return
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+class _MultipartUpload:
+    """``S3Backend.open_writer``'s writer: buffers up to one part, uploads each full part."""
+
+    def __init__(self, backend: S3Backend, bucket: str, key: str, content_type: str | None, policy: RetryPolicy):
+        self._s3, self._bucket, self._key, self._policy = backend, bucket, key, policy
+        self._extra = {"ContentType": content_type} if content_type else {}
+        self._buf = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: str | None = None
+
+    def _call(self, fn: Any, **kwargs: Any) -> Any:
+        return call_with_retries(lambda: self._s3._call(fn, **kwargs), self._policy)
+
+    def write(self, data: bytes, /) -> int:
+        self._buf += data
+        while len(self._buf) >= PART_BYTES:
+            self._upload(bytes(self._buf[:PART_BYTES]))
+            del self._buf[:PART_BYTES]
+        return len(data)
+
+    def _upload(self, chunk: bytes) -> None:
+        client = self._s3._client
+        if self._upload_id is None:
+            started = self._call(client.create_multipart_upload, Bucket=self._bucket, Key=self._key, **self._extra)
+            self._upload_id = started["UploadId"]
+        number = len(self._parts) + 1
+        done = self._call(
+            client.upload_part,
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=chunk,
+        )
+        self._parts.append({"PartNumber": number, "ETag": done["ETag"]})
+
+    def complete(self) -> None:
+        client = self._s3._client
+        if self._upload_id is None:  # under one part: a plain PUT
+            self._call(client.put_object, Bucket=self._bucket, Key=self._key, Body=bytes(self._buf), **self._extra)
+            return
+        if self._buf:
+            self._upload(bytes(self._buf))
+            self._buf.clear()
+        self._call(
+            client.complete_multipart_upload,
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        self._upload_id = None
+
+    def abort(self) -> None:
+        if self._upload_id is None:
+            return
+        try:
+            self._s3._call(
+                self._s3._client.abort_multipart_upload, Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+            )
+        except Exception as exc:  # noqa: BLE001 - S3 down: the incomplete upload stays invisible
+            logging.getLogger(__name__).warning(
+                "s3://%s/%s: multipart upload not aborted: %s", self._bucket, self._key, exc
+            )
+        self._upload_id = None
+
+
+@contextmanager
+def _buffered_writer(backend: Backend, uri: str, content_type: str | None) -> Iterator[Writer]:
+    """For a backend without its own ``open_writer``: the object buffered, then one ``write``."""
+    buf = bytearray()
+
+    class _Buffer:
+        def write(self, data: bytes, /) -> int:
+            buf.extend(data)
+            return len(data)
+
+    yield _Buffer()
+    backend.write(uri, bytes(buf), content_type)
 
 
 #: scheme -> backend class; "" is a plain filesystem path.
@@ -496,6 +633,15 @@ class Storage:
 
     def write(self, uri: str, data: bytes, content_type: str | None = None) -> None:
         self.backend(uri).write(uri, data, content_type)
+
+    def open_writer(self, uri: str, content_type: str | None = None, *, policy: RetryPolicy | None = None) -> Any:
+        """A context manager yielding a ``Writer``: the object at ``uri`` appears whole when the
+        block ends, or not at all (local: temp file + rename; S3: multipart upload)."""
+        backend = self.backend(uri)
+        opener = getattr(backend, "open_writer", None)
+        if opener is None:
+            return _buffered_writer(backend, uri, content_type)
+        return opener(uri, content_type, policy=policy)
 
     def exists(self, uri: str) -> bool:
         return self.backend(uri).exists(uri)

@@ -10,6 +10,10 @@ so each peer's writes sit in kernel buffers and its reads see silence; a close b
 not passed on either. A new connection completes its handshake (the kernel's listen backlog)
 but is not served. ``heal()`` lets everything flow again: bytes held during the partition are
 delivered (as TCP's retransmissions would, within their timeout), held connections are served.
+
+``latency_s`` delays the first chunk of each burst forwarded from client to server (a new
+request; the rest of a body streamed right behind it is not delayed again), so every request
+pays about that much more, as against a distant S3 (``benchmarks/scale.py``: 15 ms).
 """
 
 from __future__ import annotations
@@ -17,20 +21,25 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST rather than FIN (SO_LINGER 0), as a dead peer does."""
+    """Close with RST rather than FIN (SO_LINGER 0), as a dead peer does. ``SHUT_RD`` first: a
+    ``close`` alone leaves the socket alive while another thread is blocked in ``recv`` on it
+    (Linux keeps it until that call returns), so a request in flight hung until its timeout."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)  # wakes the pipe thread's recv without sending a FIN
     except OSError:
         pass
     sock.close()
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", latency_s: float = 0.0):
         self.target = (target_host, target_port)
+        self.latency_s = latency_s
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
@@ -112,12 +121,16 @@ class TcpProxy:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         try:
+            last = 0.0
             while True:
                 self._flowing.wait()  # partitioned: read nothing, so the peer's bytes stay put
                 data = src.recv(65536)
                 self._flowing.wait()  # read (or EOF) just as a partition began: held until it heals
                 if not data:
                     break
+                if self.latency_s and not down and time.monotonic() - last > self.latency_s:
+                    time.sleep(self.latency_s)  # a new request (not the rest of a body being streamed)
+                last = time.monotonic()
                 if not down and self.on_request is not None:
                     self.on_request(data)
                     if not self._up.is_set():

@@ -29,6 +29,7 @@ app = Celery("veil")
 
 CPU_TASK = "veil.analyze"
 GPU_TASK = "veil.generate"
+FINALIZE_TASK = "veil.finalize"  # an ended job's manifest and summary (workers/finalize.py), CPU queue
 
 
 def _queue(name: str) -> Queue:
@@ -101,7 +102,11 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         # Each queue on its own direct exchange: with Celery's shared default exchange both
         # queues were bound to the same routing key and every message reached both tiers.
         task_queues=[_queue(settings.cpu_queue), _queue(settings.gpu_queue)],
-        task_routes={CPU_TASK: {"queue": settings.cpu_queue}, GPU_TASK: {"queue": settings.gpu_queue}},
+        task_routes={
+            CPU_TASK: {"queue": settings.cpu_queue},
+            GPU_TASK: {"queue": settings.gpu_queue},
+            FINALIZE_TASK: {"queue": settings.cpu_queue},
+        },
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
         # No "sent" event per enqueued key: one more Redis publish per key on `veil submit`;

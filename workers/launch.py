@@ -38,9 +38,9 @@ def _celery_argv(queue: str, name: str, pool: str, concurrency: int) -> list[str
 
 
 def run_cpu_worker(settings: Settings, concurrency: int) -> None:
-    from workers import health, metrics, runtime, shutdown
+    from workers import finalize, health, metrics, runtime, shutdown  # finalize: registers veil.finalize
     from workers.celery_app import configure
-    from workers.cpu import tasks  # noqa: F401  (registers the CPU task; this tier's only)
+    from workers.cpu import tasks  # noqa: F401  (registers the CPU task)
     from workers.cpu.stage import CpuModels
 
     health.reset(settings)
@@ -59,6 +59,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
         from workers.feeder import start_thread
 
         start_thread(settings)
+        finalize.start_thread(settings)  # ended jobs' manifests and summaries, as tasks on veil.cpu
 
     app.worker_main(_celery_argv(settings.cpu_queue, "cpu", "prefork", concurrency))
 

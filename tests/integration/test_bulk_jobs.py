@@ -79,7 +79,7 @@ def test_two_jobs_cancel_retry_and_summaries(faces_dir, tiny_models, tmp_path):
             assert big_then.counted <= 8 and big_then.pending > 0, big_then  # FIFO would have done all 12 first
 
             # 2. Its summary and folded manifest are in S3, under its output
-            summary_key = f"out-small/_veil/{small}/summary.json"  # written by the worker that ended the job
+            summary_key = f"out-small/_veil/{small}/summary.json"  # written by a CPU worker's finalize task
             wait_for(lambda: client.list_objects_v2(Bucket=BUCKET, Prefix=summary_key).get("KeyCount"), 60, "summary")
             summary = json.loads(_object(client, summary_key))
             assert summary["state"] == "finished" and summary["counts"]["done"] == 2

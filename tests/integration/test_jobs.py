@@ -22,6 +22,7 @@ from shared.storage import open_storage
 from tests.services import ROOT, moto_s3, redis_url, wait_for, worker_env
 from workers.celery_app import configure
 from workers.feeder import Feeder
+from workers.finalize import finalize_job
 
 
 def test_counts_each_key_once_and_status_reports_progress(capsys):
@@ -36,6 +37,8 @@ def test_counts_each_key_once_and_status_reports_progress(capsys):
     line = describe(job, jobs.rate("j1", now=time.time() + 1.0))  # both counted in the last whole second
     assert "2/3" in line and f"{2 / 60:.2f}/s over 60s" in line and "ETA 30s" in line
     assert jobs.record("j1", "s3://b/in/c.jpg", "failed", "storage: S3 503")
+    assert jobs.state("j1") == "finalizing"  # every key counted: its finalize is due (workers/finalize.py)
+    assert finalize_job("j1", jobs, open_storage(Settings.from_env({})), Settings.from_env({})).outcome == "no_spec"
     assert show_status(jobs, "j1", watch=True, interval=0.01, failed=True) == 1  # returns once finished
     out = capsys.readouterr().out
     assert "3/3" in out and "finished" in out and "s3://b/in/c.jpg\tstorage: S3 503" in out
