@@ -13,9 +13,12 @@ processes) and one GPU worker (64 px, 1 step), waits for the job's summary, and 
 - Redis commands per key (``INFO commandstats`` before and after, by command), and the share of
   them that is the idle workers' polling (measured over an idle interval before the job);
 - S3 requests per key by method (``--storage s3``: moto_server's request log);
-- the CPU seconds of each tier's processes (``/proc`` via psutil) per key, beside the stage
-  times the sidecars record (decode, detect, attributes, generate, ...): the rest is the
-  control plane's share (Celery, kombu, Redis, JSON, storage calls).
+- the CPU seconds of each tier's processes (``/proc`` via psutil) per key, and how they split
+  between the models' stages (decode, detect, attributes, generate, encode) and the control
+  plane (Celery, kombu, Redis, JSON, storage calls): py-spy samples both tiers' processes while
+  the job runs (on-CPU samples only), and a sample is the models' when a frame of its stack is in
+  model code (``STAGE_CODE``). A share of samples, unlike stage wall times, does not grow with
+  the machine's load.
 
 ``run(keys, ...)`` is what ``benchmarks/scale.py`` calls for its ``e2e`` figures.
 """
@@ -147,6 +150,39 @@ def _stage_seconds(ports: list[int]) -> Counter:
     return total
 
 
+#: frames whose file is one of these are the models' work (either tier); the rest is plumbing
+STAGE_CODE = re.compile(
+    r"workers/cpu/(detection|attributes|classical)\.py|models/farl\.py|workers/gpu/(generation|scene)\.py"
+    r"|shared/imageio\.py|site-packages/(torch|facenet_pytorch|facer|deepface|onnxruntime|cv2|PIL|diffusers"
+    r"|transformers|numpy|timm|tokenizers)/"
+)
+
+
+def _profile(pid: int, out: Path) -> subprocess.Popen | None:
+    """py-spy sampling a worker and its pool children (on-CPU samples only) until SIGINT."""
+    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if exe is None:
+        return None
+    cmd = [exe, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--rate", "50",
+           "--format", "raw", "--output", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stage_share(raw: Path) -> dict[str, float] | None:
+    """Of py-spy's on-CPU samples: how many, and the share inside model code."""
+    if not raw.exists():
+        return None
+    total = model = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        if STAGE_CODE.search(stack):
+            model += int(count)
+    return {"samples": total, "model_share": round(model / total, 4) if total else 0.0}
+
+
 def _env(**veil: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
     env.update({f"VEIL_{k.upper()}": str(v) for k, v in veil.items()})
@@ -236,6 +272,7 @@ def run(keys: int, *, storage: str = "local", cpu_concurrency: int = 1, batch_si
         # 4. The job: submit, then wait until its summary exists
         before, cpu0, gpu0 = _commandstats(r), _tree_cpu_s(cpu), _tree_cpu_s(gpu)
         stages0 = {"cpu": _stage_seconds(cpu_ports), "gpu": _stage_seconds(gpu_ports)}
+        spies = {t: _profile(p.pid, work / f"{t}.pyspy") for t, p in (("cpu", cpu), ("gpu", gpu))}
         t0 = time.monotonic()
         sub = _veil(env, "submit", inp, "--out", out, "--name", "e2e")
         if sub.returncode != 0:
@@ -256,6 +293,11 @@ def run(keys: int, *, storage: str = "local", cpu_concurrency: int = 1, batch_si
         job_s = time.monotonic() - t0
         after, cpu1, gpu1 = _commandstats(r), _tree_cpu_s(cpu), _tree_cpu_s(gpu)
         stages = {t: _stage_seconds(ports) - stages0[t] for t, ports in (("cpu", cpu_ports), ("gpu", gpu_ports))}
+        for spy in spies.values():
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+                spy.wait(60)
+        shares = {t: _stage_share(work / f"{t}.pyspy") for t in spies}
         s3_after = _s3_requests(mlog) if storage == "s3" else Counter()
         # 5. Check: every key once, summary and manifest agree
         summary = json.loads(store.read(summary_uri))
@@ -293,11 +335,11 @@ def run(keys: int, *, storage: str = "local", cpu_concurrency: int = 1, batch_si
             "cpu_ms_per_key": {t: round(1000 * tier_cpu[t] / keys, 2) for t in tier_cpu},
             "idle_cpu_ms_per_s": {t: round(1000 * idle_rate[t], 2) for t in idle_rate},
             "stage_ms_per_key": {t: {k: round(1000 * v / keys, 2) for k, v in stages[t].most_common()} for t in stages},
-            # CPU time of the tier's processes, less their idle polling and less the stages'
-            # (wall) time: what Celery, kombu, Redis, JSON and the storage calls cost per key
+            "profile": shares,
+            # the tier's CPU time per key times py-spy's share of samples outside model code:
+            # what Celery, kombu, Redis, JSON and the storage calls cost per key
             "control_plane_cpu_ms_per_key": {
-                t: round(1000 * (tier_cpu[t] - idle_rate[t] * job_s - sum(stages[t].values())) / keys, 2)
-                for t in tier_cpu
+                t: round(1000 * tier_cpu[t] / keys * (1 - shares[t]["model_share"]), 2) for t in tier_cpu if shares[t]
             },
         }
     finally:
