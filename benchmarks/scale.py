@@ -12,8 +12,11 @@ Starts its own redis-server and moto_server on spare ports, then:
   moto), the finalize going through ``tests.tcpproxy.TcpProxy`` with ``--latency-ms`` added to
   each request, as against a distant S3.
 - ``feeder`` (only with ``--feed-keys K`` > 0): ``benchmarks.feed_rate.measure(redis_url, K)``,
-  where that module exists (the feeder's own benchmark, written with the feeder); the key is
-  left out otherwise, with a note on stderr.
+  the feeder moving K keys from a pending list to ``veil.cpu`` while a consumer drains it.
+- ``e2e`` (only with ``--e2e-keys E`` > 0): ``benchmarks.e2e_job.run(E)``, a whole job of E small
+  images through real CPU and GPU worker processes (tiny models, 64 px, 1 step; its own
+  redis-server): exact counts, the summary, Redis commands and S3 requests per key, CPU-ms per
+  key per tier and the control plane's share of it.
 
 Goals (issue 18): 1,000,000 local sidecars with peak RSS <= 256 MB; 100,000 on moto with 15 ms
 latency in <= 10 minutes. The numbers depend on the machine and its load: say both.
@@ -22,7 +25,6 @@ latency in <= 10 minutes. The numbers depend on the machine and its load: say bo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -180,11 +182,8 @@ def measure_s3(redis_url: str, endpoint: str, n: int, latency_ms: float, threads
             "threads": threads, **result, "manifest_mb": round(head["ContentLength"] / 2**20, 1)}  # fmt: skip
 
 
-def measure_feeder(redis_url: str, keys: int) -> dict | None:
+def measure_feeder(redis_url: str, keys: int) -> dict:
     """The feeder's rate, from ``benchmarks/feed_rate.py`` (the feeder's own benchmark)."""
-    if importlib.util.find_spec("benchmarks.feed_rate") is None:
-        print("feeder: benchmarks/feed_rate.py is not here; no 'feeder' figures", file=sys.stderr)
-        return None
     from benchmarks import feed_rate  # type: ignore[attr-defined]
 
     return feed_rate.measure(redis_url, keys)
@@ -197,6 +196,8 @@ def main() -> int:
     p.add_argument("--latency-ms", type=float, default=15.0, help="added to each S3 request (a TCP proxy)")
     p.add_argument("--threads", type=int, default=16, help="VEIL_FINALIZE_THREADS")
     p.add_argument("--feed-keys", type=int, default=0, help="feeder: keys to move (benchmarks/feed_rate.py)")
+    p.add_argument("--e2e-keys", type=int, default=0, help="a whole job through real workers (benchmarks/e2e_job.py)")
+    p.add_argument("--e2e-storage", choices=["local", "s3"], default="local", help="the e2e job's INPUT and OUTPUT")
     p.add_argument("--json", type=Path)
     p.add_argument("--workdir", type=Path, default=None, help="where the local OUTPUT goes (a temp folder)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -229,8 +230,12 @@ def main() -> int:
             report["finalize_s3"] = measure_s3(redis_url, f"http://127.0.0.1:{moto_port}", s3_n, args.latency_ms,
                                                args.threads)  # fmt: skip
             print(json.dumps(report["finalize_s3"]), file=sys.stderr)
-        if args.feed_keys and (feeder := measure_feeder(redis_url, args.feed_keys)) is not None:
-            report["feeder"] = feeder
+        if args.feed_keys:
+            report["feeder"] = measure_feeder(redis_url, args.feed_keys)
+        if args.e2e_keys:
+            from benchmarks import e2e_job  # type: ignore[attr-defined]
+
+            report["e2e"] = e2e_job.run(args.e2e_keys, storage=args.e2e_storage)
         report["machine"]["load_after"] = os.getloadavg()
     finally:
         for proc in procs:
