@@ -54,6 +54,8 @@ def describe(job: JobInfo, rate: float, depth: dict[str, int] | None = None) -> 
     state = f"{job.state} (finalizing)" if job.state == CANCELLED and job.finalized is None else job.state
     line = f"{job.job_id} {job.name!r} {state}: {job.finished}/{job.total} ({text})"
     line += f" queued={job.pending} in_flight={job.in_flight}"
+    if job.finalize_error:
+        line += f" | no summary or manifest: {job.finalize_error}"
     if depth is not None:
         line += " | queues " + " ".join(f"{k}={v}" for k, v in depth.items())
     return line + f" | {rate:.2f}/s over {RATE_WINDOW_S}s, ETA {eta}"

@@ -220,6 +220,7 @@ return ids
 # A finalize completed for the end it read (``ended`` unchanged: not retried and re-ended since):
 # ``finalizing`` -> ``finished``, a ``finalized`` time, out of the finalize set. A job whose
 # record is gone leaves the set; one that ended again stays in it for that end's finalize.
+# ARGV[4]: why its files cannot be written (a permanent storage refusal), or empty.
 _FINALIZED = """
 local h = redis.call('HMGET', KEYS[1], 'state', 'ended')
 if not h[1] then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
@@ -227,6 +228,8 @@ if (h[2] or '') ~= ARGV[2] then return 0 end
 if h[1] ~= 'finalizing' and h[1] ~= 'finished' and h[1] ~= 'cancelled' then return 0 end
 if h[1] == 'finalizing' then redis.call('HSET', KEYS[1], 'state', 'finished') end
 redis.call('HSET', KEYS[1], 'finalized', ARGV[3])
+if (ARGV[4] or '') ~= '' then redis.call('HSET', KEYS[1], 'finalize_error', ARGV[4])
+else redis.call('HDEL', KEYS[1], 'finalize_error') end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
@@ -259,6 +262,7 @@ class JobInfo:
     ended: float | None = None
     spec: JobSpec | None = None
     finalized: float | None = None  # when its _veil/JOB/ files were last written
+    finalize_error: str | None = None  # why they cannot be written (no such bucket, access denied)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -459,11 +463,13 @@ class JobStore:
         """The job's ``ended`` field as stored: a finalize marks the end it read (``mark_finalized``)."""
         return self._r.hget(job_key(job_id), "ended") or ""  # type: ignore[return-value]
 
-    def mark_finalized(self, job_id: str, end_token: str) -> bool:
-        """Its files are written for the end ``end_token``: ``finalizing`` -> ``finished``, a
+    def mark_finalized(self, job_id: str, end_token: str, error: str = "") -> bool:
+        """Its files are written for the end ``end_token`` (or, with ``error``, can never be: a
+        permanent storage refusal, kept as ``finalize_error``): ``finalizing`` -> ``finished``, a
         ``finalized`` time, out of the finalize set. False: the job ran and ended again since (it
         stays due), or it is not ended."""
-        return bool(self._finalized(keys=[job_key(job_id), FINALIZE], args=[job_id, end_token, time.time()]))
+        args: list[str | float] = [job_id, end_token, time.time(), error]
+        return bool(self._finalized(keys=[job_key(job_id), FINALIZE], args=args))
 
     def requeue_failed(self, job_id: str, items: Iterable[tuple[str, str]]) -> int:
         """``veil retry``: each (input URI, relative key) that is counted failed is uncounted and
@@ -590,6 +596,7 @@ class JobStore:
             ended=float(h["ended"]) if h.get("ended") else None,
             spec=JobSpec.model_validate_json(h["spec"]) if h.get("spec") else None,
             finalized=float(h["finalized"]) if h.get("finalized") else None,
+            finalize_error=h.get("finalize_error") or None,
         )
 
     def rate(self, job_id: str, now: float | None = None, window_s: int = RATE_WINDOW_S) -> float:

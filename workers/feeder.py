@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import redis
 from celery.utils.nodenames import anon_nodename
 
-from shared.errors import UnsafeKeyError
+from shared.errors import NameTooLongError
 from shared.imageio import output_name
 from shared.jobs import FeedLoad, JobStore, job_key, queue_depth
 from shared.messages import ImageTask, JobSpec
@@ -100,18 +100,19 @@ def _check_length(output_uri: str) -> None:
         for part in output_uri.split("/"):
             size = len((part + SIDECAR).encode())
             if part and size > NAME_MAX:
-                raise UnsafeKeyError(f"output name {part[:40]!r}... is {size} bytes with its sidecar, over {NAME_MAX}")
+                raise NameTooLongError(f"output name {part[:40]!r}... is {size} bytes with its sidecar, over {NAME_MAX}")
     else:
         key = output_uri.split("://", 1)[-1].split("/", 1)[-1]
         size = len((key + SIDECAR).encode())
         if size > S3_KEY_MAX:
-            raise UnsafeKeyError(f"output key {key[:40]!r}... is {size} bytes with its sidecar, over {S3_KEY_MAX}")
+            raise NameTooLongError(f"output key {key[:40]!r}... is {size} bytes with its sidecar, over {S3_KEY_MAX}")
 
 
 def task_for(spec: JobSpec, key: str, *, overwrite: bool = False) -> ImageTask:
     """A key's ImageTask from its job's spec and its relative key (the one place they meet).
     A key that would leave the output root (a symlink planted since ``veil submit``), or whose
-    output name is too long to write, raises ``UnsafeKeyError``."""
+    output name is too long to write (``NameTooLongError``, as the storage would say on the write,
+    but before any analysis is spent on the key), raises a ``PermanentError``."""
     output_uri = safe_join(spec.output, output_name(key))
     _check_length(output_uri)
     return ImageTask(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from shared.errors import RETRY_POLICY, RetryPolicy
+from shared.errors import RETRY_POLICY, RetryPolicy, StorageRefusedError
 from shared.jobs import FINALIZE, JobStore
 from shared.jobsummary import (
     Progress,
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FinalizeResult:
     job_id: str
-    outcome: str  # "finalized", "written" (files written, job not ended), "no_record", "no_spec"
+    outcome: str  # "finalized", "written" (files written, job not ended), "no_record", "no_spec",
+    # "unwritable" (a permanent refusal: no such bucket, access denied; kept in ``finalize_error``)
     rows: int = 0
     listed: int = 0
     summary: str | None = None
@@ -65,7 +66,10 @@ def finalize_job(
 ) -> FinalizeResult:
     """Writes a job's manifest, then its summary, and marks it finalized. ``out``: the OUTPUT
     of a job whose record has expired (counts then come from its rows). Storage failures past
-    ``policy``'s retries raise (``StorageError``): the job stays due and is redone."""
+    ``policy``'s retries raise (``StorageError``): the job stays due and is redone. A permanent
+    refusal (``StorageRefusedError``: the OUTPUT bucket is gone, access denied) can never be
+    redone into files: the job is finalized with its reason (``finalize_error``, shown by
+    ``veil status``) rather than retried forever."""
     started = time.monotonic()
     # 1. The job as Redis has it, and the end this finalize is for
     token = jobs.end_token(job_id)
@@ -88,13 +92,21 @@ def finalize_job(
         if progress is not None:
             progress(listed, rows)
 
-    tally = write_manifest(storage, output, job_id, threads=settings.finalize_threads, policy=policy, progress=renew)
-    # 3. The summary (counts and failures by reason from Redis; from the rows without a record)
-    if job is not None:
-        summary = summary_of(job, jobs.failed_reasons(job_id), tally.rows)
-    else:
-        summary = summary_from_rows(job_id, output, tally, read_summary(storage, output, job_id))
-    uri = write_summary(storage, output, job_id, summary, policy)
+    try:
+        tally = write_manifest(storage, output, job_id, threads=settings.finalize_threads, policy=policy,
+                               progress=renew)  # fmt: skip
+        # 3. The summary (counts and failures by reason from Redis; from the rows without a record)
+        if job is not None:
+            summary = summary_of(job, jobs.failed_reasons(job_id), tally.rows)
+        else:
+            summary = summary_from_rows(job_id, output, tally, read_summary(storage, output, job_id))
+        uri = write_summary(storage, output, job_id, summary, policy)
+    except StorageRefusedError as exc:
+        log.error("job %s: its manifest and summary cannot be written under %s: %s: %s", job_id, output,
+                  exc.reason, exc)  # fmt: skip
+        if job is not None:
+            jobs.mark_finalized(job_id, token, f"{exc.reason}: {exc}")
+        return FinalizeResult(job_id, "unwritable", seconds=time.monotonic() - started)
     # 4. Finalized: finished (or cancelled with a ``finalized`` time), out of the set
     marked = job is not None and jobs.mark_finalized(job_id, token)
     seconds = time.monotonic() - started

@@ -1,8 +1,11 @@
 """A storage refusal ends a key once, through a real CPU worker (issue 18): before, a file name
 over 255 bytes under a local OUTPUT was sent again ~40 times per 30 s forever (a plain
 ``OSError`` taken as transient), and an ``output_uri`` in a bucket that does not exist looped at
-~0.5/s. Now each key is delivered once, ends ``failed`` with its reason (``name_too_long``,
-``no_such_bucket``; no sidecar can be written, so it is counted without one) and its job ends.
+~0.5/s. Now each key ends ``failed`` once with its reason and its job ends: the too-long name is
+refused by the feeder before any analysis (``name_too_long``, never delivered, nothing written);
+each key of the missing bucket is delivered once (``no_such_bucket``; no sidecar can be
+written, so it is counted without one). The storage's own ENAMETOOLONG classification is
+unit-tested (tests/unit/test_storage_errors.py).
 
 Real services: Redis, moto_server, one CPU worker process; ``--method blur`` so that the CPU
 tier finishes keys itself (MTCNN ships in its wheel: no models folder needed)."""
@@ -36,8 +39,8 @@ def _submit(env, *args: str) -> str:
 
 
 def _received(log) -> int:
-    """How many messages the CPU worker received (celery's log line names no key: three keys,
-    one delivery each, make three)."""
+    """How many messages the CPU worker received (celery's log line names no key: two keys,
+    one delivery each, make two)."""
     return len(re.findall(r"veil\.analyze\[[^\]]+\] received", log.read_text(errors="replace")))
 
 
@@ -74,14 +77,18 @@ def test_refused_writes_end_once_with_their_reason(faces_dir, tmp_path):
                 assert job.counts == {"done": 0, "no_face": 0, "failed": 1} and job.total == 1, job
                 [(uri, why)] = jobs.failed(job_id).items()
                 assert why.startswith(f"{reason}: "), why
+                # a job whose OUTPUT bucket is gone ends finished with why it has no summary
+                # (a permanent refusal is not retried by the finalize either); the local one has one
+                gone = reason == "no_such_bucket"
+                assert (job.finalize_error or "").startswith("no_such_bucket: ") if gone else job.finalize_error is None
             time.sleep(3)  # a message sent again would arrive now
             r = redis.Redis.from_url(broker)
             assert r.llen(f"cpu-{DB}") == 0 and r.llen(f"gpu-{DB}") == 0
             text = log.read_text(errors="replace")
-            assert _received(log) == 3, text[-3000:]  # each key delivered once: never sent again
-            assert text.count("outcome cannot be recorded") == 3, text[-3000:]  # counted without a sidecar
+            assert _received(log) == 2, text[-3000:]  # (b)'s keys delivered once each: never sent again
+            assert text.count("outcome cannot be recorded") == 2, text[-3000:]  # counted without a sidecar
             assert "transient failure on" not in text and "re-sent" not in text, text[-3000:]
-            # (a)'s image fitted (252 bytes) and was written; its sidecar could not be: no temporary file is left
-            assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([LONG, "_veil"])
+            # (a) was refused before analysis: no image, no sidecar, no temporary file; only the job's files
+            assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_veil"]
         finally:
             stop(cpu)
