@@ -100,7 +100,9 @@ def _check_length(output_uri: str) -> None:
         for part in output_uri.split("/"):
             size = len((part + SIDECAR).encode())
             if part and size > NAME_MAX:
-                raise NameTooLongError(f"output name {part[:40]!r}... is {size} bytes with its sidecar, over {NAME_MAX}")
+                raise NameTooLongError(
+                    f"output name {part[:40]!r}... is {size} bytes with its sidecar, over {NAME_MAX}"
+                )
     else:
         key = output_uri.split("://", 1)[-1].split("/", 1)[-1]
         size = len((key + SIDECAR).encode())
