@@ -1,5 +1,7 @@
 """Third-party noise (timm, torchsde, diffusers) stays out of stderr at default verbosity and
-shows at debug verbosity. Loads the tiny RANDOM models and generates in a fresh process."""
+shows at debug verbosity. Loads the tiny RANDOM models and generates in a fresh process, with
+the torchsde trees (``VEIL_SAMPLER_NOISE=tree``: the exact noise, the default, never calls
+torchsde, whose warnings are what this checks)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ if sys.argv[2] == "debug":
 from workers.cpu.attributes import AttributeModels
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
 from workers.gpu.loading import load_sd_components
+from shared.settings import SamplerNoise
 models = Path(sys.argv[1])
 AttributeModels.load(models, torch.device("cpu"))
 c = load_sd_components(models, torch.device("cpu"), torch.float32)
 gen = PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config,
-                        GenerationConfig(steps=2, image_size=64), torch.device("cpu"), torch.float32)
+                        GenerationConfig(steps=2, image_size=64, sampler_noise=SamplerNoise.TREE), torch.device("cpu"),
+                        torch.float32)
 for seed in (1, 2):
     gen(["a portrait"], ["bald"], [seed])
 """
