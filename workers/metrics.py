@@ -95,14 +95,51 @@ def _never_raises(fn: F) -> F:
 
 _served: tuple[int, int] | None = None  # (pid, port) of this process's endpoint
 
+#: every outcome each tier's task reports (``image``): their series exist from start-up at 0
+OUTCOMES = {
+    "cpu": ("prompted", "no_face", "failed", "skipped", "cancelled", "retrying", "requeued", "rejected"),
+    "gpu": ("done", "failed", "skipped", "cancelled", "retrying", "requeued", "given_back"),
+}
+#: reason codes that are not an error class's ``reason`` (shared.errors)
+_OTHER_REASONS = ("bad_message", "outcome_not_recorded", "given_back", "unknown")
+
+
+def known_reasons() -> list[str]:
+    """Every reason code a failure or retry can carry: each ``VeilError`` subclass's ``reason``
+    (imported so far, which at start-up is all of them) and the few codes set by hand."""
+    from shared.errors import VeilError
+
+    codes: set[str] = set(_OTHER_REASONS)
+    pending: list[type] = [VeilError]
+    while pending:
+        cls = pending.pop()
+        codes.add(str(getattr(cls, "reason", "unknown")))
+        pending += cls.__subclasses__()
+    return sorted(codes)
+
 
 @_never_raises
-def serve(port: int, registry: CollectorRegistry = REGISTRY) -> int | None:
+def create_known_series(tier: str) -> None:
+    """Creates every labelled counter series this tier can touch, at 0. Prometheus's
+    ``increase()`` needs a sample before the first event: a series born at 1 shows no increase,
+    so a dashboard's failures panel stayed at 0 while keys failed (issue 24)."""
+    for status in OUTCOMES.get(tier, ()):
+        IMAGES.labels(tier, status)
+    for reason in known_reasons():
+        FAILURES.labels(tier, reason)
+        RETRIES.labels(reason)
+
+
+@_never_raises
+def serve(port: int, registry: CollectorRegistry = REGISTRY, tier: str | None = None) -> int | None:
     """Serves /metrics on ``port`` from a daemon thread of this process (once per process;
-    0 = off). A port in use is logged, not raised: the worker still works, unwatched."""
+    0 = off), with ``tier``'s counters created at 0 first. A port in use is logged, not raised:
+    the worker still works, unwatched."""
     global _served
     if port <= 0 or (_served is not None and _served[0] == os.getpid()):
         return None
+    if tier is not None:
+        create_known_series(tier)
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:

@@ -296,3 +296,75 @@ def test_browser_broker_tab_lists_both_queues(cluster, browser):
     names = wait_for(queues, 30, "both queues on Flower's Broker tab", interval=0.5)
     shot(browser, "flower-broker")
     assert sorted(names) == ["veil.cpu", "veil.gpu"]
+
+
+# -- a real Prometheus ------------------------------------------------------------------------------
+
+
+class Prometheus:
+    """Debian's prometheus, scraping one target every second into a private TSDB."""
+
+    def __init__(self, tmp: Path, target_port: int):
+        self.port = free_port()
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"scrape_configs: [{{job_name: veil, static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]}}]\n"
+        )
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not Path(binary).exists():
+            pytest.fail("prometheus not found: apt-get install -y prometheus (scripts/install.sh)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=open(tmp / "prometheus.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def query(self, expr: str) -> float | None:
+        try:
+            r = requests.get(f"http://127.0.0.1:{self.port}/api/v1/query", params={"query": expr}, timeout=5)
+            result = r.json()["data"]["result"]
+        except (requests.RequestException, KeyError, ValueError):
+            return None
+        return float(result[0]["value"][1]) if result else None
+
+
+def test_prometheus_increase_counts_the_first_failures(cluster, tmp_path):
+    """A reason no other test causes: its series exists at 0 from start-up, so increase() over a
+    window sees both failures (a series born at its first event, at 1, showed 0 on the panel)."""
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("big_a.png", "big_b.png"):  # 144 MP: over the pixel cap, refused as too_large
+        Image.new("1", (12000, 12000)).save(inputs / name)
+    series = 'veil_failures_total{tier="cpu",reason="too_large"}'
+    prom = Prometheus(tmp_path, cluster.cpu_metrics)
+    try:
+        # 1. Prometheus has scraped the series at 0 a few times before the failures happen
+        wait_for(
+            lambda: (prom.query(f"count_over_time({series}[1m])") or 0) >= 3, 120, "three scrapes at 0", interval=0.5
+        )
+        assert prom.query(series) == 0
+        # 2. Two keys fail
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "submit", str(inputs), "--out", str(tmp_path / "out")],
+            env=cluster.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: prom.query(series) == 2, 300, "Prometheus to scrape both failures", interval=0.5)
+        # 3. What the dashboard's failures panel computes
+        increase = prom.query(f"sum(increase({series}[5m]))")
+        assert increase is not None and 1.5 < increase < 3, increase
+    finally:
+        stop(prom.proc)

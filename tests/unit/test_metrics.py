@@ -133,3 +133,14 @@ def test_pool_children_get_consecutive_ports():
 def test_queue_depth_reads_kombu_priority_lists():
     assert metrics.redis_list_names("veil.gpu") == ["veil.gpu", "veil.gpu\x06\x163", "veil.gpu\x06\x166",
                                                     "veil.gpu\x06\x169"]
+
+
+def test_known_series_exist_at_zero_before_any_event():
+    metrics.create_known_series("gpu")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in metrics.REGISTRY.collect() for s in f.samples}
+    from shared.errors import StorageError
+
+    assert samples[("veil_failures_total", (("reason", "disk_full"), ("tier", "gpu")))] == 0
+    assert samples[("veil_retries_total", (("reason", StorageError.reason),))] == 0
+    assert samples[("veil_images_total", (("status", "failed"), ("tier", "gpu")))] == 0
+    assert "bad_message" in metrics.known_reasons() and "out_of_memory" in metrics.known_reasons()
