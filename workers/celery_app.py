@@ -2,7 +2,9 @@
 
 ``app`` is created unconfigured at import (cheap, no settings read); ``configure(settings)``
 is called once at start-up by ``veil worker`` / ``veil submit`` / ``veil flower`` and sets
-broker, queues, delivery guarantees and Flower events from the one ``Settings`` object.
+broker, queues, delivery guarantees and Flower events from the one ``Settings`` object. Loaded
+by Celery's own CLI (``celery -A workers.celery_app ...``), it configures itself from the
+``VEIL_*`` environment when its configuration is first read.
 
 This module imports no task module: each worker imports its own tier's tasks
 (``workers/launch.py``), and the orchestrator and the tiers send tasks by name
@@ -66,12 +68,41 @@ def _heartbeats_sent_once() -> None:
     heartbeat.Heart._send = once  # type: ignore[method-assign]
 
 
+_configured_by_veil = False
+
+
+def _configure_from_environment(sender: Celery, **_: object) -> None:
+    """Celery's own CLI (``celery -A workers.celery_app inspect ping``, ``celery status``...)
+    loads ``app`` without calling ``configure``: it then falls back to Celery's default broker,
+    ``amqp://localhost:5672`` (and found "no nodes" on a machine running a RabbitMQ). When the
+    app's configuration is first read and Veil has not configured it, it is built from the
+    ``VEIL_*`` environment, as ``veil worker`` would (``on_configure``: lazy, never at import)."""
+    if _configured_by_veil:
+        return
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"veil: {exc}") from None
+    sender.config_from_object(celery_conf(settings))
+
+
+app.on_configure.connect(_configure_from_environment, weak=False)
+
+
 def configure(settings: Settings, *, tier: str | None = None) -> Celery:
+    global _configured_by_veil
+    _configured_by_veil = True
     if tier is not None:
         _heartbeats_sent_once()
     if app.configured and app.conf.broker_url not in (None, settings.broker_url):
         _forget_broker_connections()
-    app.conf.update(
+    app.conf.update(**celery_conf(settings, tier))
+    return app
+
+
+def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
+    """Celery's settings from Veil's: broker, queues, delivery guarantees, Flower events."""
+    return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
         # Issue 18: no connection waits forever on a half-open socket (a partition); the bounds
@@ -118,4 +149,3 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         # already reserved while the current one runs (celery-batches needs >= flush_every).
         worker_prefetch_multiplier=2 * settings.batch_size if tier == "gpu" else 1,
     )
-    return app

@@ -368,3 +368,14 @@ def test_prometheus_increase_counts_the_first_failures(cluster, tmp_path):
         assert increase is not None and 1.5 < increase < 3, increase
     finally:
         stop(prom.proc)
+
+
+def test_celery_cli_finds_the_workers_with_only_veil_settings(cluster):
+    """`celery -A workers.celery_app inspect ping` with nothing but VEIL_* set: it reads
+    VEIL_BROKER_URL (it used to fall back to amqp://localhost:5672 and find no node)."""
+    env = {k: v for k, v in cluster.env.items() if not k.startswith(("CELERY_", "BROKER"))}
+    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    proc = subprocess.run([*celery, "inspect", "ping", "-t", "10"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"cpu@\S+: OK", proc.stdout), proc.stdout
