@@ -77,6 +77,7 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     shutdown.install(settings)
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
+    metrics.set_max_batch(settings.batch_size)
     metrics.serve(settings.metrics_port, tier="gpu")  # this process runs the batches (solo pool)
     metrics.watch_gpu_memory()
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))

@@ -61,22 +61,42 @@ STAGE_SECONDS = Histogram(
     "veil_stage_seconds",
     "Seconds per image in each stage (generate: the batch's diffusion time divided by its images)",
     ["stage"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    # dense from 1 to 30 s, where per-image generate times and slow uploads live
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300),
     registry=REGISTRY,
 )
-GPU_BATCH_SIZE = Histogram(
-    "veil_gpu_batch_size",
-    "Requests per batch that celery-batches handed the GPU task",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-    registry=REGISTRY,
+
+
+def _batch_size_histogram(max_batch: int) -> Histogram:
+    """Batch sizes as exact values: a bucket edge at every k + 0.5 up to ``max_batch`` + 0.5, so
+    ``histogram_quantile`` reads 8.0 when every batch was 8 (powers-of-two buckets read 6)."""
+    return Histogram(
+        "veil_gpu_batch_size",
+        "Requests per batch that celery-batches handed the GPU task",
+        buckets=[k + 0.5 for k in range(max_batch + 1)],
+        registry=REGISTRY,
+    )
+
+
+GPU_BATCH_SIZE = _batch_size_histogram(8)  # VEIL_BATCH_SIZE's default; a GPU worker sets its own
+GPU_MEMORY = Gauge(
+    "veil_gpu_memory_bytes", "CUDA memory allocated by tensors now, by real device index", ["gpu"], registry=REGISTRY
 )
-GPU_MEMORY = Gauge("veil_gpu_memory_bytes", "CUDA memory allocated by tensors now", ["device"], registry=REGISTRY)
 GPU_MEMORY_PEAK = Gauge(
     "veil_gpu_memory_peak_bytes",
-    "Peak CUDA memory allocated by tensors since the worker started",
-    ["device"],
+    "Peak CUDA memory allocated by tensors since the worker started, by real device index",
+    ["gpu"],
     registry=REGISTRY,
 )
+
+
+def set_max_batch(max_batch: int) -> None:
+    """The GPU worker's batch-size histogram, with an exact bucket for each size up to its
+    ``VEIL_BATCH_SIZE`` (called at start-up, before any batch)."""
+    global GPU_BATCH_SIZE
+    REGISTRY.unregister(GPU_BATCH_SIZE)
+    GPU_BATCH_SIZE = _batch_size_histogram(max_batch)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -200,9 +220,17 @@ def watch_gpu_memory() -> None:
     if not torch.cuda.is_available():
         return
     for index in range(torch.cuda.device_count()):
-        device = str(index)
-        GPU_MEMORY.labels(device).set_function(functools.partial(torch.cuda.memory_allocated, index))
-        GPU_MEMORY_PEAK.labels(device).set_function(functools.partial(torch.cuda.max_memory_allocated, index))
+        gpu = real_device_index(index)
+        GPU_MEMORY.labels(gpu).set_function(functools.partial(torch.cuda.memory_allocated, index))
+        GPU_MEMORY_PEAK.labels(gpu).set_function(functools.partial(torch.cuda.max_memory_allocated, index))
+
+
+def real_device_index(index: int, visible: str | None = None) -> str:
+    """The machine's index of this process's CUDA device ``index``: each GPU worker process sees
+    its one device as 0 (``CUDA_VISIBLE_DEVICES=3``), and labelled so every GPU read "gpu0"."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return ids[index] if index < len(ids) else str(index)
 
 
 # -- queue depth: `veil exporter` ------------------------------------------------------------------
