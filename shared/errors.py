@@ -218,6 +218,12 @@ class BrokerError(TransientError):
     reason = "broker"
 
 
+class KeyFailed(Exception):
+    """Raised by a task *after* its key's failed outcome is recorded (sidecar, counters), so that
+    Celery and Flower show the task failed, with the reason. Not a ``VeilError``: nothing retries
+    it, and the message is acknowledged like any finished one (``task_acks_on_failure_or_timeout``)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     # 2, 4, 8, 16, then 30 s per wait: 270 s in all, at least 135 s with the jitter, so a key

@@ -172,6 +172,7 @@ def test_gpu_worker_online_and_each_key_a_task_during_long_batches(cluster, tmp_
 
     tasks = wait_for(tasks_listed, 30, f"{n} veil.generate tasks in Flower", interval=1.0)
     assert all(t["runtime"] > 0 and t["received"] and t["started"] and t["worker"].startswith("gpu-") for t in tasks)
+    assert all(t["received"] <= t["started"] for t in tasks), [(t["received"], t["started"]) for t in tasks]
     flower_metrics = requests.get(cluster.flower_url + "/metrics", auth=AUTH, timeout=10).text
     assert any(line.startswith("flower_events_total{") and 'task="veil.generate"' in line
                and 'type="task-succeeded"' in line for line in flower_metrics.splitlines())
@@ -379,3 +380,33 @@ def test_celery_cli_finds_the_workers_with_only_veil_settings(cluster):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"cpu@\S+: OK", proc.stdout), proc.stdout
+
+
+def test_browser_tasks_page_shows_a_failed_key_as_failed(cluster, browser, faces_dir, tmp_path):
+    """A key the CPU tier records failed is a FAILURE task in Flower, with its reason (it used to
+    be a SUCCESS whose result was 'failed'; Flower's Failed counter stayed 0)."""
+    inputs = tmp_path / "in"
+    write_bad_inputs(faces_dir, tmp_path / "bad")
+    inputs.mkdir()
+    shutil.copy(tmp_path / "bad" / "text_renamed.jpg", inputs / "not_an_image.jpg")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(inputs), "--out",
+                           str(tmp_path / "out")], env=cluster.env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    def failed_in_api():
+        tasks = cluster.api("/api/tasks", taskname="veil.analyze", state="FAILURE")
+        return [t for t in tasks.values() if "not_an_image.jpg" in str(t.get("exception"))] or None
+
+    task = wait_for(failed_in_api, 120, "the failed key as a FAILURE task in Flower's API", interval=1.0)[0]
+    assert "undecodable" in task["exception"], task
+    authorize(browser)
+    browser.get(cluster.flower_url + "/tasks")
+
+    def failed_row():
+        rows = table_rows(browser, "tasks-table")
+        return [r for r in rows if any("FAILURE" in c for c in r) and any(task["uuid"] in c for c in r)] or None
+
+    rows = wait_for(failed_row, 30, "the failed task's row on Flower's Tasks page", interval=0.5)
+    path = shot(browser, "flower-tasks-failed-key")
+    print(f"\nrendered: {rows[0]}; screenshot {path}")

@@ -11,7 +11,8 @@ worker's ``worker-heartbeat`` every ``interval`` s, under the worker's node name
 per-request ``task-started`` / ``task-succeeded`` / ``task-failed`` events the batch queues with
 ``task_event`` (a non-blocking put: a slow or dead broker never slows or fails a batch; past
 ``MAX_QUEUED`` events are dropped). ``task-received`` is sent by ``VisibleBatches``' strategy, on the
-worker's own dispatcher, in the event loop's thread, as Celery's default strategy does.
+worker's own dispatcher, in the event loop's thread, before the request is buffered (the one that
+fills a batch runs it), as Celery's default strategy does.
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ class VisibleBatches(Batches):
         eventer = consumer.event_dispatcher
 
         def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
-            handler(message, body, ack, reject, callbacks, **kw)
+            # received first: the request that fills a batch runs the batch inside ``handler``,
+            # and its received event came after the batch (Flower had no received time or args
+            # for it mid-batch, and Active + Succeeded did not add up to Processed)
             try:
                 if eventer is not None and eventer.enabled:
                     headers = message.headers or {}
@@ -167,5 +170,6 @@ class VisibleBatches(Batches):
                     )
             except Exception:  # noqa: BLE001
                 log.debug("task-received event not sent", exc_info=True)
+            handler(message, body, ack, reject, callbacks, **kw)
 
         return handle
