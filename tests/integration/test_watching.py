@@ -410,3 +410,34 @@ def test_browser_tasks_page_shows_a_failed_key_as_failed(cluster, browser, faces
     rows = wait_for(failed_row, 30, "the failed task's row on Flower's Tasks page", interval=0.5)
     path = shot(browser, "flower-tasks-failed-key")
     print(f"\nrendered: {rows[0]}; screenshot {path}")
+
+
+def test_celery_inspect_answers_for_the_gpu_worker_during_a_batch(cluster, tmp_path):
+    """The batch blocks the GPU worker's event loop: `inspect ping/active` said "1 node online"
+    mid-batch, and `inspect stats` counted nothing. The beacon's thread answers them now. Its
+    `active` lists the batch's requests, which only a mid-batch answer can (idle, the worker
+    answers for itself, and celery-batches' requests are not in Celery's active set). Celery's
+    own client (what the CLI calls), sent the moment the batch starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.settings import Settings
+    from workers.celery_app import configure
+
+    app = configure(Settings.from_env({}, broker_url=cluster.broker))
+    sidecars = cluster.send_prompts(BATCH, tmp_path / "out", "watch-inspect")
+    started = cluster.gpu_started_batches()
+    wait_for(lambda: cluster.gpu_started_batches() > started, 120, "a GPU batch to start", interval=0.1)
+    with ThreadPoolExecutor(2) as pool:  # both at once, within the batch
+        ping = pool.submit(lambda: app.control.inspect(timeout=2.0).ping())
+        active = pool.submit(lambda: app.control.inspect(timeout=2.0).active())
+        pong, running = ping.result() or {}, active.result() or {}
+    in_batch = not all(p.exists() for p in sidecars)
+    gpu = [node for node in running if node.startswith("gpu-")]
+    assert gpu and [t["name"] for t in running[gpu[0]]] == ["veil.generate"] * BATCH, (running, in_batch)
+    assert pong.get(gpu[0]) == {"ok": "pong"}, pong
+    # and Celery's CLI, once the batch is over: the requests are counted
+    wait_for(lambda: all(p.exists() for p in sidecars), 300, "the batch", interval=0.5)
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.celery_app", "inspect", "stats", "-t", "5",
+                           "--json"], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats[gpu[0]]["total"].get("veil.generate", 0) >= BATCH, stats[gpu[0]]["total"]

@@ -31,6 +31,7 @@ log = get_task_logger(__name__)
 def analyze_image(self, message: dict) -> str:
     rt = runtime.current()
     queue = rt.settings.cpu_queue
+    reason: str | None
     try:
         # 1. Validate the message: an invalid one fails alone
         try:
