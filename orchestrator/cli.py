@@ -204,7 +204,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.status import show_status
     from shared import redisconn
-    from shared.jobs import queue_depth
+    from workers.transport import queue_depth
 
     settings = _settings()
     broker = redisconn.client(settings.broker_url, settings)

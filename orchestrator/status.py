@@ -23,7 +23,7 @@ from shared.messages import Status
 
 EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN, EXIT_CANCELLED = 0, 1, 2, 3
 
-#: () -> {"cpu": n, "gpu": n, "unacked": n}: the tiers' queues (``workers.feeder.queue_depth``)
+#: () -> {"cpu": n, "gpu": n, "unacked": n}: the tiers' queues (``workers.transport.queue_depth``)
 Depth = Callable[[], dict[str, int]]
 
 

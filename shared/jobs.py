@@ -53,20 +53,6 @@ JOBS, ACTIVE, FINALIZE = "veil:jobs", "veil:jobs:active", "veil:jobs:finalize"
 RATE_WINDOW_S = 60
 
 
-#: kombu's Redis transport: the hash of delivered, not yet acknowledged messages (all queues)
-UNACKED = "unacked"
-
-
-def queue_depth(r: redis.Redis, settings: Settings) -> dict[str, int]:
-    """Messages in ``veil.cpu``, in ``veil.gpu``, and held unacknowledged by workers."""
-    pipe = r.pipeline(transaction=False)
-    pipe.llen(settings.cpu_queue)
-    pipe.llen(settings.gpu_queue)
-    pipe.hlen(UNACKED)
-    cpu, gpu, unacked = pipe.execute()
-    return {"cpu": int(cpu), "gpu": int(gpu), "unacked": int(unacked)}
-
-
 def job_key(job_id: str, part: str = "") -> str:
     return f"veil:job:{job_id}" + (f":{part}" if part else "")
 

@@ -20,20 +20,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
 
 from shared import redisconn
 from shared.settings import Settings
+from workers.transport import declare
 
 app = Celery("veil")
 
 CPU_TASK = "veil.analyze"
 GPU_TASK = "veil.generate"
 FINALIZE_TASK = "veil.finalize"  # an ended job's manifest and summary (workers/finalize.py), CPU queue
-
-
-def _queue(name: str) -> Queue:
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def _forget_broker_connections() -> None:
@@ -99,9 +95,8 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         task_serializer="json",
         accept_content=["json"],
-        # Each queue on its own direct exchange: with Celery's shared default exchange both
-        # queues were bound to the same routing key and every message reached both tiers.
-        task_queues=[_queue(settings.cpu_queue), _queue(settings.gpu_queue)],
+        # Each queue on its own direct exchange (workers/transport.py).
+        task_queues=[declare(settings.cpu_queue), declare(settings.gpu_queue)],
         task_routes={
             CPU_TASK: {"queue": settings.cpu_queue},
             GPU_TASK: {"queue": settings.gpu_queue},

@@ -128,8 +128,3 @@ def test_helpers_never_raise_and_bound_labels():
 def test_pool_children_get_consecutive_ports():
     assert metrics.pool_child_port(0) == 0
     assert metrics.pool_child_port(9100) == 9100  # this (main) process has index 0 or none
-
-
-def test_queue_depth_reads_kombu_priority_lists():
-    assert metrics.redis_list_names("veil.gpu") == ["veil.gpu", "veil.gpu\x06\x163", "veil.gpu\x06\x166",
-                                                    "veil.gpu\x06\x169"]
