@@ -105,7 +105,7 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
         # No "sent" event per enqueued key: one more Redis publish per key on `veil submit`;
-        # queue depth is in Flower's Broker tab (both queues: `launch._show_configured_queues`)
+        # queue depth is in Flower's Broker tab (both queues: `workers/flower_patches.py`)
         # and in `veil exporter`'s veil_queue_depth.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
