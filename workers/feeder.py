@@ -15,10 +15,11 @@ what a job cannot use (nothing more waiting) goes to the others. A small job sub
 Publishing (``_Chunk``, ``_COMMIT``): the Celery messages, byte for byte what ``send_task``
 writes through kombu's Redis transport (``workers.transport.CeleryMessages``: protocol 2,
 priority 0, so the list named like the queue), are moved ``CHUNK`` at a time by ONE Lua call
-that checks the feeder still holds its lock and that the pending list's head is still the
-chunk it read, LPUSHes the chunk's messages, LTRIMs the chunk off the pending list and renews the lock. A feeder killed at any
-moment sends no key twice and loses none; a Lua call that the client re-sends after a lost
-reply finds another head and does nothing; a feeder that lost its lock stops its fill.
+that checks the feeder still holds its lock and that the pending list's head is still the chunk
+it read, LPUSHes the chunk's messages, LTRIMs the chunk off the pending list and renews the
+lock. A feeder killed at any moment sends no key twice and loses none; a Lua call that the
+client re-sends after a lost reply finds another head and does nothing; a feeder that lost its
+lock stops its fill.
 
 A key ``task_for`` refuses (an output that now leaves OUTPUT through a symlink, a name too
 long) is counted failed with its reason before its chunk is committed (``JobStore.record_failed``,
