@@ -1,19 +1,24 @@
 """The ``veil`` command.
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
-             [--mode portrait|scene] [--guard off|dlib|facenet]
-    veil models check | fetch | tiny DIR
+             [--sampler faithful|fast] [--detector mtcnn|retinaface] [--method sd|blur|pixelate|mask]
+             [--mode portrait|scene] [--guard off|dlib|facenet] [--quiet]
+    veil models check | fetch [--optional] [--eval] [--quiet] | tiny DIR [--full-size]
     veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
-    veil status JOB [--watch] [--failed] | veil jobs | veil cancel JOB | veil retry JOB [--reason R] [--out O]
-    veil finalize JOB [--out O]
+    veil status JOB [--watch] [--interval S] [--failed] | veil jobs | veil cancel JOB
+    veil retry JOB [--reason R] [--out O] | veil finalize JOB [--out O]
     veil feed
-    veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
+    veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1] [--one NAME]
     veil flower
     veil health [--max-age S] [--file PATH]
     veil exporter [--port P]
+    veil eval ORIGINALS ANONYMIZED... --identities CSV --out DIR [--embedder E] [--html] [--no-attributes]
+              [--device D] [--detector D] [--quiet]
 
-Settings come from ``VEIL_*`` environment variables; command-line flags override them. A value
-that fails validation is reported under the name the user typed: the flag or the variable.
+``veil --verbose COMMAND ...`` logs debug messages. Settings come from ``VEIL_*`` environment
+variables; command-line flags override them. A value that fails validation is reported under the
+name the user typed: the flag or the variable. The usage above is kept true against the parser
+by ``tests/unit/test_cli.py``.
 """
 
 from __future__ import annotations
@@ -522,7 +527,6 @@ def _add_job_control(sub: argparse._SubParsersAction) -> None:
     cancel.set_defaults(func=cmd_cancel)
     retry = sub.add_parser("retry", help="queue a job's failed keys again (overwrite), with the job's options")
     retry.add_argument("job")
-    retry.add_argument("--failed", action="store_true", help="only failed keys (the default, and the only mode)")
     retry.add_argument("--reason", help="only keys whose failure reason starts with this (e.g. storage)")
     retry.add_argument("--out", help="the job's OUTPUT: read its _veil/JOB/ summary when the record has expired")
     retry.set_defaults(func=cmd_retry)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -249,7 +249,6 @@ class JobInfo:
     spec: JobSpec | None = None
     finalized: float | None = None  # when its _veil/JOB/ files were last written
     finalize_error: str | None = None  # why they cannot be written (no such bucket, access denied)
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def counted(self) -> int:

@@ -2,8 +2,10 @@
 every face, biggest first (scene mode, issue 14); or, for a classical method (blur, pixelate,
 mask), the finished image in storage and its record.
 
-``veil run`` and the Celery CPU task both call ``CpuModels.load`` once per process and
-``analyze`` (method ``sd``) or ``anonymize_classical`` per image.
+Models load once per process: ``CpuModels.load`` in ``veil run`` (the attribute models only for
+method ``sd``), ``CpuModels.for_worker`` in a CPU worker's pool process (through
+``workers.runtime``). Both then call ``analyze`` (method ``sd``) or ``anonymize_classical`` per
+image.
 """
 
 from __future__ import annotations
