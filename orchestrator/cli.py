@@ -132,7 +132,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     for wf in CATALOGUE:
         path = models_dir / wf.relpath
         needed = "required" if wf.relpath in required else ("optional" if wf.optional else "not needed")
-        needed = "eval" if wf.component in EVAL_COMPONENTS else needed  # issue 13: veil eval's, --eval
+        needed = "eval" if wf.component in EVAL_COMPONENTS else needed  # veil eval's, fetched by --eval
         if needed == "not needed" and not path.exists():
             continue
         there = "ok     " if path.is_file() else "MISSING"
@@ -150,7 +150,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
     settings = _settings()
     files = [wf for wf in CATALOGUE if args.optional or not wf.optional]
-    files = [wf for wf in files if args.eval or wf.component not in EVAL_COMPONENTS]  # issue 13
+    files = [wf for wf in files if args.eval or wf.component not in EVAL_COMPONENTS]
     results = fetch_missing(Path(settings.models_dir), files, progress=not args.quiet)
     for r in results:
         print(f"  {'kept   ' if r.skipped else 'fetched'} {r.path}  sha256 {r.sha256}")
@@ -302,7 +302,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """issue 13: ``veil eval``."""
+    """``veil eval``."""
     from models.weights import tiny_warning
     from orchestrator.evaluation.run import evaluate
 
@@ -373,7 +373,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- issue 11: queue depth for Prometheus ------------------------------------------------------
+# -- queue depth for Prometheus --------------------------------------------------------------
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    """issue 13: ``veil eval``."""
+    """``veil eval``."""
     ev = sub.add_parser("eval", help="re-identification, attribute and quality metrics of anonymized runs")
     ev.add_argument("originals", help="folder of the original images (the gallery)")
     ev.add_argument("anonymized", nargs="+", help="veil run OUTPUT folder(s): their manifest pairs outputs and inputs")
@@ -462,7 +462,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_method(parser: argparse.ArgumentParser) -> None:
-    """issue 13: ``--method`` of ``veil run`` and ``veil submit``."""
+    """``--method`` of ``veil run`` and ``veil submit``."""
     parser.add_argument(
         "--method",
         choices=[m.value for m in Method],
@@ -472,7 +472,7 @@ def _add_method(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scene_flags(parser: argparse.ArgumentParser) -> None:
-    """Issue 14: ``--mode`` and ``--guard`` (``veil run`` and ``veil submit``)."""
+    """``--mode`` and ``--guard`` (``veil run`` and ``veil submit``)."""
     parser.add_argument(
         "--mode",
         choices=[m.value for m in Mode],

@@ -70,7 +70,7 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
-        # Issue 18: no connection waits forever on a half-open socket (a partition); the bounds
+        # No connection waits forever on a half-open socket (a partition); the bounds
         # and why they hold are in shared/redisconn.py. Retry the broker forever (default: 100
         # tries, ~50 min), so a long partition or Redis outage never ends a worker.
         broker_connection_timeout=settings.redis_connect_timeout_s,
