@@ -248,7 +248,7 @@ class Feeder:
         """The chunk's refused keys counted failed, then its messages pushed and its keys
         trimmed in one Lua call. False when the list's head changed (cancelled meanwhile)."""
         self.jobs.record_failed(job_id, chunk.refused)
-        keys = [LOCK, job_key(job_id, "redo" if chunk.redo else "pending"), self._builder().list]
+        keys = [LOCK, job_key(job_id, "redo" if chunk.redo else "pending"), self._builder().redis_list]
         args: list[str | int] = [self._token, LOCK_TTL_MS, len(chunk.keys), *chunk.keys, *chunk.messages]
         result = int(self._commit(keys=keys, args=args))
         if result < 0:

@@ -145,7 +145,7 @@ class CeleryMessages:
         from celery.utils.nodenames import anon_nodename
 
         self.maxsize = app.amqp.argsrepr_maxsize
-        self.list = list_name(queue, self.PRIORITY)
+        self.redis_list = list_name(queue, self.PRIORITY)
         self._random = random.Random(os.urandom(32))
         task_id, argsrepr, body, tag = self._FIELDS
         headers = {

@@ -76,7 +76,7 @@ def test_built_messages_are_taken_and_decoded_by_kombu():
     r = redis.Redis.from_url(settings.broker_url)
     task = ImageTask(job_id="b", input_uri="s3://b/in/a b'é.jpg", output_uri="s3://b/out/a b'é.png", seed=3)
     builder = transport.CeleryMessages(app, CPU_TASK, "bq")
-    r.lpush(builder.list, builder.build(task))
+    r.lpush(builder.redis_list, builder.build(task))
     assert transport.queue_depth(r, settings)["cpu"] == 1
     with app.connection_for_read() as conn:
         message = transport.declare("bq").bind(conn.default_channel).get(no_ack=False)
