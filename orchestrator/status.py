@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN, EXIT_CANCELLED = 0, 1, 2, 3
 #: no key finished for this long: the ETA says what the job is waiting for
 QUIET_S = 20
 
-#: () -> {"cpu": n, "gpu": n, "unacked": n}: the tiers' queues (``workers.feeder.queue_depth``)
+#: () -> {"cpu": n, "gpu": n, "unacked": n}: the tiers' queues (``workers.transport.queue_depth``)
 Depth = Callable[[], dict[str, int]]
 
 

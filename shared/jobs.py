@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -51,20 +51,6 @@ SUBMITTING, RUNNING, FINISHED, CANCELLED = "submitting", "running", "finished", 
 FINALIZING = "finalizing"
 JOBS, ACTIVE, FINALIZE = "veil:jobs", "veil:jobs:active", "veil:jobs:finalize"
 RATE_WINDOW_S = 60
-
-
-#: kombu's Redis transport: the hash of delivered, not yet acknowledged messages (all queues)
-UNACKED = "unacked"
-
-
-def queue_depth(r: redis.Redis, settings: Settings) -> dict[str, int]:
-    """Messages in ``veil.cpu``, in ``veil.gpu``, and held unacknowledged by workers."""
-    pipe = r.pipeline(transaction=False)
-    pipe.llen(settings.cpu_queue)
-    pipe.llen(settings.gpu_queue)
-    pipe.hlen(UNACKED)
-    cpu, gpu, unacked = pipe.execute()
-    return {"cpu": int(cpu), "gpu": int(gpu), "unacked": int(unacked)}
 
 
 def job_key(job_id: str, part: str = "") -> str:
@@ -276,7 +262,6 @@ class JobInfo:
     spec: JobSpec | None = None
     finalized: float | None = None  # when its _veil/JOB/ files were last written
     finalize_error: str | None = None  # why they cannot be written (no such bucket, access denied)
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def counted(self) -> int:

@@ -22,20 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
 
 from shared import redisconn
 from shared.settings import Settings
+from workers.transport import declare
 
 app = Celery("veil")
 
 CPU_TASK = "veil.analyze"
 GPU_TASK = "veil.generate"
 FINALIZE_TASK = "veil.finalize"  # an ended job's manifest and summary (workers/finalize.py), CPU queue
-
-
-def _queue(name: str) -> Queue:
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def _forget_broker_connections() -> None:
@@ -105,7 +101,7 @@ def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
     return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
-        # Issue 18: no connection waits forever on a half-open socket (a partition); the bounds
+        # No connection waits forever on a half-open socket (a partition); the bounds
         # and why they hold are in shared/redisconn.py. Retry the broker forever (default: 100
         # tries, ~50 min), so a long partition or Redis outage never ends a worker.
         broker_connection_timeout=settings.redis_connect_timeout_s,
@@ -130,9 +126,8 @@ def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
         task_reject_on_worker_lost=True,
         task_serializer="json",
         accept_content=["json"],
-        # Each queue on its own direct exchange: with Celery's shared default exchange both
-        # queues were bound to the same routing key and every message reached both tiers.
-        task_queues=[_queue(settings.cpu_queue), _queue(settings.gpu_queue)],
+        # Each queue on its own direct exchange (workers/transport.py).
+        task_queues=[declare(settings.cpu_queue), declare(settings.gpu_queue)],
         task_routes={
             CPU_TASK: {"queue": settings.cpu_queue},
             GPU_TASK: {"queue": settings.gpu_queue},
@@ -141,7 +136,7 @@ def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
         # No "sent" event per enqueued key: one more Redis publish per key on `veil submit`;
-        # queue depth is in Flower's Broker tab (both queues: `launch._show_configured_queues`)
+        # queue depth is in Flower's Broker tab (both queues: `workers/flower_patches.py`)
         # and in `veil exporter`'s veil_queue_depth.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 #: the stages timed per image (the keys of the stages' ``timings`` dicts)
 STAGES = ("decode", "detect", "attributes", "generate", "encode", "upload")
-TIERS = ("cpu", "gpu")
 
 #: Veil's own registry (plus the process/GC/platform collectors), so a process that imports this
 #: module next to another prometheus_client user (Flower) does not mix the two.
@@ -235,20 +234,13 @@ def real_device_index(index: int, visible: str | None = None) -> str:
 
 # -- queue depth: `veil exporter` ------------------------------------------------------------------
 
-#: kombu's Redis transport keeps a queue's messages of priority p > 0 in the list
-#: ``name + "\x06\x16" + str(p)`` (default priority steps 0, 3, 6, 9); Flower sums them the same way.
-_PRIORITY_SEP = "\x06\x16"
 QUEUE_DEPTH = "veil_queue_depth"
-_PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-def redis_list_names(queue: str) -> list[str]:
-    return [queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
 
 
 class QueueDepthCollector(Collector):
-    """``veil_queue_depth{queue}``: messages waiting in each Redis queue, read at scrape time.
-    Messages a worker has reserved (prefetched, unacknowledged) are not counted."""
+    """``veil_queue_depth{queue}``: messages waiting in each Redis queue (every priority list:
+    ``workers.transport.depths``), read at scrape time. Messages a worker has reserved
+    (prefetched, unacknowledged) are not counted."""
 
     def __init__(self, redis_url: str, queues: Iterable[str], settings: Settings | None = None):
         from shared import redisconn
@@ -257,15 +249,12 @@ class QueueDepthCollector(Collector):
         self._queues = list(queues)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        from workers.transport import depths
+
         family = GaugeMetricFamily(QUEUE_DEPTH, "Messages waiting in each queue", labels=["queue"])
-        pipe = self._client.pipeline(transaction=False)
-        for queue in self._queues:
-            for name in redis_list_names(queue):
-                pipe.llen(name)
-        lengths = pipe.execute()  # Redis down: the scrape fails (Prometheus marks it down)
-        steps = len(_PRIORITY_STEPS)
-        for i, queue in enumerate(self._queues):
-            family.add_metric([queue], sum(lengths[i * steps : (i + 1) * steps]))
+        # Redis down: the scrape fails (Prometheus marks it down)
+        for queue, depth in depths(self._client, self._queues).items():
+            family.add_metric([queue], depth)
         yield family
 
 

@@ -26,7 +26,8 @@ from shared.settings import Settings
 from tests.faults import OwnRedis
 from tests.services import ROOT, redis_url, start_worker, stop, wait_for, worker_env
 from workers.celery_app import CPU_TASK, app, configure
-from workers.feeder import LOCK, CeleryMessages, Feeder, task_for
+from workers.feeder import LOCK, Feeder, task_for
+from workers.transport import CeleryMessages
 
 
 def _settings(url: str, queue: str = "fq", **extra) -> Settings:
@@ -62,7 +63,7 @@ def test_messages_are_what_send_task_writes():
                    overwrite=False, created=0.0)  # fmt: skip
     task = task_for(spec, "a/b c'\"é.jpg")  # quotes and non-ASCII: escaped the same way
     app.send_task(CPU_TASK, args=[task.model_dump(mode="json")], queue="fq")
-    r.lpush("mine", CeleryMessages("fq").build(task))
+    r.lpush("mine", CeleryMessages(app, CPU_TASK, "fq").build(task))
     theirs, mine = json.loads(r.lindex("fq", 0)), json.loads(r.lindex("mine", 0))
     for message in (theirs, mine):
         task_id = message["headers"]["id"]

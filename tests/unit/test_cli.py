@@ -33,3 +33,27 @@ def test_run_flags_have_help():
     for flag in ("--device", "--sampler", "--detector", "--overwrite"):
         entry = next(e for e in entries if e.startswith(flag + " ") or e.startswith(flag + "\n"))
         assert len(entry.split()) > 3, entry  # the flag, its choices, then words of help
+
+
+def test_the_usage_in_the_modules_docstring_names_every_command_and_flag():
+    """orchestrator/cli.py's docstring is the command's summary: kept true against the parser."""
+    import argparse
+
+    import orchestrator.cli as cli
+
+    usage = cli.__doc__ or ""
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    missing += walk(child, f"{path} {name}")
+            elif action.option_strings and action.dest != "help":
+                if not any(re.search(rf"{re.escape(o)}\b", usage) for o in action.option_strings if o.startswith("--")):
+                    missing.append(f"{path} {'/'.join(action.option_strings)}")
+        if path.count(" ") == 1 and not re.search(rf"{re.escape(path)}\b", usage):
+            missing.append(path)
+        return missing
+
+    assert walk(cli.build_parser(), "veil") == []

@@ -1,4 +1,4 @@
-"""A GPU batch's end, as a batch (issue 18): every key's sidecar PUT in parallel, the counters of
+"""A GPU batch's end, as a batch: every key's sidecar PUT in parallel, the counters of
 all of them in one Redis round trip, re-sends only where a key needs one, and when Redis or S3
 is down, the messages handed back at once rather than waited on.
 

@@ -21,7 +21,7 @@ an outage costs the batch a bounded wait (``workers.gpu.commit``: ~35 s at worst
 ~13 s with Redis down), never minutes of blocking retries, and no key is acknowledged unended.
 A task that raises (a bug) gives its whole batch back rather than acknowledge unended keys.
 
-Watching it (issue 11): while the batch runs, ``beacon`` sends the worker's heartbeats from a
+Watching it (Flower): while the batch runs, ``beacon`` sends the worker's heartbeats from a
 side thread (the solo pool's event loop is blocked by the batch) and each request's task events,
 so Flower shows the worker Online and every key as a ``veil.generate`` task with its state and
 runtime; ``workers.metrics`` counts the batch's size, each key's outcome and stage times.
