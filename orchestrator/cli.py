@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from orchestrator.service_errors import EXIT_SERVICE, service_error
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
 from shared.quiet import quiet_third_party
 from shared.settings import (
@@ -575,11 +576,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"veil: disk full: {exc}", file=sys.stderr)
         return 3
     except (InputError, ValueError) as exc:
-        print(f"veil: {exc}", file=sys.stderr)
-        return 2
+        service = service_error(exc)  # INPUT or OUTPUT unreadable because S3 or Redis is not there
+        print(f"veil: {service or exc}", file=sys.stderr)
+        return EXIT_SERVICE if service else 2
     except VeilError as exc:  # e.g. a download that kept failing: say why, no traceback
-        print(f"veil: {exc}", file=sys.stderr)
-        return 1
+        service = service_error(exc)  # Redis or S3 not there, or refusing the credentials
+        print(f"veil: {service or exc}", file=sys.stderr)
+        return EXIT_SERVICE if service else 1
+    except Exception as exc:
+        service = service_error(exc)
+        if service is None:
+            raise
+        print(f"veil: {service}", file=sys.stderr)
+        return EXIT_SERVICE
 
 
 if __name__ == "__main__":
