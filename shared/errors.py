@@ -72,6 +72,13 @@ class SourceNotFoundError(PermanentError):
     reason = "not_found"
 
 
+class SourceUnreachableError(PermanentError):
+    """A download's host cannot be reached at all (no DNS, no route, refused): the machine is
+    offline, and retrying with backoff for minutes would only hide that."""
+
+    reason = "unreachable"
+
+
 class IncompleteCheckpointError(PermanentError):
     """A weight file lacks a tensor the loader needs (a different model, or a pruned export)."""
 
