@@ -1,7 +1,7 @@
 """The ``veil`` command.
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
-             [--mode portrait|scene] [--guard off|dlib|facenet]
+             [--retry-failed] [--mode portrait|scene] [--guard off|dlib|facenet]
     veil models check | fetch | tiny DIR
     veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
     veil status JOB [--watch] [--failed] | veil jobs | veil cancel JOB | veil retry JOB [--reason R] [--out O]
@@ -103,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=not args.quiet,
             overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
         )
     except KeyboardInterrupt:
         print(
@@ -448,7 +449,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--overwrite",
         action="store_true",
-        help="redo inputs the manifest already lists as done or no_face (default: skip them)",
+        help="redo every input the manifest already has a row for (default: skip them)",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo the inputs whose last manifest row says failed (default: a row of any status finishes an input)",
     )
     _add_method(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
