@@ -39,7 +39,7 @@ from shared.devices import resolve_device
 from shared.diskio import append_whole
 from shared.errors import InputError, MissingWeightsError, call_with_retries
 from shared.inputfiles import read_input
-from shared.keys import digest, is_finished
+from shared.keys import digest, is_finished, spec_for
 from shared.messages import ImageTask, JobSpec, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
 from shared.settings import Settings
@@ -153,6 +153,7 @@ def run(
     progress: bool = True,
     overwrite: bool = False,
     retry_failed: bool = False,
+    page_size: int = 1000,
 ) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
@@ -165,19 +166,15 @@ def run(
     # 2. INPUT's listing (``veil submit``'s), checked whole: every output under OUTPUT, on no
     #    input, one input per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest
     _check_output_outside_input(input_spec, output)
-    listing = open_listing(input_spec, storage)
-    spec = JobSpec(
-        job_id=uuid.uuid4().hex[:12], name="veil-run", input=listing.root, source=input_spec, output=output,
-        seed=settings.seed, overwrite=overwrite, created=time.time(),
-        method=settings.method, mode=settings.mode, guard=settings.guard,
-    )  # fmt: skip
+    listing = open_listing(input_spec, storage, page_size)
+    spec = spec_for(uuid.uuid4().hex[:12], "veil-run", listing.root, input_spec, output, settings, overwrite=overwrite)
     if check_whole_listing(listing, spec) == 0:
         raise InputError(f"INPUT: no images found in {input_spec!r}")
     with output_lock(output, storage):
         return _run_locked(listing, spec, settings, storage, summary, started, limit, progress, retry_failed)
 
 
-def _keys(
+def keys_to_do(
     listing: Listing, spec: JobSpec, finished: set[bytes], summary: RunSummary, limit: int | None
 ) -> Iterator[ImageTask | ResultRecord]:
     """INPUT page by page: each key's task, or its row when the task builder refuses it (``unsafe_key``,
@@ -213,7 +210,7 @@ def _run_locked(
     # 3. The keys to do, streamed: finished ones skipped (unless overwriting: new rows then win)
     manifest = Manifest(spec.output, storage)
     finished = set() if spec.overwrite else manifest.finished_inputs(retry_failed=retry_failed)
-    keys = _keys(listing, spec, finished, summary, limit)
+    keys = keys_to_do(listing, spec, finished, summary, limit)
     first = next(keys, None)
     if first is None:
         manifest.close()

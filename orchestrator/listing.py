@@ -75,10 +75,11 @@ class Listing:
 @dataclass
 class PrefixListing(Listing):
     storage: Storage
+    page_size: int
 
     def pages(self, cursor: str) -> Iterator[Page]:
         base = len(self.root)
-        for uris in self.storage.list_pages(self.root, start_after=cursor):
+        for uris in self.storage.list_pages(self.root, start_after=cursor, page_size=self.page_size):
             if uris:
                 yield [InputItem(u, u[base:]) for u in uris if is_image_name(u)], uris[-1]
 
@@ -173,10 +174,10 @@ def open_listing(source: str, storage: Storage, page_size: int = 1000) -> Listin
     """INPUT's listing (module docstring); its first page is read only by ``pages``."""
     if not is_local(source):
         prefix = source if source.endswith("/") else source + "/"
-        if is_image_name(source) and not any(storage.list_pages(prefix)) and storage.exists(source):
+        if is_image_name(source) and not any(storage.list_pages(prefix, page_size=1)) and storage.exists(source):
             folder, _, name = source.rpartition("/")  # one object named whole
             return SmallListing(folder + "/", [InputItem(source, name)], page_size)
-        return PrefixListing(prefix, storage)
+        return PrefixListing(prefix, storage, page_size)
     if os.path.isfile(source) and not is_image_name(source):
         return ListFile(_list_file_root(source), source, page_size)
     items = _local_items(source)

@@ -22,7 +22,6 @@ outputs' during the check, then the keys seen and the keys done while pushing.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +35,7 @@ from shared.errors import InputError, StorageRefusedError
 from shared.imageio import output_name
 from shared.jobs import JobStore, job_key
 from shared.jobsummary import is_sidecar
-from shared.keys import digest
-from shared.messages import JobSpec
+from shared.keys import digest, spec_for
 from shared.settings import Settings
 from shared.storage import Storage, is_local, relative_key
 
@@ -188,11 +186,7 @@ def _submit(
         cursor = str(jobs.redis.hget(job_key(spec.job_id), "cursor") or "")
     else:
         new_id = uuid.uuid4().hex[:12]
-        spec = JobSpec(
-            job_id=new_id, name=name or new_id, input=listing.root, source=source, output=out,
-            seed=settings.seed, overwrite=overwrite, created=time.time(),
-            method=settings.method, mode=settings.mode, guard=settings.guard,
-        )  # fmt: skip
+        spec = spec_for(new_id, name or new_id, listing.root, source, out, settings, overwrite=overwrite)
         resumed, cursor = False, ""
     # 4. Every output checked across the whole listing, and what is already done (one listing
     #    of the output's sidecars), before the job exists: a refused submit leaves no job

@@ -30,11 +30,13 @@ succeed (an undecodable file) is not retried by every run of a million keys.
 from __future__ import annotations
 
 import hashlib
+import time
 from functools import lru_cache
 
 from shared.errors import NameTooLongError
 from shared.imageio import output_name
 from shared.messages import ImageTask, JobSpec, Status
+from shared.settings import Settings
 from shared.storage import check_key, is_local, join_uri, safe_join
 
 NAME_MAX = 255  # bytes of one path segment on a local file system (the sidecar's included)
@@ -100,6 +102,17 @@ def input_for(root: str, key: str) -> str:
     """The input URI of ``key`` under the input ``root``."""
     local, prefix, _ = _root(root)
     return join_uri(root, key) if local else prefix + key.lstrip("/")  # as ``join_uri``, parsed once
+
+
+def spec_for(
+    job_id: str, name: str, root: str, source: str, output: str, settings: Settings, *, overwrite: bool = False
+) -> JobSpec:
+    """A job's spec, ``veil run``'s as ``veil submit``'s: ``root`` is its listing's (every key's
+    input URI is joined onto it), the seed and options are the settings'."""
+    return JobSpec(
+        job_id=job_id, name=name, input=root, source=source, output=output, seed=settings.seed,
+        overwrite=overwrite, created=time.time(), method=settings.method, mode=settings.mode, guard=settings.guard,
+    )  # fmt: skip
 
 
 def task_for(spec: JobSpec, key: str, *, overwrite: bool = False) -> ImageTask:
