@@ -193,7 +193,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if result.repeats:
         print(f"{result.repeats} input(s) listed more than once: each enqueued once", file=sys.stderr)
     for uri in result.unsafe:
-        print(f"refused (unsafe_key, counted failed): {uri}", file=sys.stderr)
+        print(f"refused (unsafe_key or name_too_long, counted failed; veil status --failed): {uri}", file=sys.stderr)
     print(
         f"{'resumed: ' if result.resumed else ''}submitted {result.count} keys ({result.skipped} already done) as job "
         f"{result.job_id}; watch with:  veil status {result.job_id} --watch",
