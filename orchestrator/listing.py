@@ -33,7 +33,7 @@ from pathlib import Path
 from shared.errors import InputError, PermanentError
 from shared.imageio import IMAGE_EXTENSIONS
 from shared.inputfiles import UNSUPPORTED_IMAGE_EXTENSIONS, walk_folder
-from shared.keys import digest, task_for
+from shared.keys import digest, output_for, task_for
 from shared.messages import ImageTask, JobSpec
 from shared.storage import Storage, is_local, join_uri, split_uri
 
@@ -253,14 +253,18 @@ def check_whole_listing(listing: Listing, spec: JobSpec, tick: Callable[[], None
                 onto += [f"{item.uri} <- an input listed before it"][: 5 - len(onto)]
             inputs.add(ident)
             kept.append(item)
-        for item, task in plan_page(kept, spec)[0]:
-            ident = digest(identity(task.output_uri))
+        for item in kept:
+            try:
+                output = output_for(spec.output, item.key)  # what task_for names it (no task built)
+            except PermanentError:
+                continue  # refused alone, in the pass that pushes or runs the keys
+            ident = digest(identity(output))
             if ident in inputs:
                 n_onto += 1
-                onto += [f"{task.output_uri} <- {item.uri}"][: 5 - len(onto)]
+                onto += [f"{output} <- {item.uri}"][: 5 - len(onto)]
             if ident in outputs:
                 n_shared += 1
-                shared += [f"{task.output_uri} <- {item.uri} and an input listed before it"][: 5 - len(shared)]
+                shared += [f"{output} <- {item.uri} and an input listed before it"][: 5 - len(shared)]
             outputs.add(ident)
     out, source = spec.output, spec.source
     if n_onto:
