@@ -198,7 +198,10 @@ class PlannedPage:
     cursor: str  # the listing's cursor after this page
 
 
-def plan_page(items: list[InputItem], spec: JobSpec) -> tuple[list[tuple[InputItem, ImageTask]], list]:
+Planned = tuple[list[tuple[InputItem, ImageTask]], list[tuple[InputItem, PermanentError]]]
+
+
+def plan_page(items: list[InputItem], spec: JobSpec) -> Planned:
     """Each item's task (``shared.keys.task_for``), or why it has none."""
     tasks: list[tuple[InputItem, ImageTask]] = []
     refused: list[tuple[InputItem, PermanentError]] = []
