@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import boto3  # noqa: E402
 import redis  # noqa: E402
 
-from shared.jobs import JobStore, digest, job_key  # noqa: E402
+from shared.jobs import JobStore, job_key  # noqa: E402
+from shared.keys import digest  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.services import free_port, moto_s3, wait_for, worker_env  # noqa: E402
 from workers import transport  # noqa: E402

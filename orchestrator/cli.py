@@ -2,7 +2,7 @@
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
              [--sampler faithful|fast] [--detector mtcnn|retinaface] [--method sd|blur|pixelate|mask]
-             [--mode portrait|scene] [--guard off|dlib|facenet] [--quiet]
+             [--mode portrait|scene] [--guard off|dlib|facenet] [--retry-failed] [--quiet]
     veil models check | fetch [--optional] [--eval] [--quiet] | tiny DIR [--full-size]
     veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
     veil status JOB [--watch] [--interval S] [--failed] | veil jobs | veil cancel JOB
@@ -109,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             limit=args.limit,
             progress=not args.quiet,
             overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
         )
     except KeyboardInterrupt:
         print(
@@ -198,7 +199,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if result.repeats:
         print(f"{result.repeats} input(s) listed more than once: each enqueued once", file=sys.stderr)
     for uri in result.unsafe:
-        print(f"refused (unsafe_key, counted failed): {uri}", file=sys.stderr)
+        print(f"refused (unsafe_key or name_too_long, counted failed; veil status --failed): {uri}", file=sys.stderr)
     print(
         f"{'resumed: ' if result.resumed else ''}submitted {result.count} keys ({result.skipped} already done) as job "
         f"{result.job_id}; watch with:  veil status {result.job_id} --watch",
@@ -454,7 +455,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--overwrite",
         action="store_true",
-        help="redo inputs the manifest already lists as done or no_face (default: skip them)",
+        help="redo every input the manifest already has a row for (default: skip them)",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo the inputs whose last manifest row says failed (default: a row of any status finishes an input)",
     )
     _add_method(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

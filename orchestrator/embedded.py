@@ -4,11 +4,18 @@ It calls the same stage functions as the Celery workers: a background thread rea
 analyses inputs (the CPU tier's work) while the main thread generates full batches (the GPU
 tier's), so inputs without a face do not shrink the diffusion batches. The manifest is appended a batch at a
 time (flushed and fsynced), so a crash loses at most the batch in flight; running the same command
-again skips every input whose row already says ``done`` or ``no_face``.
+again skips every input that has a row (``shared.keys.is_finished``: any outcome finishes a key,
+as a sidecar does for ``veil submit``; ``--retry-failed`` redoes the failed ones).
+
+INPUT is listed by the very listing ``veil submit`` uses (``orchestrator/listing.py``: an S3
+prefix page by page, a list file in chunks), checked whole before any model loads, and each
+key's task is built by ``shared.keys.task_for`` from a ``JobSpec`` made for the run, as the
+feeder builds it: nothing per key is held but 8-byte digests.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -24,16 +31,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models.weights import missing_files
-from orchestrator.inputs import OutputPlan, list_inputs_with_repeats, plan_outputs
+from orchestrator.listing import Listing, check_whole_listing, open_listing, planned_pages
 from orchestrator.outputcheck import check_output_outside_input as _check_output_outside_input  # veil submit's too
 from orchestrator.outputcheck import check_output_writable, stop_if_disk_full
 from orchestrator.outputlock import output_lock
-from orchestrator.submit import image_task
 from shared.devices import resolve_device
 from shared.diskio import append_whole
-from shared.errors import MissingWeightsError, call_with_retries
+from shared.errors import InputError, MissingWeightsError, call_with_retries
 from shared.inputfiles import read_input
-from shared.messages import ImageTask, PromptTask, ResultRecord, Status
+from shared.keys import digest, is_finished, spec_for
+from shared.messages import ImageTask, JobSpec, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
 from shared.settings import Settings
 from shared.storage import Storage, is_local, join_uri
@@ -90,20 +97,29 @@ class Manifest:
     def _part_uris(self) -> list[str]:
         return sorted(self._storage.list(join_uri(self._output, self.PARTS + "/")))
 
-    def _lines(self) -> list[str]:
+    def _lines(self) -> Iterator[str]:
+        """The manifest's rows, then any parts' (locally read line by line)."""
+        if self._local:
+            if os.path.exists(self._uri):
+                with open(self._uri, encoding="utf-8", errors="replace") as f:
+                    yield from f
+            return
         sources = [self._uri] if self._storage.exists(self._uri) else []
-        sources += [] if self._local else self._part_uris()
-        return [line for uri in sources for line in self._storage.read(uri).decode().splitlines(keepends=True)]
+        for uri in sources + self._part_uris():
+            yield from self._storage.read(uri).decode().splitlines(keepends=True)
 
-    def finished_inputs(self) -> set[str]:
-        latest: dict[str, str] = {}
+    def finished_inputs(self, *, retry_failed: bool = False) -> set[bytes]:
+        """Digests (``shared.keys.digest``) of the inputs whose LAST row finishes them
+        (``shared.keys.is_finished``)."""
+        latest: dict[bytes, bool] = {}
         for line in self._lines():
             try:
                 row = json.loads(line)
-            except ValueError:
+                outcome = Status(row["status"])
+            except (ValueError, KeyError, TypeError):
                 continue  # a row cut short by a crash
-            latest[row["input"]] = row["status"]
-        return {k for k, v in latest.items() if v in (Status.DONE.value, Status.NO_FACE.value)}
+            latest[digest(row["input"])] = is_finished(outcome, retry_failed=retry_failed)
+        return {k for k, finished in latest.items() if finished}
 
     def append(self, records: list[ResultRecord]) -> None:
         text = "".join(r.model_dump_json() + "\n" for r in records)
@@ -136,6 +152,8 @@ def run(
     limit: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    retry_failed: bool = False,
+    page_size: int = 1000,
 ) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
@@ -145,52 +163,66 @@ def run(
     missing = [] if is_classical(settings.method) else missing_files(Path(settings.models_dir))
     if missing:
         raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
-    # 2. List the inputs, each once, and check every output: under OUTPUT, on no input, one input
-    #    per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest of the run
+    # 2. INPUT's listing (``veil submit``'s), checked whole: every output under OUTPUT, on no
+    #    input, one input per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest
     _check_output_outside_input(input_spec, output)
-    all_items, repeats = list_inputs_with_repeats(input_spec, storage)
-    plan = plan_outputs(all_items[: limit or None], output, input_spec)
-    summary.repeats = len(repeats)
+    listing = open_listing(input_spec, storage, page_size)
+    spec = spec_for(uuid.uuid4().hex[:12], "veil-run", listing.root, input_spec, output, settings, overwrite=overwrite)
+    if check_whole_listing(listing, spec) == 0:
+        raise InputError(f"INPUT: no images found in {input_spec!r}")
     with output_lock(output, storage):
-        return _run_locked(
-            plan, input_spec, output, settings, storage, summary, started, progress=progress, overwrite=overwrite
-        )
+        return _run_locked(listing, spec, settings, storage, summary, started, limit, progress, retry_failed)
+
+
+def keys_to_do(
+    listing: Listing, spec: JobSpec, finished: set[bytes], summary: RunSummary, limit: int | None
+) -> Iterator[ImageTask | ResultRecord]:
+    """INPUT page by page: each key's task, or its row when the task builder refuses it (``unsafe_key``,
+    ``name_too_long``); finished keys counted skipped; at most ``limit`` keys."""
+    taken = 0
+    for page in planned_pages(listing, spec):
+        summary.repeats += page.repeats
+        keys: list[tuple[str, ImageTask | ResultRecord]] = [
+            (item.uri, refused_record(item.uri, exc, spec.job_id)) for item, exc in page.refused
+        ]
+        keys += [(task.input_uri, task) for _, task in page.tasks]
+        for uri, key in keys:
+            if limit and taken >= limit:
+                return
+            taken += 1
+            if digest(uri) in finished:
+                summary.skipped += 1
+            else:
+                yield key
 
 
 def _run_locked(
-    plan: OutputPlan,
-    input_spec: str,
-    output: str,
+    listing: Listing,
+    spec: JobSpec,
     settings: Settings,
     storage: Storage,
     summary: RunSummary,
     started: float,
-    *,
+    limit: int | None,
     progress: bool,
-    overwrite: bool,
+    retry_failed: bool,
 ) -> RunSummary:
-    # 2b. Record the refused keys; skip the inputs already finished (unless overwriting: new rows then win)
-    job_id = uuid.uuid4().hex[:12]
-    items = [item for item, _ in plan.outputs]
-    manifest = Manifest(output, storage)
-    refused = [refused_record(item.uri, exc, job_id) for item, exc in plan.unsafe]
-    manifest.append(refused)
-    summary.counts.update(r.status.value for r in refused)
-    finished = set() if overwrite else manifest.finished_inputs()
-    todo = [i for i in items if i.uri not in finished]
-    summary.skipped = len(items) - len(todo)
-    if not todo:
+    # 3. The keys to do, streamed: finished ones skipped (unless overwriting: new rows then win)
+    manifest = Manifest(spec.output, storage)
+    finished = set() if spec.overwrite else manifest.finished_inputs(retry_failed=retry_failed)
+    keys = keys_to_do(listing, spec, finished, summary, limit)
+    first = next(keys, None)
+    if first is None:
         manifest.close()
         summary.seconds = time.perf_counter() - started
         return summary
-    # 3. Load the models once
+    # 4. Load the models once
     device = resolve_device(settings.device)
     classical = is_classical(settings.method)  # finished by the analysis thread: no generator
     cpu = CpuModels.load(settings, device, attributes=not classical)
     gpu = None if classical else GpuModels.load(settings, device)
-    tasks = [image_task(item, output, settings, job_id) for item in todo]
-    # 4. Analyse in a background thread while the main thread generates full batches
-    bar = tqdm(total=len(todo), unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)
+    # 5. Analyse in a background thread while the main thread generates full batches
+    bar = tqdm(unit="img", desc="veil run", disable=not progress, dynamic_ncols=True)
 
     def finish(records: list[ResultRecord]) -> None:
         manifest.append(records)
@@ -201,7 +233,9 @@ def _run_locked(
         bar.set_postfix(dict(summary.counts))
 
     batch: list[tuple[PromptTask, dict[str, float]]] = []
-    root = input_spec if is_local(input_spec) and os.path.isdir(input_spec) else None  # symlinks stay in it
+    source = spec.source
+    root = source if is_local(source) and os.path.isdir(source) else None  # symlinks stay in it
+    tasks = itertools.chain([first], keys)
     for prompt, timings, ended in _analysed(tasks, cpu, storage, summary, 2 * settings.batch_size, root):
         if ended is not None:
             finish([ended])
@@ -223,19 +257,29 @@ _DONE = object()
 
 
 def _analysed(
-    tasks: list[ImageTask], cpu: CpuModels, storage: Storage, summary: RunSummary, depth: int, root: str | None
+    tasks: Iterator[ImageTask | ResultRecord],
+    cpu: CpuModels,
+    storage: Storage,
+    summary: RunSummary,
+    depth: int,
+    root: str | None,
 ) -> Iterator[tuple[PromptTask | None, dict[str, float], ResultRecord | None]]:
     """Reads and analyses the inputs in a background thread, at most ``depth`` ahead of the
     generator; yields (prompt, timings, None) or (None, timings, the key's record: failed,
-    no_face, or done by a classical method) in input order."""
+    no_face, or done by a classical method; a refused key's row as given) in input order. The
+    listing runs in that thread too: its failure is raised here, after the keys before it."""
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    failed: list[BaseException] = []
 
     def produce() -> None:
         try:
             for task in tasks:
                 if stop.is_set():
                     return
+                if isinstance(task, ResultRecord):
+                    out.put((None, {}, task))
+                    continue
                 timings: dict[str, float] = {}
                 try:
                     max_bytes = cpu.settings.max_input_bytes
@@ -251,6 +295,8 @@ def _analysed(
                     out.put((None, timings, error_record(task, exc, cpu.model_sha256, timings)))
                 for k, v in timings.items():
                     summary.stage_seconds[k] += v
+        except BaseException as exc:  # noqa: BLE001 - the listing's: raised in the main thread
+            failed.append(exc)
         finally:
             out.put(_DONE)
 
@@ -259,6 +305,8 @@ def _analysed(
     try:
         while (item := out.get()) is not _DONE:
             yield item
+        if failed:
+            raise failed[0]
     finally:
         stop.set()
         while worker.is_alive():  # unblock a producer waiting on a full queue

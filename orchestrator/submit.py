@@ -4,13 +4,16 @@
 2. One submit per ``--name`` at a time (``SubmitLock``): a second one is refused (exit 2) while
    the first runs; one whose holder died takes over and resumes.
 3. The job is found by ``--name`` (a re-run resumes it after its last whole page), or its spec made.
-4. Before the job exists: the WHOLE listing checked as ``veil run`` plans its run (no output on
-   an input, no two inputs on one output, across pages too: ``check_whole_listing``, one extra
-   listing pass), and the keys already done read from ONE listing of the output's sidecars.
+4. Before the job exists: the WHOLE listing checked as ``veil run`` checks it, through the same
+   listing and planner (``orchestrator/listing.py``: no output on an input, no two inputs on one
+   output, across pages too: ``check_whole_listing``, one extra listing pass), and the finished
+   keys (a sidecar, whatever its outcome: ``shared.keys.is_finished``) read from ONE listing of
+   the output's sidecars.
    Any refusal here (an ``InputError``, exit 2) leaves no job behind.
-5. The job made (``JobStore.create``: it takes its name atomically), then each page: unsafe keys
-   counted failed, the rest, in one MULTI, pushed as relative keys onto the pending list with
-   the total and the resume cursor; the feeder (``workers/feeder.py``) tops ``veil.cpu`` up after
+5. The job made (``JobStore.create``: it takes its name atomically), then each page: keys the
+   one task builder refuses (``shared.keys.task_for``: unsafe, a name too long) counted failed,
+   the rest, in one MULTI, pushed as relative keys onto the pending list with the total and the
+   resume cursor; the feeder (``workers/feeder.py``) tops ``veil.cpu`` up after
    each page. A refusal after the job exists deletes it; so does any failure before its first page.
 
 Nothing per key is held in this process but sets of 8-byte digests: the inputs' and planned
@@ -19,8 +22,6 @@ outputs' during the check, then the keys seen and the keys done while pushing.
 
 from __future__ import annotations
 
-import hashlib
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,17 +29,15 @@ from typing import TypeVar
 
 import redis
 
-from orchestrator.inputs import InputItem, OutputPlan, _identity, plan_outputs
-from orchestrator.listing import Listing, open_listing
+from orchestrator.listing import Listing, check_whole_listing, open_listing, planned_pages
 from orchestrator.outputcheck import check_output_outside_input
-from shared.errors import InputError, StorageRefusedError, UnsafeKeyError
+from shared.errors import InputError, StorageRefusedError
 from shared.imageio import output_name
 from shared.jobs import JobStore, job_key
 from shared.jobsummary import is_sidecar
-from shared.messages import ImageTask, JobSpec
-from shared.results import seed_for
+from shared.keys import digest, spec_for
 from shared.settings import Settings
-from shared.storage import Storage, check_key, is_local, relative_key, safe_join
+from shared.storage import Storage, is_local, relative_key
 
 T = TypeVar("T")
 
@@ -48,64 +47,23 @@ class Submitted:
     job_id: str
     count: int  # keys listed by this run: queued + skipped
     repeats: int = 0  # inputs listed more than once, enqueued once
-    unsafe: tuple[str, ...] = ()  # input URIs refused (``unsafe_key``), counted failed in the job
+    unsafe: tuple[str, ...] = ()  # input URIs refused (``unsafe_key``, ``name_too_long``), counted failed in the job
     skipped: int = 0  # their sidecar was already in the output
     resumed: bool = False  # a job of this name was part-listed: this run continued it
     complete: bool = False  # a job of this name was fully listed already: nothing was done
 
 
-def image_task(item: InputItem, out: str, settings: Settings, job_id: str, *, overwrite: bool = False) -> ImageTask:
-    """The one builder of a key's ImageTask for ``veil run`` (the distributed path builds it
-    from the job's spec: ``workers.feeder.task_for``, the same fields): its output mirrors its
-    relative key under ``out`` (``safe_join``: a key that would leave ``out`` raises
-    ``UnsafeKeyError``), its seed derives from the run's seed and the key."""
-    return ImageTask(
-        job_id=job_id,
-        input_uri=item.uri,
-        output_uri=safe_join(out, output_name(item.key)),
-        seed=seed_for(settings.seed, item.key),
-        overwrite=overwrite,
-        method=settings.method,  # the distributed path takes these three from the job's spec
-        mode=settings.mode,
-        guard=settings.guard,
-    )
-
-
-def _digest(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
-def done_outputs(out: str, storage: Storage, tick: Callable[[], None] | None = None) -> set[int]:
-    """Digests of the relative output keys whose sidecar exists: one listing, page by page
-    (``tick`` called once per page)."""
-    done: set[int] = set()
+def done_outputs(out: str, storage: Storage, tick: Callable[[], None] | None = None) -> set[bytes]:
+    """Digests of the relative output keys whose sidecar exists (finished keys, whatever their
+    outcome: ``shared.keys.is_finished``): one listing, page by page (``tick`` once per page)."""
+    done: set[bytes] = set()
     for page in storage.list_pages(out if out.endswith("/") or is_local(out) else out + "/"):
         if tick is not None:
             tick()
         for uri in page:
             if is_sidecar(out, uri):
-                done.add(_digest(relative_key(out, uri)[: -len(".json")]))
+                done.add(digest(relative_key(out, uri)[: -len(".json")]))
     return done
-
-
-def _plan_object_page(items: list[InputItem], out: str, source: str) -> OutputPlan:
-    """``plan_outputs`` for an object-store OUTPUT, the same checks at a fraction of the cost
-    (no per-key URI parsing): each output is ``out`` + a checked relative name."""
-    base = out if out.endswith("/") else out + "/"
-    outputs: list[tuple[InputItem, str]] = []
-    unsafe: list[tuple[InputItem, UnsafeKeyError]] = []
-    for item in items:
-        try:
-            outputs.append((item, base + check_key(output_name(item.key))))
-        except UnsafeKeyError as exc:
-            unsafe.append((item, exc))
-    inputs = {i.uri for i in items}
-    writers: dict[str, int] = {}
-    for _, o in outputs:
-        writers[o] = writers.get(o, 0) + 1
-    if any(o in inputs for _, o in outputs) or any(n > 1 for n in writers.values()):
-        return plan_outputs(items, out, source)  # raises, naming the keys
-    return OutputPlan(outputs, unsafe)
 
 
 #: how long the submit lock outlives its holder's last page when the holder is cut off (a
@@ -178,45 +136,6 @@ def _nothing() -> None:
     pass
 
 
-def check_whole_listing(listing: Listing, out: str, source: str, tick: Callable[[], None] = _nothing) -> int:
-    """``veil run``'s output checks over the WHOLE listing, before the job exists: no output
-    lands on an input and no two inputs share an output, wherever in the listing they are (each
-    page is planned as ``veil run`` plans its run, which refuses both for the whole run; across
-    pages, two sets of 8-byte digests: the inputs' and the planned outputs'). Raises
-    ``InputError`` naming a key; returns how many distinct inputs were listed."""
-    inputs: set[int] = set()
-    outputs: set[int] = set()
-    for items, _ in listing.pages(""):
-        tick()
-        kept = []
-        for item in items:
-            ident = _digest(_identity(item.uri))
-            if ident in inputs:
-                continue  # a repeat: enqueued once
-            if ident in outputs:
-                raise InputError(
-                    f"OUTPUT {out!r} would overwrite INPUT {source!r}'s own image {item.uri} (the output of an input "
-                    "listed before it): choose an OUTPUT that holds no input"
-                )
-            inputs.add(ident)
-            kept.append(item)
-        plan = plan_outputs(kept, out, source) if is_local(out) else _plan_object_page(kept, out, source)
-        for item, output in plan.outputs:
-            ident = _digest(_identity(output))
-            if ident in inputs:
-                raise InputError(
-                    f"OUTPUT {out!r} would overwrite INPUT {source!r}'s own image {output} (the output of "
-                    f"{item.uri}): choose an OUTPUT that holds no input"
-                )
-            if ident in outputs:
-                raise InputError(
-                    f"INPUT {source!r}: output {output} under OUTPUT {out!r} would be written by {item.uri} and by an "
-                    "input listed before it (two or more different inputs): name fewer inputs or split the run"
-                )
-            outputs.add(ident)
-    return len(inputs)
-
-
 def submit(
     source: str,
     out: str,
@@ -267,15 +186,11 @@ def _submit(
         cursor = str(jobs.redis.hget(job_key(spec.job_id), "cursor") or "")
     else:
         new_id = uuid.uuid4().hex[:12]
-        spec = JobSpec(
-            job_id=new_id, name=name or new_id, input=listing.root, source=source, output=out,
-            seed=settings.seed, overwrite=overwrite, created=time.time(),
-            method=settings.method, mode=settings.mode, guard=settings.guard,
-        )  # fmt: skip
+        spec = spec_for(new_id, name or new_id, listing.root, source, out, settings, overwrite=overwrite)
         resumed, cursor = False, ""
     # 4. Every output checked across the whole listing, and what is already done (one listing
     #    of the output's sidecars), before the job exists: a refused submit leaves no job
-    listed = _storage_refusal("INPUT", source, lambda: check_whole_listing(listing, out, source, tick))
+    listed = _storage_refusal("INPUT", source, lambda: check_whole_listing(listing, spec, tick))
     if listed == 0 and not resumed:
         raise InputError(f"INPUT: no images found in {source!r}")
     done = set() if spec.overwrite else _storage_refusal("OUTPUT", out, lambda: done_outputs(out, storage, tick))
@@ -285,30 +200,21 @@ def _submit(
     try:
         feeder = _feeder(settings, jobs) if feed else None
         # 5. Page by page: skip repeats and done keys, push with the cursor, top the queue up
-        seen: set[int] = set()
         count = repeats = skipped = 0
         unsafe: list[str] = []
-        for items, after in listing.pages(cursor):
+        for page in planned_pages(listing, spec, cursor):
             tick()
-            kept = []
-            for item in items:
-                ident = _digest(item.uri)
-                if ident in seen:
-                    repeats += 1
-                    continue
-                seen.add(ident)
-                kept.append(item)
-            plan = plan_outputs(kept, out, source) if is_local(out) else _plan_object_page(kept, out, source)
-            for item, exc in plan.unsafe:
+            for item, exc in page.refused:
                 jobs.record(spec.job_id, item.uri, "failed", f"{exc.reason}: {exc}")
                 unsafe.append(item.uri)
-            keys = [i.key for i, _ in plan.outputs]
+            keys = [i.key for i, _ in page.tasks]
             if done:
-                keys = [k for k in keys if _digest(output_name(k)) not in done]
-            page_skipped = len(plan.outputs) - len(keys)
-            jobs.add_page(spec.job_id, keys, after, skipped=page_skipped, failed=len(plan.unsafe))
+                keys = [k for k in keys if digest(output_name(k)) not in done]
+            page_skipped = len(page.tasks) - len(keys)
+            jobs.add_page(spec.job_id, keys, page.cursor, skipped=page_skipped, failed=len(page.refused))
             pushed = True
-            count += len(plan.outputs)
+            count += len(page.tasks)
+            repeats += page.repeats
             skipped += page_skipped
             if feeder is not None:
                 feeder.feed_once()

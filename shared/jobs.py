@@ -34,7 +34,6 @@ step: its finalize (``workers/finalize.py``) is then due until one completes.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import redis
 
 from shared import redisconn
 from shared.errors import BrokerError
+from shared.keys import digest
 from shared.messages import JobSpec, Status
 from shared.settings import Settings
 
@@ -59,10 +59,6 @@ def job_key(job_id: str, part: str = "") -> str:
 
 def name_key(name: str) -> str:
     return f"veil:jobname:{name}"
-
-
-def digest(input_uri: str) -> bytes:
-    return hashlib.blake2b(input_uri.encode(), digest_size=8).digest()
 
 
 def _all_keys(job_id: str) -> list[str]:

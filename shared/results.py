@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from shared.errors import NoFaceError, UnsafeKeyError, VeilError
+from shared.keys import is_finished
 from shared.messages import FaceRecord, ImageTask, PromptTask, ResultRecord, Status
 from shared.settings import Mode, SamplerNoise
 from shared.storage import check_output_uri
-
-
-def seed_for(base_seed: int, relative_key: str) -> int:
-    """A key's seed depends only on the run's base seed and the key itself."""
-    digest = hashlib.sha256(f"{base_seed}:{relative_key}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def done_record(
@@ -135,13 +129,16 @@ def read_sidecar(storage, output_uri: str) -> ResultRecord | None:
         return None  # a damaged sidecar counts as absent: the key is done again
 
 
-def already_done(task: ImageTask | PromptTask, storage, jobs=None) -> bool:
-    """The one "already done?" check of both tiers: a key whose sidecar exists (its commit
-    marker) is finished, unless the task asks to overwrite; it is counted for the job once."""
-    if task.overwrite or (existing := read_sidecar(storage, task.output_uri)) is None:
+def count_if_finished_may_end_job(task: ImageTask | PromptTask, storage, jobs=None) -> bool:
+    """Whether the key is finished (``shared.keys.is_finished``: its sidecar, its commit marker,
+    exists, whatever its outcome), unless the task asks to overwrite. A finished key is COUNTED
+    for its job (a Redis write, once per key: ``count_key_may_end_job``), which ENDS the job
+    when it is its last key; the caller then skips it."""
+    existing = None if task.overwrite else read_sidecar(storage, task.output_uri)
+    if existing is None or not is_finished(existing.status):
         return False
     if jobs is not None:
-        count(jobs, storage, task.job_id, task.input_uri, existing.status.value, existing.reason)
+        count_key_may_end_job(jobs, task.job_id, task.input_uri, existing.status.value, existing.reason)
     return True
 
 
@@ -149,7 +146,7 @@ def publish(record: ResultRecord, output_uri: str, storage, jobs=None) -> None:
     """Writes the sidecar (the key's commit marker, after its image) and counts it once."""
     write_sidecar(record, output_uri, storage)
     if jobs is not None and record.job_id:
-        count(jobs, storage, record.job_id, record.input, record.status.value, record.reason)
+        count_key_may_end_job(jobs, record.job_id, record.input, record.status.value, record.reason)
 
 
 def write_sidecar(record: ResultRecord, output_uri: str, storage) -> bool:
@@ -164,17 +161,17 @@ def write_sidecar(record: ResultRecord, output_uri: str, storage) -> bool:
     return True
 
 
-def count(jobs, storage, job_id: str, input_uri: str, status: str, reason: str | None = None) -> None:
-    """Counts a key for its job once. The key that ends the job only moves it to ``finalizing``
-    and into the finalize set (the same Lua call, ``JobStore.record_ending`` returns 2): its
-    manifest and summary are a task of their own (``workers/finalize.py``), never written here,
-    inside a GPU batch. ``storage`` is unused; kept so every caller's signature stays."""
+def count_key_may_end_job(jobs, job_id: str, input_uri: str, status: str, reason: str | None = None) -> None:
+    """COUNTS a key for its job once (a Redis write), and ENDS the job when it is its last key:
+    the same Lua call (``JobStore.record_ending`` returns 2) moves it to ``finalizing`` and into
+    the finalize set; its manifest and summary are a task of their own (``workers/finalize.py``),
+    never written here, inside a GPU batch."""
     jobs.record_ending(job_id, input_uri, status, reason)
 
 
 def count_many(jobs, storage, records: list[ResultRecord]) -> list[int]:
-    """``count`` for many keys (a GPU batch) in one Redis round trip (``JobStore.record_many``):
+    """``count_key_may_end_job`` for many keys (a GPU batch) in one Redis round trip (``JobStore.record_many``):
     each record's 0 (already counted), 1 (counted) or 2 (counted, and it ended its job: it is
     now ``finalizing``, its files a finalize task's work). ``BrokerError`` when Redis is
-    unreachable: then none may be taken as counted. ``storage`` is unused, as in ``count``."""
+    unreachable: then none may be taken as counted. ``storage`` is unused."""
     return jobs.record_many([(r.job_id, r.input, r.status.value, r.reason) for r in records])

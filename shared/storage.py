@@ -405,18 +405,17 @@ class S3Backend(ObjectStoreBackend):
             raise
 
     def list(self, prefix: str) -> Iterator[str]:
-        bucket, key_prefix = self.parse(prefix)
-        paginator = self._client.get_paginator("list_objects_v2")
-        for page in self._call(lambda **kw: list(paginator.paginate(**kw)), Bucket=bucket, Prefix=key_prefix):
-            for obj in page.get("Contents", []):
-                yield f"s3://{bucket}/{obj['Key']}"
+        """Every key under ``prefix``, fetched a page at a time (``list_pages``), never held."""
+        for page in self.list_pages(prefix):
+            yield from page
 
-    def list_pages(self, prefix: str, start_after: str = "") -> Iterator[KeyPage]:
-        """The listing one page (up to 1,000 keys) at a time, each page fetched with retries as
-        it is needed: never the whole listing in memory. ``start_after``: a URI already listed
-        (a resumed listing continues after it; S3 lists keys in UTF-8 byte order)."""
+    def list_pages(self, prefix: str, start_after: str = "", page_size: int = 1000) -> Iterator[KeyPage]:
+        """The listing one page (up to ``page_size`` keys, at most S3's 1,000) at a time, each
+        page fetched with retries as it is needed: never the whole listing in memory.
+        ``start_after``: a URI already listed (a resumed listing continues after it; S3 lists
+        keys in UTF-8 byte order)."""
         bucket, key_prefix = self.parse(prefix)
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix, "MaxKeys": min(page_size, 1000)}
         if start_after:
             kwargs["StartAfter"] = self.parse(start_after)[1]
         while True:
@@ -657,7 +656,7 @@ class Storage:
         as the store returns them; other backends' listing sorted (as strings), cut into pages."""
         backend = self.backend(prefix)
         if hasattr(backend, "list_pages"):
-            yield from backend.list_pages(prefix, start_after)
+            yield from backend.list_pages(prefix, start_after, page_size)
             return
         page: KeyPage = []
         for uri in sorted(backend.list(prefix)):

@@ -21,8 +21,9 @@ lock. A feeder killed at any moment sends no key twice and loses none; a Lua cal
 client re-sends after a lost reply finds another head and does nothing; a feeder that lost its
 lock stops its fill.
 
-A key ``task_for`` refuses (an output that now leaves OUTPUT through a symlink, a name too
-long) is counted failed with its reason before its chunk is committed (``JobStore.record_failed``,
+Each key's ImageTask is built by ``shared.keys.task_for`` from the job's spec and the key, as
+``veil run`` builds it. A key it refuses (an output that now leaves OUTPUT through a symlink, a
+name too long) is counted failed with its reason before its chunk is committed (``JobStore.record_failed``,
 idempotent), so its job still ends. A job whose spec is missing or unreadable fails loudly:
 every key it has waiting is counted failed (``job_spec_missing``), chunk by chunk.
 
@@ -39,13 +40,11 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from shared.errors import NameTooLongError
-from shared.imageio import output_name
 from shared.jobs import FeedLoad, JobStore, job_key
-from shared.messages import ImageTask, JobSpec
-from shared.results import seed_for
+from shared.keys import task_for
+from shared.messages import JobSpec
 from shared.settings import Settings
-from shared.storage import is_local, join_uri, safe_join
+from shared.storage import join_uri
 from workers.celery_app import CPU_TASK, app
 from workers.transport import CeleryMessages, queue_depth
 
@@ -57,9 +56,6 @@ LOCK_TTL_MS = 10_000  # renewed by every chunk's commit: a dead feeder's lock fr
 CHUNK = 500  # keys per Lua call (one round trip, ~0.7 MB of messages)
 MIN_WINDOW = 32  # keys: the window before any rate is measured
 RATE_S = 30  # the finish rate the window is sized from: over the last 30 whole seconds
-NAME_MAX = 255  # bytes of one path segment on a local file system (the sidecar's included)
-S3_KEY_MAX = 1024  # bytes of an object key
-SIDECAR = ".json"
 SPEC_MISSING = "job_spec_missing"
 
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -86,42 +82,6 @@ return 1
 
 class LockLost(Exception):
     """Another feeder holds the lock now (this one stalled past its TTL): stop filling."""
-
-
-def _check_length(output_uri: str) -> None:
-    """The output and its sidecar must be nameable: each segment of a local path at most
-    ``NAME_MAX`` bytes, an object key at most ``S3_KEY_MAX`` bytes."""
-    if is_local(output_uri):
-        for part in output_uri.split("/"):
-            size = len((part + SIDECAR).encode())
-            if part and size > NAME_MAX:
-                raise NameTooLongError(
-                    f"output name {part[:40]!r}... is {size} bytes with its sidecar, over {NAME_MAX}"
-                )
-    else:
-        key = output_uri.split("://", 1)[-1].split("/", 1)[-1]
-        size = len((key + SIDECAR).encode())
-        if size > S3_KEY_MAX:
-            raise NameTooLongError(f"output key {key[:40]!r}... is {size} bytes with its sidecar, over {S3_KEY_MAX}")
-
-
-def task_for(spec: JobSpec, key: str, *, overwrite: bool = False) -> ImageTask:
-    """A key's ImageTask from its job's spec and its relative key (the one place they meet).
-    A key that would leave the output root (a symlink planted since ``veil submit``), or whose
-    output name is too long to write (``NameTooLongError``, as the storage would say on the write,
-    but before any analysis is spent on the key), raises a ``PermanentError``."""
-    output_uri = safe_join(spec.output, output_name(key))
-    _check_length(output_uri)
-    return ImageTask(
-        job_id=spec.job_id,
-        input_uri=join_uri(spec.input, key),
-        output_uri=output_uri,
-        seed=seed_for(spec.seed, key),
-        overwrite=overwrite or spec.overwrite,
-        method=spec.method,
-        mode=spec.mode,
-        guard=spec.guard,
-    )
 
 
 def fair_shares(loads: list[FeedLoad], room: int, first: int = 0) -> dict[str, int]:

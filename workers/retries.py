@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from shared.errors import RETRY_POLICY, SEND_POLICY, BrokerError, PermanentError, TransientError, call_with_retries
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
-from shared.results import count, error_record, publish
+from shared.results import count_key_may_end_job, error_record, publish
 from workers import metrics
 from workers.celery_app import GPU_TASK, app
 from workers.runtime import Runtime
@@ -95,7 +95,7 @@ def settle(
         log.error("%s: outcome cannot be recorded (%s); counted failed", task.input_uri, exc)
         metrics.failure(_tier(task_name), exc.reason)
         try:
-            count(rt.jobs, rt.storage, task.job_id, task.input_uri, Status.FAILED.value, f"{exc.reason}: {exc}")
+            count_key_may_end_job(rt.jobs, task.job_id, task.input_uri, Status.FAILED.value, f"{exc.reason}: {exc}")
         except TransientError:
             pass
         return Status.FAILED.value

@@ -21,12 +21,13 @@ import pytest
 import redis
 
 from shared.jobs import JobStore, job_key
+from shared.keys import task_for
 from shared.messages import ImageTask, JobSpec
 from shared.settings import Settings
 from tests.faults import OwnRedis
 from tests.services import ROOT, redis_url, start_worker, stop, wait_for, worker_env
 from workers.celery_app import CPU_TASK, app, configure
-from workers.feeder import LOCK, Feeder, task_for
+from workers.feeder import LOCK, Feeder
 from workers.transport import CeleryMessages
 
 

@@ -97,11 +97,11 @@ def test_only_regular_files_are_read_and_capped(hostile, tmp_path):
 
 
 def test_folder_listing_keeps_odd_entries_and_stays_inside(hostile):
-    from orchestrator.inputs import list_inputs
+    from orchestrator.listing import open_listing
     from shared.settings import Settings
     from shared.storage import open_storage
 
-    keys = {i.key for i in list_inputs(str(hostile), open_storage(Settings.from_env()))}
+    keys = {i.key for i in open_listing(str(hostile), open_storage(Settings.from_env())).items()}
     assert keys == set(EXPECTED)  # nothing silent; nothing under the symlinked folder
 
 

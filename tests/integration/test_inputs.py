@@ -2,10 +2,14 @@
 
 import pytest
 
-from orchestrator.inputs import list_inputs
+from orchestrator.listing import open_listing
 from shared.errors import InputError
 from shared.settings import Settings
 from shared.storage import open_storage
+
+
+def list_inputs(spec, storage):
+    return list(open_listing(spec, storage).items())
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 over 255 bytes under a local OUTPUT was sent again ~40 times per 30 s forever (a plain
 ``OSError`` taken as transient), and an ``output_uri`` in a bucket that does not exist looped at
 ~0.5/s. Now each key ends ``failed`` once with its reason and its job ends: the too-long name is
-refused by the feeder before any analysis (``name_too_long``, never delivered, nothing written);
+refused by the one task builder (``shared.keys.task_for``) as ``veil submit`` plans it, before
+any analysis (``name_too_long``, never delivered, nothing written);
 each key of the missing bucket is delivered once (``no_such_bucket``; no sidecar can be
 written, so it is counted without one). The storage's own ENAMETOOLONG classification is
 unit-tested (tests/unit/test_storage_errors.py).

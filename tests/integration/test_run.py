@@ -80,13 +80,18 @@ def test_biggest_face_is_kept(run_result):
 
 
 def test_rerun_skips_finished_inputs(run_result):
-    src, out, _, _, rows, env = run_result
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    src, out, expected, _, rows, env = run_result
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # every outcome finishes a key (shared.keys.is_finished, as a sidecar does for veil submit)
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(rows)  # no new row
+    assert f"{len(expected)} already done" in proc.stdout, proc.stdout
+    proc = subprocess.run([*cmd, "--retry-failed"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     after = (out / "manifest.jsonl").read_text().splitlines()
     retried = [json.loads(line) for line in after[len(rows):]]
-    assert {r["status"] for r in retried} == {"failed"}  # only the failed ones are tried again
-    assert "already done" in proc.stdout
+    failed = sum(1 for v in expected.values() if v == "failed")
+    assert {r["status"] for r in retried} == {"failed"} and len(retried) == failed  # only the failed ones
+    assert f"{len(expected) - failed} already done" in proc.stdout, proc.stdout
 
 
 def test_missing_weights_stop_before_any_input(tmp_path, faces_dir):

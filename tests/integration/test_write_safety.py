@@ -16,12 +16,17 @@ import uuid
 import pytest
 
 from orchestrator.embedded import run
-from orchestrator.inputs import list_inputs, list_inputs_with_repeats
+from orchestrator.listing import open_listing, planned_pages
 from orchestrator.outputlock import LOCK_NAME, output_lock
 from shared.errors import InputError, OutputInUseError
+from shared.messages import JobSpec
 from shared.settings import Settings
 from shared.storage import open_storage
 from tests.services import ROOT, moto_s3, wait_for, worker_env
+
+
+def list_inputs(spec, storage):
+    return list(open_listing(spec, storage).items())
 
 
 def s3_settings(endpoint: str, **kw) -> Settings:
@@ -159,21 +164,24 @@ def test_a_prefix_is_a_folder():
 def test_a_file_listed_twice_is_processed_once(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     (tmp_path / "list.txt").write_text(f"a.jpg\n./a.jpg\n{tmp_path / 'a.jpg'}\n")
-    items, repeats = list_inputs_with_repeats(str(tmp_path / "list.txt"), open_storage(Settings.from_env({})))
-    assert [i.uri for i in items] == [str(tmp_path / "a.jpg")] and len(repeats) == 2
+    listing = open_listing(str(tmp_path / "list.txt"), open_storage(Settings.from_env({})))
+    spec = JobSpec(job_id="j", name="j", input=listing.root, source="list.txt", output=str(tmp_path / "out"))
+    pages = list(planned_pages(listing, spec))
+    assert [t.input_uri for p in pages for _, t in p.tasks] == [str(tmp_path / "a.jpg")]
+    assert sum(p.repeats for p in pages) == 2
 
 
 def test_colliding_outputs_refuse_the_run_with_the_list(tmp_path, tiny_models):
-    (tmp_path / "q").mkdir()
-    (tmp_path / "q" / "a.jpg").write_bytes(b"x")
     with moto_s3() as endpoint:
         settings = s3_settings(endpoint, models_dir=tiny_models)
         storage = open_storage(settings)
         storage.backend("s3://bkt/x")._client.create_bucket(Bucket="bkt")
-        storage.write("s3://bkt/p/a.jpg", b"x")
-        (tmp_path / "list.txt").write_text(f"s3://bkt/p/a.jpg\n{tmp_path / 'q' / 'a.jpg'}\n")
+        for key in ("p/a.gif", "p/q/b.jpg", "p/a.gif.png"):  # a.gif's output is a.gif.png, a.gif.png's too
+            storage.write(f"s3://bkt/{key}", b"x")
+        (tmp_path / "list.txt").write_text("s3://bkt/p/a.gif\ns3://bkt/p/q/b.jpg\ns3://bkt/p/a.gif.png\n")
         message = _refused(str(tmp_path / "list.txt"), str(tmp_path / "out"), settings, storage)
-    assert "two or more different inputs" in message and "s3://bkt/p/a.jpg" in message
+    assert "two or more different inputs" in message and "s3://bkt/p/a.gif.png" in message
+    assert str(tmp_path / "out" / "a.gif.png") in message
     assert not (tmp_path / "out").exists()
 
 

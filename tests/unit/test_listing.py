@@ -1,14 +1,14 @@
-"""`veil submit`'s streamed INPUT: a list file's root and pages, resuming from a cursor, and the
-object-store page planner agreeing with `plan_outputs`."""
+"""The one streamed INPUT of `veil run` and `veil submit`: a list file's root and pages, resuming
+from a cursor, and the page planner (each key's task from `shared.keys.task_for`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.inputs import InputItem, plan_outputs
-from orchestrator.listing import open_listing
-from orchestrator.submit import _plan_object_page
+from orchestrator.listing import InputItem, SmallListing, check_whole_listing, open_listing, plan_page
 from shared.errors import InputError
+from shared.keys import task_for
+from shared.messages import JobSpec
 from shared.settings import Settings
 from shared.storage import open_storage
 
@@ -44,11 +44,16 @@ def test_list_file_of_local_paths_and_one_place_only(tmp_path):
         open_listing(str(path), open_storage(Settings.from_env({})))
 
 
-def test_object_page_plan_agrees_with_plan_outputs():
-    items = [InputItem(f"s3://b/in/{k}", k) for k in ("a.jpg", "b/c.png", "d.tif", "manifest.jsonl/x.jpg", "_veil/y.jpg")]
-    fast = _plan_object_page(items, "s3://b/out", "s3://b/in")
-    slow = plan_outputs(items, "s3://b/out", "s3://b/in")
-    assert fast.outputs == slow.outputs
-    assert [i for i, _ in fast.unsafe] == [i for i, _ in slow.unsafe] == items[3:]
-    with pytest.raises(InputError):  # an output on an input refuses the page, as plan_outputs does
-        _plan_object_page([InputItem("s3://b/in/a.jpg", "in/a.jpg")], "s3://b/", "s3://b/")
+def test_page_plan_is_the_task_builder_key_by_key():
+    spec = JobSpec(job_id="j", name="j", input="s3://b/in/", source="s3://b/in", output="s3://b/out", seed=3)
+    keys = ("a.jpg", "b/c.png", "d.tif", "manifest.jsonl/x.jpg", "_veil/y.jpg", "e/" + "n" * 1100 + ".jpg")
+    items = [InputItem(f"s3://b/in/{k}", k) for k in keys]
+    tasks, refused = plan_page(items, spec)
+    assert [(i, t) for i, t in tasks] == [(i, task_for(spec, i.key)) for i in items[:3]]
+    assert [t.output_uri for _, t in tasks] == ["s3://b/out/a.jpg", "s3://b/out/b/c.png", "s3://b/out/d.tif"]
+    assert [(i, e.reason) for i, e in refused] == [
+        (items[3], "unsafe_key"), (items[4], "unsafe_key"), (items[5], "name_too_long")
+    ]  # fmt: skip
+    with pytest.raises(InputError, match="would overwrite 1 of INPUT"):  # an output on an input refuses the run
+        check_whole_listing(SmallListing("s3://b/", [InputItem("s3://b/in/a.jpg", "in/a.jpg")], 10), spec.model_copy(
+            update={"input": "s3://b/", "output": "s3://b/"}))

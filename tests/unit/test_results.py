@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ImageDecodeError, NoFaceError, StorageError
+from shared.keys import seed_for
 from shared.messages import FaceAnalysis, ImageTask, PromptTask, ResultRecord, Status
-from shared.results import error_record, read_sidecar, seed_for, sidecar_uri
+from shared.results import error_record, read_sidecar, sidecar_uri
 from shared.storage import LocalBackend
 
 

@@ -15,12 +15,17 @@ import pytest
 
 import shared.storage as storage_module
 from orchestrator.embedded import Manifest, _check_output_outside_input
-from orchestrator.inputs import list_inputs
+from orchestrator.listing import open_listing
 from shared.errors import InputError
 from shared.imageio import output_name
+from shared.keys import digest
 from shared.messages import ResultRecord, Status
 from shared.settings import Settings
 from shared.storage import ObjectStoreBackend, join_uri, open_storage, register_backend
+
+
+def list_inputs(spec, storage):
+    return list(open_listing(spec, storage).items())
 
 
 class FolderBackend(ObjectStoreBackend):
@@ -82,12 +87,16 @@ def test_outputs_join_under_the_new_scheme(storage):
     assert (FolderBackend.root / "bkt" / "out" / "a" / "1.jpg").read_bytes() == b"image"
 
 
-def test_list_file_mixing_schemes_keys_each_namespace_apart(storage, tmp_path):
+def test_list_file_keys_are_relative_to_its_common_prefix_in_one_namespace(storage, tmp_path):
     (tmp_path / "local" / "x").mkdir(parents=True)
     (tmp_path / "local" / "x" / "d.jpg").write_bytes(b"d")
     listing = tmp_path / "list.txt"
-    listing.write_text("folderfs://bkt/in/a/1.jpg\nfolderfs://bkt/other/c.jpg\nlocal/x/d.jpg\n")
-    assert [i.key for i in list_inputs(str(listing), storage)] == ["in/a/1.jpg", "other/c.jpg", "d.jpg"]
+    listing.write_text("folderfs://bkt/in/a/1.jpg\nfolderfs://bkt/other/c.jpg\n")
+    assert [i.key for i in list_inputs(str(listing), storage)] == ["in/a/1.jpg", "other/c.jpg"]
+    # one input root per run, veil run's as veil submit's (JobSpec.input): one namespace
+    listing.write_text("folderfs://bkt/in/a/1.jpg\nlocal/x/d.jpg\n")
+    with pytest.raises(InputError, match="one place"):
+        list_inputs(str(listing), storage)
 
 
 def test_manifest_under_the_new_scheme_uses_parts_and_folds(storage):
@@ -95,7 +104,7 @@ def test_manifest_under_the_new_scheme_uses_parts_and_folds(storage):
     manifest.append([ResultRecord(input="folderfs://bkt/in/b.PNG", output=None, status=Status.NO_FACE)])
     manifest.close()
     assert list(storage.list("folderfs://bkt/out")) == ["folderfs://bkt/out/manifest.jsonl"]
-    assert Manifest("folderfs://bkt/out", storage).finished_inputs() == {"folderfs://bkt/in/b.PNG"}
+    assert Manifest("folderfs://bkt/out", storage).finished_inputs() == {digest("folderfs://bkt/in/b.PNG")}
 
 
 def test_output_inside_input_is_refused_under_the_new_scheme(storage):

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.inputs import InputItem, plan_outputs
-from orchestrator.submit import image_task
+from orchestrator.listing import InputItem, SmallListing, check_whole_listing, plan_page
 from shared.errors import InputError, IsADirectoryStorageError, UnsafeKeyError
-from shared.messages import FaceAnalysis, ImageTask, PromptTask, ResultRecord, Status
+from shared.keys import task_for
+from shared.messages import FaceAnalysis, ImageTask, JobSpec, PromptTask, ResultRecord, Status
 from shared.results import publish
 from shared.settings import Settings
 from shared.storage import check_output_uri, open_storage, safe_join
@@ -56,24 +56,36 @@ def test_safe_join_refuses_a_symlink_out_of_the_root(tmp_path):
         safe_join(str(out), "link/x.jpg")
 
 
+def _spec(output: str, root: str = "s3://bkt/in/") -> JobSpec:
+    return JobSpec(job_id="job", name="job", input=root, source=root, output=output)
+
+
 def test_image_task_builder_refuses_an_unsafe_key(tmp_path):
-    item = InputItem("s3://bkt/in/../../../../tmp/x.jpg", "../../../../tmp/x.jpg")
     with pytest.raises(UnsafeKeyError):
-        image_task(item, str(tmp_path), Settings.from_env({}), "job")
+        task_for(_spec(str(tmp_path)), "../../../../tmp/x.jpg")
 
 
 def test_plan_refuses_unsafe_keys_one_by_one(tmp_path):
     items = [InputItem("s3://bkt/in/ok.jpg", "ok.jpg"), InputItem("s3://bkt/in//tmp/x.jpg", "/tmp/x.jpg")]
-    plan = plan_outputs(items, str(tmp_path), "s3://bkt/in/")
-    assert [o for _, o in plan.outputs] == [str(tmp_path / "ok.jpg")]
-    assert [(i.uri, e.reason) for i, e in plan.unsafe] == [("s3://bkt/in//tmp/x.jpg", "unsafe_key")]
+    tasks, refused = plan_page(items, _spec(str(tmp_path)))
+    assert [t.output_uri for _, t in tasks] == [str(tmp_path / "ok.jpg")]
+    assert [(i.uri, e.reason) for i, e in refused] == [("s3://bkt/in//tmp/x.jpg", "unsafe_key")]
 
 
 def test_plan_refuses_two_inputs_on_one_output(tmp_path):
-    items = [InputItem("s3://bkt/p/a.jpg", "a.jpg"), InputItem(str(tmp_path / "q" / "a.jpg"), "a.jpg")]
+    items = [InputItem(f"s3://bkt/p/{k}", k) for k in ("a.gif", "b.jpg", "a.gif.png")]  # a.gif -> a.gif.png
+    listing = SmallListing("s3://bkt/p/", items, page_size=2)  # the two on different pages
     with pytest.raises(InputError, match="two or more different inputs") as err:
-        plan_outputs(items, "s3://bkt/out", "list.txt")
-    assert "s3://bkt/p/a.jpg" in str(err.value) and str(tmp_path / "q" / "a.jpg") in str(err.value)
+        check_whole_listing(listing, _spec("s3://bkt/out", "s3://bkt/p/"))
+    assert "s3://bkt/out/a.gif.png <- s3://bkt/p/a.gif.png" in str(err.value)
+
+
+def test_plan_refuses_an_output_on_an_input_and_counts_them(tmp_path):
+    items = [InputItem(str(tmp_path / k), k) for k in ("a.jpg", "b.jpg", "c.gif")]
+    listing = SmallListing(str(tmp_path) + "/", items, page_size=1)
+    with pytest.raises(InputError, match="would overwrite 2 of INPUT") as err:  # c.gif's output is c.gif.png
+        check_whole_listing(listing, _spec(str(tmp_path), str(tmp_path) + "/"))
+    assert f"{tmp_path / 'a.jpg'} <- {tmp_path / 'a.jpg'}" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from shared.errors import BrokerError, KeyFailed, PermanentError, TransientError
 from shared.inputfiles import read_input
 from shared.messages import ImageTask, Status
-from shared.results import already_done, error_record
+from shared.results import count_if_finished_may_end_job, error_record
 from workers import metrics, runtime
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.classical import is_classical
@@ -60,7 +60,7 @@ def _analyze(task: ImageTask, rt: runtime.Runtime, queue: str) -> tuple[str, str
         #    redelivery, reruns)
         if rt.jobs.is_cancelled(task.job_id):
             return "cancelled", None
-        if already_done(task, rt.storage, rt.jobs):
+        if count_if_finished_may_end_job(task, rt.storage, rt.jobs):
             return "skipped", None
         cpu = rt.models("cpu", CpuModels.for_worker)
         models = cpu.model_sha256

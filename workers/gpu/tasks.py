@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from shared.errors import TransientError
 from shared.messages import PromptTask, Status
-from shared.results import already_done, error_record
+from shared.results import count_if_finished_may_end_job, error_record
 from shared.settings import Settings
 from workers import metrics, runtime
 from workers.celery_app import GPU_TASK, app
@@ -147,7 +147,7 @@ def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> list[tuple[st
         try:
             if rt.jobs.is_cancelled(task.job_id):
                 outcomes[i] = ("cancelled", None)
-            elif already_done(task, rt.storage, rt.jobs):
+            elif count_if_finished_may_end_job(task, rt.storage, rt.jobs):
                 outcomes[i] = ("skipped", None)
             else:
                 tasks.append((i, task))
