@@ -10,10 +10,10 @@ import enum
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VEIL_"
 
@@ -147,6 +147,23 @@ class Settings(BaseSettings):
     # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
     max_input_bytes: int = Field(64 * 2**20, ge=1)
 
+    # -- issue 23: what a worker may touch, and how big a message may be ----------------------
+    # URI prefixes (comma-separated: ``s3://bucket/in/,/data/in``) a message's input / output
+    # must lie under; local folders are compared by real path (symlinks resolved). Empty: the
+    # worker trusts its broker (development; it warns at start-up); compose and k8s set both.
+    # ``veil submit`` and ``veil run`` refuse a job outside them (``veil run`` adds its own
+    # INPUT and OUTPUT when they are unset). See SECURITY.md.
+    input_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    output_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A broker message (its whole envelope) longer than this is dead-lettered unread.
+    max_message_bytes: int = Field(1 * 2**20, ge=1024)
+    # Prompt text is cut to this many characters before it is tokenised (the tokens are cut at
+    # VEIL_PROMPT_CHUNKS x 77 anyway; Algorithm 1's longest prompt is far shorter). The record
+    # keeps the text that was used.
+    max_prompt_chars: int = Field(2000, ge=64)
+    # Faces per scene image: an image with more is failed (``too_many_faces``), never half done.
+    max_faces: int = Field(100, ge=1, le=10_000)
+
     # -- scene mode and the re-identification guard (issue 14) --------------------------------
     mode: Mode = Mode.PORTRAIT
     # img2img strength of a face's crop in scene mode: the share of the sampler's schedule that
@@ -261,6 +278,13 @@ class Settings(BaseSettings):
 
     # -- tests and examples -----------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
+
+    @field_validator("input_roots", "output_roots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("models_dir", "faces_dir", mode="after")
     @classmethod

@@ -19,6 +19,7 @@ from shared.inputfiles import read_input
 from shared.messages import ImageTask
 from shared.results import already_done, error_record
 from workers import metrics, runtime
+from workers.admission import Refused, admit, refused
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.classical import is_classical
 from workers.cpu.stage import CpuModels, analyze, anonymize_classical
@@ -38,7 +39,13 @@ def analyze_image(self, message: dict) -> str:
         except ValidationError as exc:
             outcome = settle_invalid(rt, message, exc, CPU_TASK, queue)
         else:
-            outcome = _analyze(task, rt, queue)
+            # 1b. Admit it: input, output and job inside what this worker may touch (issue 23)
+            try:
+                task = admit(rt, task)
+            except Refused as refusal:
+                outcome = refused(rt, task, refusal, CPU_TASK, queue)
+            else:
+                outcome = _analyze(task, rt, queue)
     except BrokerError as exc:
         log.error("broker unreachable, message returned to Redis: %s", exc)
         metrics.image("cpu", "rejected")
