@@ -11,6 +11,7 @@
     veil flower
     veil health [--max-age S] [--file PATH]
     veil exporter [--port P]
+    veil deadletter [-n N] [--json] [--purge]
 
 Settings come from ``VEIL_*`` environment variables; command-line flags override them. A value
 that fails validation is reported under the name the user typed: the flag or the variable.
@@ -27,6 +28,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
+from shared.printable import printable
 from shared.quiet import quiet_third_party
 from shared.settings import (
     ENV_PREFIX,
@@ -192,7 +194,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if result.repeats:
         print(f"{result.repeats} input(s) listed more than once: each enqueued once", file=sys.stderr)
     for uri in result.unsafe:
-        print(f"refused (unsafe_key, counted failed): {uri}", file=sys.stderr)
+        print(f"refused (unsafe_key, counted failed): {printable(uri)}", file=sys.stderr)
     print(
         f"{'resumed: ' if result.resumed else ''}submitted {result.count} keys ({result.skipped} already done) as job "
         f"{result.job_id}; watch with:  veil status {result.job_id} --watch",
@@ -381,7 +383,34 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    """Issue 23: the envelopes workers could not decode (``workers/envelopes.py``)."""
+    import json
+
+    from shared import redisconn
+    from workers import envelopes
+
+    settings = _settings()
+    client = redisconn.client(settings.broker_url, settings)
+    total, entries = envelopes.read(client, args.n)
+    if args.json:
+        print(json.dumps({"total": total, "entries": entries}))
+    else:
+        print(f"{total} dead letter(s) in {envelopes.DEAD_LETTERS}" + (f"; newest {len(entries)}:" if entries else ""))
+        for e in entries:
+            head, queue = printable(str(e.get("head", "")))[:200], printable(str(e.get("queue")))
+            print(f"{e.get('time', 0):.0f}\t{queue}\t{e.get('reason')}\t{e.get('bytes')} B\t{head}")
+    if args.purge:
+        print(f"purged {envelopes.purge(client)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
 def _add_exporter(sub: argparse._SubParsersAction) -> None:
+    dead = sub.add_parser("deadletter", help="show (and --purge) broker messages workers could not decode")
+    dead.add_argument("-n", type=int, default=20, help="show the newest N (default 20)")
+    dead.add_argument("--json", action="store_true", help="one JSON object: total and entries")
+    dead.add_argument("--purge", action="store_true", help="delete them all after showing them")
+    dead.set_defaults(func=cmd_deadletter)
     exporter = sub.add_parser("exporter", help="serve the queues' depth (veil_queue_depth) for Prometheus")
     exporter.add_argument("--port", type=int, help="HTTP port of /metrics (default: VEIL_METRICS_PORT)")
     exporter.set_defaults(func=cmd_exporter)

@@ -66,9 +66,9 @@ class AllowedRoots:
             raise OutsideAllowedRootsError(f"{what} {uri!r} is outside VEIL_OUTPUT_ROOTS {list(self.outputs)}")
 
 
-def check_job(spec: JobSpec | None, job_id: str, input_uri: str, output_uri: str, *, required: bool) -> None:
-    """The message's job put it there: its input under the spec's input, its output under the
-    spec's output. A job without a spec is refused when ``required`` (roots are set)."""
+def check_job(spec: JobSpec | None, job_id: str, output_uri: str, *, required: bool) -> None:
+    """The message's job put its output there (under the spec's output). A job without a spec
+    is refused when ``required`` (roots are set)."""
     if spec is None:
         if required:
             raise OutsideAllowedRootsError(f"job {job_id!r} has no spec in Redis: no message of it is taken")
@@ -77,5 +77,9 @@ def check_job(spec: JobSpec | None, job_id: str, input_uri: str, output_uri: str
         raise OutsideAllowedRootsError(f"job {job_id!r}: its spec names job {spec.job_id!r}")
     if not under(spec.output, output_uri):
         raise OutsideAllowedRootsError(f"output {output_uri!r} is outside job {job_id!r}'s output {spec.output!r}")
-    if not under(spec.input, input_uri):
+
+
+def check_job_input(spec: JobSpec | None, job_id: str, input_uri: str) -> None:
+    """The message's input lies under its job's input (when the job has a spec)."""
+    if spec is not None and not under(spec.input, input_uri):
         raise OutsideAllowedRootsError(f"input {input_uri!r} is outside job {job_id!r}'s input {spec.input!r}")

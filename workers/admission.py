@@ -26,7 +26,7 @@ import redis
 from shared.errors import BrokerError, MessageBoundsError, PermanentError
 from shared.messages import ImageTask, JobSpec, PromptTask
 from shared.results import error_record, sidecar_uri
-from shared.roots import AllowedRoots, check_job, under
+from shared.roots import AllowedRoots, check_job, check_job_input, under
 from shared.storage import check_output_uri
 from workers import metrics
 from workers.runtime import Runtime
@@ -78,11 +78,12 @@ def admit(rt: Runtime, task: T) -> T:
     spec = job_spec(rt, task.job_id)
     # 2. The job: its own spec put this input and output there
     try:
-        check_job(spec, task.job_id, task.input_uri, task.output_uri, required=roots.restricted)
+        check_job(spec, task.job_id, task.output_uri, required=roots.restricted)
     except PermanentError as exc:
         raise Refused(exc, sidecar_ok=False) from None
     record_ok = spec is not None and under(spec.output, task.output_uri) or spec is None and not roots.restricted
     try:
+        check_job_input(spec, task.job_id, task.input_uri)
         roots.check_input(task.input_uri)
         # 3. A GPU message's bounds: faces per image, prompt text cut before tokenising
         if isinstance(task, PromptTask):

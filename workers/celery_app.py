@@ -118,4 +118,11 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         # already reserved while the current one runs (celery-batches needs >= flush_every).
         worker_prefetch_multiplier=2 * settings.batch_size if tier == "gpu" else 1,
     )
+    if tier is not None and settings.broker_url.startswith(("redis://", "rediss://")):
+        # Issue 23: a worker's envelopes are parsed by Veil's checked transport (kombu's Redis
+        # transport, poison messages dead-lettered instead of ending the worker)
+        from workers import envelopes
+
+        envelopes.configure(settings.max_message_bytes, tier)
+        app.conf.broker_transport = "workers.envelopes:Transport"
     return app
