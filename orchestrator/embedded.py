@@ -35,6 +35,7 @@ from shared.errors import MissingWeightsError, call_with_retries
 from shared.inputfiles import read_input
 from shared.messages import ImageTask, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
+from shared.roots import AllowedRoots, check_job_roots
 from shared.settings import Settings
 from shared.storage import Storage, is_local, join_uri
 from workers.cpu.classical import is_classical
@@ -149,6 +150,9 @@ def run(
     #    per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest of the run
     _check_output_outside_input(input_spec, output)
     all_items, repeats = list_inputs_with_repeats(input_spec, storage)
+    #    Issue 23: with VEIL_INPUT_ROOTS / VEIL_OUTPUT_ROOTS set, every input and OUTPUT inside them
+    #    (unset: this run's own INPUT and OUTPUT are what it may touch)
+    check_job_roots(AllowedRoots.of(settings.input_roots, settings.output_roots), (i.uri for i in all_items), output)
     plan = plan_outputs(all_items[: limit or None], output, input_spec)
     summary.repeats = len(repeats)
     with output_lock(output, storage):

@@ -83,3 +83,13 @@ def check_job_input(spec: JobSpec | None, job_id: str, input_uri: str) -> None:
     """The message's input lies under its job's input (when the job has a spec)."""
     if spec is not None and not under(spec.input, input_uri):
         raise OutsideAllowedRootsError(f"input {input_uri!r} is outside job {job_id!r}'s input {spec.input!r}")
+
+
+def check_job_roots(roots: AllowedRoots, inputs: Iterable[str], output: str) -> None:
+    """``veil submit`` and ``veil run``: a job whose input or output lies outside the allowed
+    roots is refused before anything is written (``OutsideAllowedRootsError``). ``inputs``: the
+    job's input root, or (``veil run``) each listed input."""
+    roots.check_output(output, "OUTPUT")
+    if roots.inputs:
+        for uri in inputs:
+            roots.check_input(uri, "INPUT")
