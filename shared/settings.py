@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     # VEIL_PROMPT_CHUNKS x 77 anyway; Algorithm 1's longest prompt is far shorter). The record
     # keeps the text that was used.
     max_prompt_chars: int = Field(2000, ge=64)
+    # Pixels one decode may hold at once, judged from the header before decoding (a JPEG after
+    # its DCT reduction, which the portrait path asks for; every other decode in full, which the
+    # classical methods and scene mode need): above it the key fails ``too_large``. 50 M pixels
+    # (8160x6120, a 50 MP camera) is a 150 MB RGB array; the 10900x10900 WebP bomb is 119 M.
+    max_decoded_pixels: int = Field(50_000_000, ge=1)
     # Faces per scene image: an image with more is failed (``too_many_faces``), never half done.
     max_faces: int = Field(100, ge=1, le=10_000)
 

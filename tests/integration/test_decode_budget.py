@@ -1,0 +1,46 @@
+"""Issue 23: tiny files that decode to gigabytes are judged from their header, before decoding,
+by VEIL_MAX_DECODED_PIXELS, on the path that decodes in full (a classical method) too.
+
+The hostile set is made here: a lossless WebP of 10900x10900 (38 bytes) and a 16-bit PNG of
+9400x9400 (0.8 MB), with one real photo beside them. ``veil run --method blur`` runs as a child
+process; its peak RSS (``ru_maxrss`` of the waited-for child) must stay under 1.5 GB. Measured
+on the 2-core build machine under load ~9: 3,744 MB before this issue (both bombs decoded in
+full, 38 s), 960 MB after (953 MB for the real photo alone: the process's own floor)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.services import ROOT, worker_env
+
+pytestmark = pytest.mark.slow
+
+PEAK_RSS_BOUND_MB = 1536
+
+
+def test_decompression_bombs_stay_within_the_rss_bound(faces_dir, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.new("RGB", (10900, 10900), (128, 128, 128)).save(src / "bomb.webp", lossless=True, quality=0, method=0)
+    Image.new("I;16", (9400, 9400)).save(src / "bomb16.png", compress_level=1)
+    (src / "face.jpg").write_bytes((faces_dir / "id02_12.jpg").read_bytes())
+    assert (src / "bomb.webp").stat().st_size < 100
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    run = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "--method", "blur",
+                          "--quiet"], env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert run.returncode == 1, run.stderr  # 1: some keys failed
+    rows = {json.loads(line)["input"].rsplit("/", 1)[-1]: json.loads(line) for line in open(out / "manifest.jsonl")}
+    assert rows["face.jpg"]["status"] == "done"
+    for name in ("bomb.webp", "bomb16.png"):
+        assert rows[name]["status"] == "failed" and rows[name]["reason"].startswith("too_large"), rows[name]
+        assert "VEIL_MAX_DECODED_PIXELS" in rows[name]["reason"]
+    # this test's own children before it (if any were bigger) would hide the figure: say so
+    assert before / 1024 < PEAK_RSS_BOUND_MB, "an earlier child of this process already passed the bound"
+    assert peak_mb < PEAK_RSS_BOUND_MB, f"veil run peaked at {peak_mb:.0f} MB"
