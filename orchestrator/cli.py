@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from shared import redact
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
 from shared.printable import printable
 from shared.quiet import quiet_third_party
@@ -591,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_third_party(debug=args.verbose)  # third-party warnings only at -v
+    redact.install()  # issue 23: no credential in any log line (botocore's debug logging at -v)
     try:
         return int(args.func(args) or 0)
     except MissingWeightsError as exc:

@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     flower_port: int = 5555
+    # Issue 23: the address Flower listens on. Loopback by default: only this host reaches it;
+    # compose and k8s set 0.0.0.0 inside the container (compose publishes it on 127.0.0.1 only).
+    flower_host: str = "127.0.0.1"
     flower_user: str = "veil"
     flower_password: SecretStr | None = None
     # Flower's /metrics (Prometheus: worker and task names) behind the same basic auth unless
@@ -248,6 +251,9 @@ class Settings(BaseSettings):
     # (0-based) on port + N, GPU worker process i (one per device) on port + i. `veil exporter`
     # serves the queue depths on it.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Issue 23: the address each /metrics endpoint (workers and `veil exporter`) listens on.
+    # Loopback by default; containers set 0.0.0.0 so Prometheus can scrape them.
+    metrics_host: str = "127.0.0.1"
 
     # -- CPU-tier threads (issue 10 item 7; BENCHMARKS.md "CPU tier capacity") ------------------
     # torch and onnxruntime threads in each CPU worker pool process. One per process, with one

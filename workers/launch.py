@@ -51,7 +51,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
     @worker_process_init.connect(weak=False)
     def _load_models(**_: object) -> None:  # in each pool child, after fork
-        metrics.serve(metrics.pool_child_port(settings.metrics_port))  # the child does the work
+        metrics.serve(metrics.pool_child_port(settings.metrics_port), host=settings.metrics_host)  # the child works
         runtime.current().models("cpu", CpuModels.for_worker)
 
     @worker_ready.connect(weak=False)
@@ -77,7 +77,7 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     shutdown.install(settings)
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
-    metrics.serve(settings.metrics_port)  # this process runs the batches (solo pool)
+    metrics.serve(settings.metrics_port, host=settings.metrics_host)  # this process runs the batches (solo pool)
     metrics.watch_gpu_memory()
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
 
@@ -126,7 +126,7 @@ def run_flower(settings: Settings) -> None:
     _show_configured_queues()
     # Through the environment, so the password shows in neither argv nor logs.
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
-    app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])
+    app.start(["flower", f"--port={settings.flower_port}", f"--address={settings.flower_host}"])
 
 
 def _metrics_behind_auth() -> None:

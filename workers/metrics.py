@@ -97,19 +97,19 @@ _served: tuple[int, int] | None = None  # (pid, port) of this process's endpoint
 
 
 @_never_raises
-def serve(port: int, registry: CollectorRegistry = REGISTRY) -> int | None:
+def serve(port: int, registry: CollectorRegistry = REGISTRY, host: str = "127.0.0.1") -> int | None:
     """Serves /metrics on ``port`` from a daemon thread of this process (once per process;
     0 = off). A port in use is logged, not raised: the worker still works, unwatched."""
     global _served
     if port <= 0 or (_served is not None and _served[0] == os.getpid()):
         return None
     try:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         log.warning("metrics: cannot serve on port %d (%s); this process is not scraped", port, exc)
         return None
     _served = (os.getpid(), port)
-    log.info("metrics on :%d/metrics", port)
+    log.info("metrics on %s:%d/metrics", host, port)
     return port
 
 
@@ -229,6 +229,7 @@ def run_exporter(broker_url: str, queues: list[str], port: int, settings: Settin
         raise ValueError("veil exporter reads queue depth from Redis: VEIL_BROKER_URL must be a redis:// URL")
     if port <= 0:
         raise ValueError("veil exporter needs a port: set VEIL_METRICS_PORT or --port")
-    start_http_server(port, registry=exporter_registry(broker_url, queues, settings))
-    print(f"veil exporter: veil_queue_depth of {', '.join(queues)} on :{port}/metrics", flush=True)
+    host = settings.metrics_host if settings is not None else "127.0.0.1"
+    start_http_server(port, addr=host, registry=exporter_registry(broker_url, queues, settings))
+    print(f"veil exporter: veil_queue_depth of {', '.join(queues)} on {host}:{port}/metrics", flush=True)
     threading.Event().wait()
