@@ -30,7 +30,7 @@ from workers import metrics
 
 log = logging.getLogger(__name__)
 
-DEAD_LETTERS = "veil:deadletter"
+DEAD_LETTERS = metrics.DEAD_LETTERS_LIST
 DEAD_LETTER_MAX = 1000
 KEPT_BYTES = 4096
 

@@ -174,6 +174,9 @@ def watch_gpu_memory() -> None:
 #: ``name + "\x06\x16" + str(p)`` (default priority steps 0, 3, 6, 9); Flower sums them the same way.
 _PRIORITY_SEP = "\x06\x16"
 QUEUE_DEPTH = "veil_queue_depth"
+#: issue 23: envelopes the workers could not decode, kept in this Redis list (``workers/envelopes.py``)
+DEAD_LETTERS_LIST = "veil:deadletter"
+DEAD_LETTERS = "veil_dead_letters"
 _PRIORITY_STEPS = (0, 3, 6, 9)
 
 
@@ -197,18 +200,22 @@ class QueueDepthCollector(Collector):
         for queue in self._queues:
             for name in redis_list_names(queue):
                 pipe.llen(name)
-        lengths = pipe.execute()  # Redis down: the scrape fails (Prometheus marks it down)
+        pipe.llen(DEAD_LETTERS_LIST)
+        *lengths, dead = pipe.execute()  # Redis down: the scrape fails (Prometheus marks it down)
         steps = len(_PRIORITY_STEPS)
         for i, queue in enumerate(self._queues):
             family.add_metric([queue], sum(lengths[i * steps : (i + 1) * steps]))
         yield family
+        yield GaugeMetricFamily(
+            DEAD_LETTERS, "Broker messages no worker could decode, kept for `veil deadletter`", value=dead
+        )
 
 
 def exported_samples() -> set[str]:
     """Every sample name these processes can export (``veil_images_total``,
     ``veil_stage_seconds_bucket``, ...): what a dashboard may query."""
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
-    names = {QUEUE_DEPTH}
+    names = {QUEUE_DEPTH, DEAD_LETTERS}
     for family in REGISTRY.collect():
         if family.name.startswith("veil_"):
             names |= {family.name + s for s in suffixes.get(family.type, ("",))}

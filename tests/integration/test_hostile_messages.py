@@ -58,7 +58,7 @@ def _poison(client: redis.Redis, app, queue: str) -> None:
     """Garbage, a kombu envelope whose body is not base64, and an envelope over the size bound."""
     app.send_task("veil.nothing", args=[{}], queue="scratch-23")
     envelope = json.loads(client.rpop("scratch-23"))
-    client.lpush(queue, b"garbage")
+    client.lpush(queue, b"garbage\x1b[2J")  # with a terminal escape, which `veil deadletter` must not print raw
     client.lpush(queue, json.dumps(envelope | {"body": "!!! not base64 ~~~"}))
     big = base64.b64encode(json.dumps([[{"prompt": "x" * (2 * 2**20)}], {}, {}]).encode()).decode()
     client.lpush(queue, json.dumps(envelope | {"body": big}))
@@ -135,6 +135,11 @@ def test_forged_and_poison_messages_against_a_cpu_worker(faces_dir, tmp_path):
         # the foreign job's counters did not move
         assert jobs.get("B").finished == 0
         assert sorted(_dead_letters(broker)) == ["bad_envelope", "bad_envelope", "message_too_large"]
+        purged = subprocess.run([sys.executable, "-m", "orchestrator.cli", "deadletter", "--purge"],
+                                env=worker_env(broker_url=broker), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert purged.returncode == 0 and "3 dead letter(s)" in purged.stdout, purged.stdout + purged.stderr
+        assert "\x1b" not in purged.stdout and "garbage\\x1b[2J" in purged.stdout  # shown escaped, never raw
+        assert client.llen("veil:deadletter") == 0
 
 
 def test_forged_and_poison_messages_against_a_gpu_worker(tiny_models, tmp_path, faces_dir):
