@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from shared import redact
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
@@ -607,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     except VeilError as exc:  # e.g. a download that kept failing: say why, no traceback
         print(f"veil: {exc}", file=sys.stderr)
         return 1
+    except RedisError as exc:  # issue 23: wrong credentials, a certificate not trusted, Redis down
+        line = redact.redact(str(exc).splitlines()[0] if str(exc) else "", redact.secrets_from_env())
+        print(f"veil: Redis (VEIL_BROKER_URL / VEIL_JOBS_URL): {type(exc).__name__}: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
