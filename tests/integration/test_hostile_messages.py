@@ -194,3 +194,20 @@ def test_forged_and_poison_messages_against_a_gpu_worker(tiny_models, tmp_path, 
     assert 'veil_failures_total{reason="outside_allowed_roots",tier="gpu"} 4.0' in failures, failures
     assert sorted(_dead_letters(broker)) == ["bad_envelope", "bad_envelope", "message_too_large"]
     assert os.path.exists(out / "a.png")
+
+
+def test_a_forged_job_record_gets_no_manifest_outside_the_roots(faces_dir, tmp_path):
+    """A job record is Redis's word too: a job whose spec names an output outside the roots (made
+    by someone with broker access, not by ``veil submit``) is finalized with nothing written."""
+    from shared.storage import open_storage
+    from workers.finalize import finalize_job
+
+    d = _folders(tmp_path, faces_dir)
+    broker = redis_url(DB)
+    jobs = JobStore.from_url(broker)
+    spec = JobSpec(job_id="F", name="F", input=str(d["in"]), source=str(d["in"]), output=str(d["elsewhere"]))
+    jobs.create("F", name="F", input=str(d["in"]), output=str(d["elsewhere"]), spec=spec)
+    settings = Settings.from_env({}, broker_url=broker, output_roots=[str(d["out"])])
+    result = finalize_job("F", jobs, open_storage(settings), settings)
+    assert result.outcome == "outside_allowed_roots"
+    assert list(d["elsewhere"].rglob("*")) == []
