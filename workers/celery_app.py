@@ -17,6 +17,7 @@ messages it holds but has not started to the queue as it closes its channel.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -125,4 +126,10 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
 
         envelopes.configure(settings.max_message_bytes, tier)
         app.conf.broker_transport = "workers.envelopes:Transport"
+    if tier is not None and not (settings.input_roots and settings.output_roots):
+        logging.getLogger(__name__).warning(
+            "VEIL_INPUT_ROOTS / VEIL_OUTPUT_ROOTS unset: this %s worker reads and writes wherever a broker "
+            "message says (development only; SECURITY.md)",
+            tier,
+        )
     return app
