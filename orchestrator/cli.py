@@ -14,6 +14,7 @@
     veil exporter [--port P]
     veil eval ORIGINALS ANONYMIZED... --identities CSV --out DIR [--embedder E] [--html] [--no-attributes]
               [--device D] [--detector D] [--quiet]
+    veil deadletter [-n N] [--json] [--purge]
 
 ``veil --verbose COMMAND ...`` logs debug messages. Settings come from ``VEIL_*`` environment
 variables; command-line flags override them. A value that fails validation is reported under the
@@ -32,7 +33,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from orchestrator.service_errors import EXIT_SERVICE, service_error
+from shared import redact
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
+from shared.printable import printable
 from shared.quiet import quiet_third_party
 from shared.settings import (
     ENV_PREFIX,
@@ -199,7 +202,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if result.repeats:
         print(f"{result.repeats} input(s) listed more than once: each enqueued once", file=sys.stderr)
     for uri in result.unsafe:
-        print(f"refused (unsafe_key or name_too_long, counted failed; veil status --failed): {uri}", file=sys.stderr)
+        print(
+            f"refused (unsafe_key or name_too_long, counted failed; veil status --failed): {printable(uri)}",
+            file=sys.stderr,
+        )
     print(
         f"{'resumed: ' if result.resumed else ''}submitted {result.count} keys ({result.skipped} already done) as job "
         f"{result.job_id}; watch with:  veil status {result.job_id} --watch",
@@ -388,7 +394,34 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    """Issue 23: the envelopes workers could not decode (``workers/envelopes.py``)."""
+    import json
+
+    from shared import redisconn
+    from workers import envelopes
+
+    settings = _settings()
+    client = redisconn.client(settings.broker_url, settings)
+    total, entries = envelopes.read(client, args.n)
+    if args.json:
+        print(json.dumps({"total": total, "entries": entries}))
+    else:
+        print(f"{total} dead letter(s) in {envelopes.DEAD_LETTERS}" + (f"; newest {len(entries)}:" if entries else ""))
+        for e in entries:
+            head, queue = printable(str(e.get("head", "")))[:200], printable(str(e.get("queue")))
+            print(f"{e.get('time', 0):.0f}\t{queue}\t{e.get('reason')}\t{e.get('bytes')} B\t{head}")
+    if args.purge:
+        print(f"purged {envelopes.purge(client)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
 def _add_exporter(sub: argparse._SubParsersAction) -> None:
+    dead = sub.add_parser("deadletter", help="show (and --purge) broker messages workers could not decode")
+    dead.add_argument("-n", type=int, default=20, help="show the newest N (default 20)")
+    dead.add_argument("--json", action="store_true", help="one JSON object: total and entries")
+    dead.add_argument("--purge", action="store_true", help="delete them all after showing them")
+    dead.set_defaults(func=cmd_deadletter)
     exporter = sub.add_parser("exporter", help="serve the queues' depth (veil_queue_depth) for Prometheus")
     exporter.add_argument("--port", type=int, help="HTTP port of /metrics (default: VEIL_METRICS_PORT)")
     exporter.set_defaults(func=cmd_exporter)
@@ -573,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_third_party(debug=args.verbose)  # third-party warnings only at -v
+    redact.install()  # issue 23: no credential in any log line (botocore's debug logging at -v)
     try:
         return int(args.func(args) or 0)
     except MissingWeightsError as exc:

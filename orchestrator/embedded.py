@@ -42,6 +42,7 @@ from shared.inputfiles import read_input
 from shared.keys import digest, is_finished, spec_for
 from shared.messages import ImageTask, JobSpec, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
+from shared.roots import AllowedRoots, check_job_roots
 from shared.settings import Settings
 from shared.storage import Storage, is_local, join_uri
 from workers.cpu.classical import is_classical
@@ -167,6 +168,9 @@ def run(
     #    input, one input per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest
     _check_output_outside_input(input_spec, output)
     listing = open_listing(input_spec, storage, page_size)
+    #    With VEIL_INPUT_ROOTS / VEIL_OUTPUT_ROOTS set, INPUT and OUTPUT inside them (unset: this
+    #    run's own INPUT and OUTPUT are what it may touch); every key lies under the listing's root
+    check_job_roots(AllowedRoots.of(settings.input_roots, settings.output_roots), [listing.root, input_spec], output)
     spec = spec_for(uuid.uuid4().hex[:12], "veil-run", listing.root, input_spec, output, settings, overwrite=overwrite)
     if check_whole_listing(listing, spec) == 0:
         raise InputError(f"INPUT: no images found in {input_spec!r}")

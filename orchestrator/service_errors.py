@@ -38,7 +38,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    from shared import redact
+
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {redact.redact(line, redact.secrets_from_env())}".rstrip(": ")
 
 
 def _redis(e: BaseException) -> str | None:
@@ -48,7 +51,7 @@ def _redis(e: BaseException) -> str | None:
     if os.environ.get("VEIL_JOBS_URL"):
         where += f", VEIL_JOBS_URL={redact(os.environ['VEIL_JOBS_URL'])}"
     if isinstance(e, rx.AuthenticationError) or (
-        isinstance(e, rx.ResponseError) and _first_line(e).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+        isinstance(e, rx.ResponseError) and str(e).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
     ):
         return f"Redis refused Veil's credentials ({where}): {_first_line(e)}"
     if isinstance(e, (rx.ConnectionError, rx.TimeoutError)):
@@ -65,7 +68,7 @@ def _s3(e: BaseException) -> str | None:
             f"S3 refused or found no credentials (set VEIL_S3_ACCESS_KEY_ID and VEIL_S3_SECRET_ACCESS_KEY; "
             f"endpoint {endpoint}): {_first_line(e)}"
         )
-    if isinstance(e, StorageError) and _first_line(e).startswith("S3 connection"):
+    if isinstance(e, StorageError) and str(e).startswith("S3 connection"):
         return f"cannot reach S3 (VEIL_S3_ENDPOINT_URL={endpoint}): {_first_line(e)}"
     if type(e).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
         return f"cannot reach S3 (VEIL_S3_ENDPOINT_URL={endpoint}): {_first_line(e)}"

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from shared.jobs import CANCELLED, FINALIZING, FINISHED, RATE_WINDOW_S, JobInfo, JobStore, Pace
 from shared.messages import Status
+from shared.printable import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -117,7 +118,7 @@ def show_status(
     print(describe(job, jobs.pace(job_id, job.created), depth() if depth else None))
     if failed:
         for uri, reason in sorted(jobs.failed(job_id).items()):
-            print(f"{uri}\t{reason}")
+            print(f"{printable(uri)}\t{printable(reason)}")
     return _exit(job)
 
 

@@ -36,6 +36,7 @@ from shared.imageio import output_name
 from shared.jobs import JobStore, job_key
 from shared.jobsummary import is_sidecar
 from shared.keys import digest, spec_for
+from shared.roots import AllowedRoots, check_job_roots
 from shared.settings import Settings
 from shared.storage import Storage, is_local, relative_key
 
@@ -151,6 +152,8 @@ def submit(
     # 1. Refuse what ``veil run`` refuses before anything is written: OUTPUT inside INPUT
     check_output_outside_input(source, out)
     listing = _storage_refusal("INPUT", source, lambda: open_listing(source, storage, page_size))
+    #    and a job outside the allowed roots (issue 23: workers would refuse every key of it)
+    check_job_roots(AllowedRoots.of(settings.input_roots, settings.output_roots), [listing.root, source], out)
     # 2. One submit per name at a time
     lock = SubmitLock(jobs.redis, name) if name else None
     if lock is None:

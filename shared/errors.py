@@ -38,6 +38,25 @@ class ImageDecodeError(PermanentError):
     reason = "undecodable"
 
 
+class OutsideAllowedRootsError(PermanentError):
+    """A message names an input, output or job outside what this worker may touch
+    (``VEIL_INPUT_ROOTS``, ``VEIL_OUTPUT_ROOTS``, the job's own spec): issue 23, ``shared/roots.py``."""
+
+    reason = "outside_allowed_roots"
+
+
+class MessageBoundsError(PermanentError):
+    """A message bigger than a worker takes (faces per scene image over ``VEIL_MAX_FACES``)."""
+
+    reason = "message_too_large"
+
+
+class TooManyFacesError(PermanentError):
+    """An image with more faces than ``VEIL_MAX_FACES``: failed rather than partly anonymized."""
+
+    reason = "too_many_faces"
+
+
 class ImageTooLargeError(PermanentError):
     reason = "too_large"
 

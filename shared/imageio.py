@@ -56,18 +56,27 @@ _PILLOW_LIMIT = threading.Lock()
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_side: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, *, max_pixels: int, max_side: int | None = None, max_decoded: int | None = None
+) -> np.ndarray:
     """Bytes -> (H, W, 3) uint8 RGB array, upright. Raises a ``PermanentError`` on bad input.
     ``max_side``: decode at most about this many pixels on the longer side (see ``decode_scaled``)."""
-    return decode_scaled(data, max_pixels=max_pixels, max_side=max_side)[0]
+    return decode_scaled(data, max_pixels=max_pixels, max_side=max_side, max_decoded=max_decoded)[0]
 
 
-def decode_scaled(data: bytes, *, max_pixels: int, max_side: int | None = None) -> tuple[np.ndarray, float]:
+def decode_scaled(
+    data: bytes, *, max_pixels: int, max_side: int | None = None, max_decoded: int | None = None
+) -> tuple[np.ndarray, float]:
     """``decode_image`` and the scale: input pixels per decoded pixel (1.0 unless reduced).
 
     With ``max_side``, a larger image is reduced by a whole factor while decoding, keeping its
     longer side >= ``max_side``: JPEG by DCT scaling (``draft``, never decoded at full size),
     other formats by ``reduce`` right after loading, so no float copy of the full image is made.
+
+    ``max_decoded`` (issue 23, ``VEIL_MAX_DECODED_PIXELS``): the pixels Pillow will hold at once,
+    judged from the header before any is decoded (a JPEG's after DCT scaling; any other format's
+    in full, as it is loaded before it is reduced); above it, ``ImageTooLargeError``. A 38-byte
+    lossless WebP of 10900x10900 is refused here instead of taking a process to 2.8 GB.
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
@@ -84,6 +93,7 @@ def decode_scaled(data: bytes, *, max_pixels: int, max_side: int | None = None) 
         if getattr(opened, "is_animated", False):
             raise UnsupportedImageError(f"animated {opened.format} ({getattr(opened, 'n_frames', '?')} frames)")
         factor = max(width, height) // max_side if max_side else 1
+        _check_budget(opened.format, width, height, factor, max_decoded)
         img = _reduced(opened, factor) if factor >= 2 else _loaded(opened)
     except (ImageTooLargeError, UnsupportedImageError):
         raise
@@ -97,6 +107,18 @@ def decode_scaled(data: bytes, *, max_pixels: int, max_side: int | None = None) 
         raise ImageDecodeError(f"corrupt image: {exc}") from exc
     scale = max(width, height) / max(img.size)
     return _to_rgb_array(ImageOps.exif_transpose(img)), scale
+
+
+def _check_budget(fmt: str | None, width: int, height: int, factor: int, max_decoded: int | None) -> None:
+    if max_decoded is None:
+        return
+    dct = min(8, 1 << (factor.bit_length() - 1)) if fmt == "JPEG" and factor >= 2 else 1
+    held = -(-width // dct) * -(-height // dct)
+    if held > max_decoded:
+        raise ImageTooLargeError(
+            f"{width}x{height} {fmt or 'image'} would decode {held} pixels at once, more than "
+            f"VEIL_MAX_DECODED_PIXELS={max_decoded}"
+        )
 
 
 def _loaded(img: Image.Image) -> Image.Image:

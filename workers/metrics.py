@@ -150,7 +150,9 @@ def create_known_series(tier: str) -> None:
 
 
 @_never_raises
-def serve(port: int, registry: CollectorRegistry = REGISTRY, tier: str | None = None) -> int | None:
+def serve(
+    port: int, registry: CollectorRegistry = REGISTRY, host: str = "127.0.0.1", tier: str | None = None
+) -> int | None:
     """Serves /metrics on ``port`` from a daemon thread of this process (once per process;
     0 = off), with ``tier``'s counters created at 0 first. A port in use is logged, not raised:
     the worker still works, unwatched."""
@@ -160,12 +162,12 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY, tier: str | None = 
     if tier is not None:
         create_known_series(tier)
     try:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         log.warning("metrics: cannot serve on port %d (%s); this process is not scraped", port, exc)
         return None
     _served = (os.getpid(), port)
-    log.info("metrics on :%d/metrics", port)
+    log.info("metrics on %s:%d/metrics", host, port)
     return port
 
 
@@ -235,6 +237,9 @@ def real_device_index(index: int, visible: str | None = None) -> str:
 # -- queue depth: `veil exporter` ------------------------------------------------------------------
 
 QUEUE_DEPTH = "veil_queue_depth"
+#: envelopes the workers could not decode, kept in this Redis list (``workers/envelopes.py``)
+DEAD_LETTERS_LIST = "veil:deadletter"
+DEAD_LETTERS = "veil_dead_letters"
 
 
 class QueueDepthCollector(Collector):
@@ -255,14 +260,18 @@ class QueueDepthCollector(Collector):
         # Redis down: the scrape fails (Prometheus marks it down)
         for queue, depth in depths(self._client, self._queues).items():
             family.add_metric([queue], depth)
+        dead = self._client.llen(DEAD_LETTERS_LIST)
         yield family
+        yield GaugeMetricFamily(
+            DEAD_LETTERS, "Broker messages no worker could decode, kept for `veil deadletter`", value=dead
+        )
 
 
 def exported_samples() -> set[str]:
     """Every sample name these processes can export (``veil_images_total``,
     ``veil_stage_seconds_bucket``, ...): what a dashboard may query."""
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
-    names = {QUEUE_DEPTH}
+    names = {QUEUE_DEPTH, DEAD_LETTERS}
     for family in REGISTRY.collect():
         if family.name.startswith("veil_"):
             names |= {family.name + s for s in suffixes.get(family.type, ("",))}
@@ -283,6 +292,7 @@ def run_exporter(broker_url: str, queues: list[str], port: int, settings: Settin
         raise ValueError("veil exporter reads queue depth from Redis: VEIL_BROKER_URL must be a redis:// URL")
     if port <= 0:
         raise ValueError("veil exporter needs a port: set VEIL_METRICS_PORT or --port")
-    start_http_server(port, registry=exporter_registry(broker_url, queues, settings))
-    print(f"veil exporter: veil_queue_depth of {', '.join(queues)} on :{port}/metrics", flush=True)
+    host = settings.metrics_host if settings is not None else "127.0.0.1"
+    start_http_server(port, addr=host, registry=exporter_registry(broker_url, queues, settings))
+    print(f"veil exporter: veil_queue_depth of {', '.join(queues)} on {host}:{port}/metrics", flush=True)
     threading.Event().wait()

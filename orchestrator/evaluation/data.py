@@ -50,6 +50,23 @@ def read_identities(path: Path) -> dict[str, str]:
     return out
 
 
+def gallery_files(originals: Path, identities: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """Issue 23: the CSV's files that ``veil eval`` may read (regular files under ORIGINALS, by
+    real path), and the ones it will not: missing (reported, not dropped in silence) and outside
+    ORIGINALS (an absolute path, ``..``, a symlink out of it: never opened)."""
+    root = originals.resolve()
+    files, missing, outside = [], [], []
+    for name in sorted(identities):
+        path = root / name
+        if Path(name).is_absolute() or not path.resolve().is_relative_to(root):
+            outside.append(name)
+        elif not path.is_file():
+            missing.append(name)
+        else:
+            files.append(name)
+    return files, missing, outside
+
+
 def read_pairs(originals: Path, anonymized: Path, identities: dict[str, str]) -> tuple[list[Pair], int]:
     """The labelled inputs of the run in ``anonymized`` (the last manifest row of each input wins),
     and the number of manifest rows whose input is not a labelled file under ORIGINALS."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,13 @@ from tqdm import tqdm
 
 from models.weights import FID_INCEPTION, Component, is_tiny, missing_files
 from orchestrator.evaluation.data import Pair, read_identities, read_pairs
+from orchestrator.evaluation.data import gallery_files as read_gallery
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
 from orchestrator.evaluation.quality import fid_kid
 from shared.devices import resolve_device
 from shared.errors import InputError
+from shared.printable import printable
 from shared.settings import EmbedderName, Settings
 
 TINY_NOTE = (
@@ -67,14 +70,22 @@ def evaluate(
     identities = read_identities(identities_csv)
     if not originals.is_dir():
         raise InputError(f"ORIGINALS {str(originals)!r} is not a folder")
-    gallery_files = sorted(f for f in identities if (originals / f).is_file())
+    gallery_files, missing, outside = read_gallery(originals, identities)
     runs = [
         Run(_label(folder, anonymized), folder, *read_pairs(originals, folder, identities)) for folder in anonymized
     ]
     models_dir = Path(settings.models_dir)
     if attributes is None:
         attributes = not missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
-    notes = []
+    notes = [
+        f"{len(names)} identities CSV file(s) {what}, left out: "
+        + ", ".join(printable(n) for n in names[:10])
+        + (" ..." if len(names) > 10 else "")
+        for names, what in ((missing, "missing under ORIGINALS"), (outside, "outside ORIGINALS (not read)"))
+        if names
+    ]
+    for note in notes:
+        print(f"veil eval: {note}", file=sys.stderr)
     # 2. Read every face once: originals, then each run's outputs
     reader = FaceReader(settings, embedders, attributes=attributes, device=resolve_device(settings.device))
     total = len(gallery_files) + sum(len(r.pairs) for r in runs)
@@ -108,6 +119,8 @@ def evaluate(
         "detector": settings.detector.value,
         "embedders": [e.value for e in embedders],
         "n_gallery": len(gallery_files),
+        "identities_missing": len(missing),
+        "identities_outside": len(outside),
         "n_gallery_with_face": len(with_face),
         "n_identities": len(set(gallery_ids)),
         "gallery_no_face": [gallery_files[i] for i, g in enumerate(gallery) if not g.found],

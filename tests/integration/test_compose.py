@@ -301,7 +301,7 @@ def test_commands(compose):
         "veil", "submit", "s3://${BUCKET:-veil}/${INPUT_PREFIX:-input/}",
         "--out", "s3://${BUCKET:-veil}/${OUTPUT_PREFIX:-output/}"]
     assert command_argv(svc["minio"]) == ["server", "/data", "--console-address", ":9001"]
-    assert "5555:5555" in [str(p) for p in svc["flower"]["ports"]]
+    assert "127.0.0.1:5555:5555" in [str(p) for p in svc["flower"]["ports"]]  # this host only (issue 23)
 
 
 def expand_defaults(arg: str) -> str:

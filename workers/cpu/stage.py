@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.weights import Component, missing_files
-from shared.errors import NoFaceError
+from shared.errors import ImageTooLargeError, NoFaceError, TooManyFacesError
 from shared.imageio import content_type, decode_scaled, encode_image
 from shared.messages import FaceAnalysis, FacePrompt, FaceRecord, ImageTask, PromptTask, ResultRecord
 from shared.prompts import build_prompts
@@ -96,7 +96,10 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     # (a large image is reduced while decoding, to twice what the detector sees: the attribute
     # models still get a sharp face; ``scale`` maps the box back to input pixels)
     rgb, scale = decode_scaled(
-        data, max_pixels=cpu.settings.max_image_pixels, max_side=2 * cpu.settings.detect_max_side
+        data,
+        max_pixels=cpu.settings.max_image_pixels,
+        max_side=2 * cpu.settings.detect_max_side,
+        max_decoded=cpu.settings.max_decoded_pixels,
     )
     # 2. Detect faces and keep the biggest
     t1 = time.perf_counter()
@@ -108,7 +111,13 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     if index is None:
         raise NoFaceError(f"no face found by {cpu.detector.name}")
     if task.mode is Mode.SCENE:
-        # 3-4 (scene mode). Every face's attributes and prompts
+        # 3-4 (scene mode). Every face's attributes and prompts (at most VEIL_MAX_FACES: an image
+        # with more is failed, never sent half anonymized)
+        # (the GPU tier decodes a scene image in full: judged here, against the same budget)
+        if (full := round(rgb.shape[0] * rgb.shape[1] * scale * scale)) > cpu.settings.max_decoded_pixels:
+            raise ImageTooLargeError(f"scene mode decodes {full} pixels, more than VEIL_MAX_DECODED_PIXELS")
+        if len(detections.boxes) > cpu.settings.max_faces:
+            raise TooManyFacesError(f"{len(detections.boxes)} faces, more than VEIL_MAX_FACES={cpu.settings.max_faces}")
         faces = scene_faces(rgb, scale, detections, task.seed, cpu)
         timings["attributes"] = time.perf_counter() - t2
         return _prompt_task(task, faces[0].analysis, faces[0].prompt, faces[0].negative_prompt, cpu, faces)
@@ -196,7 +205,7 @@ def anonymize_classical(
     check_output_uri(task.output_uri)  # a received message: its output stays under its root
     # 1. Decode the untrusted bytes at full size: the output keeps the input's size
     t0 = time.perf_counter()
-    rgb, _ = decode_scaled(data, max_pixels=cpu.settings.max_image_pixels)
+    rgb, _ = decode_scaled(data, max_pixels=cpu.settings.max_image_pixels, max_decoded=cpu.settings.max_decoded_pixels)
     # 2. Detect faces (on a reduced copy, boxes in input pixels) and keep the biggest
     t1 = time.perf_counter()
     detections = detect_downscaled(cpu.detector, rgb, cpu.settings.detect_max_side, cpu.settings.min_face_size)

@@ -17,8 +17,10 @@ from pydantic import ValidationError
 from shared.errors import BrokerError, KeyFailed, PermanentError, TransientError
 from shared.inputfiles import read_input
 from shared.messages import ImageTask, Status
+from shared.printable import printable
 from shared.results import count_if_finished_may_end_job, error_record
 from workers import metrics, runtime
+from workers.admission import Refused, admit, refused
 from workers.celery_app import CPU_TASK, GPU_TASK, app
 from workers.cpu.classical import is_classical
 from workers.cpu.stage import CpuModels, analyze, anonymize_classical
@@ -39,7 +41,16 @@ def analyze_image(self, message: dict) -> str:
         except ValidationError as exc:
             outcome, reason = settle_invalid(rt, message, exc, CPU_TASK, queue), BadMessageError.reason
         else:
-            outcome, reason = _analyze(task, rt, queue)
+            # 1b. Admit it: input, output and job inside what this worker may touch
+            try:
+                task = admit(rt, task)
+            except Refused as refusal:
+                outcome, reason = (
+                    refused(rt, task, refusal, CPU_TASK, queue),
+                    f"{refusal.error.reason}: {refusal.error}",
+                )
+            else:
+                outcome, reason = _analyze(task, rt, queue)
     except BrokerError as exc:
         log.error("broker unreachable, message returned to Redis: %s", exc)
         metrics.image("cpu", "rejected")
@@ -47,7 +58,7 @@ def analyze_image(self, message: dict) -> str:
     metrics.image("cpu", outcome)
     if outcome == Status.FAILED.value:
         # 7. Recorded failed: a failed task in Flower, with its reason (acknowledged, not retried)
-        raise KeyFailed(f"{message.get('input_uri') if isinstance(message, dict) else '?'}: {reason}")
+        raise KeyFailed(printable(f"{message.get('input_uri') if isinstance(message, dict) else '?'}: {reason}"))
     return outcome
 
 

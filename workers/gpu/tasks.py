@@ -42,6 +42,7 @@ from shared.messages import PromptTask, Status
 from shared.results import count_if_finished_may_end_job, error_record
 from shared.settings import Settings
 from workers import metrics, runtime
+from workers.admission import Refused, admit, refused
 from workers.celery_app import GPU_TASK, app
 from workers.gpu.beacon import BeaconStep, VisibleBatches, beacon_of
 from workers.gpu.commit import GIVEN_BACK, KeyEnd, commit
@@ -143,6 +144,17 @@ def _run_batch(messages: list, rt: runtime.Runtime, queue: str) -> list[tuple[st
                 outcomes[i] = (settle_invalid(rt, message, exc, GPU_TASK, queue), "bad_message")
             except Exception:  # noqa: BLE001 - broker down: given back
                 log.exception("could not settle an invalid GPU message")
+            continue
+        try:
+            task = admit(rt, task)  # input, output and job inside what this worker may touch
+        except Refused as refusal:
+            try:
+                outcomes[i] = (refused(rt, task, refusal, GPU_TASK, queue), refusal.error.reason)
+            except Exception:  # noqa: BLE001 - broker down: given back
+                log.exception("could not settle a refused GPU message")
+            continue
+        except TransientError as exc:
+            ends.append(KeyEnd(i, task, transient=exc))
             continue
         try:
             if rt.jobs.is_cancelled(task.job_id):

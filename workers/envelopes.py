@@ -1,0 +1,161 @@
+"""Poison envelopes never kill a worker (issue 23). kombu's Redis transport pops a message with
+BRPOP and parses its envelope (JSON, then the body's ``base64``) inside the worker's event loop,
+before Celery or Veil sees it (``kombu.transport.redis.Channel._brpop_read``: ``loads(item)``;
+``kombu.transport.virtual.base.Message``: ``channel.decode_body``). An exception there is not a
+task's: ``LPUSH veil.gpu garbage`` ended the worker with ``Unrecoverable error: JSONDecodeError``.
+
+``Transport`` is kombu's Redis transport with that one step checked: an envelope longer than
+``VEIL_MAX_MESSAGE_BYTES``, not JSON, not kombu's shape, or whose body does not decode is logged,
+counted (``veil_failures_total{reason="bad_envelope"}`` or ``message_too_large``) and moved to the
+dead-letter list ``veil:deadletter`` (its first ``KEPT_BYTES`` bytes; the list holds the last
+``DEAD_LETTER_MAX``), which ``veil deadletter`` shows and purges; the worker goes on. The workers
+select it with Celery's ``broker_transport`` setting (``workers.celery_app.configure``): the
+documented way to name a transport class, and the URL (``redis://``, ``rediss://``) is unchanged.
+A body that decodes but is not a Celery task (wrong JSON inside) is Celery's own case: it logs
+and acknowledges it (``on_unknown_message``, ``on_decode_error``) without stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from workers import metrics
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS = metrics.DEAD_LETTERS_LIST
+DEAD_LETTER_MAX = 1000
+KEPT_BYTES = 4096
+
+
+class BadEnvelopeError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class _Limits:
+    """Set once at start-up by ``configure`` (the transport is built by kombu, not by us)."""
+
+    max_bytes: int = 1 * 2**20
+    tier: str = "cpu"
+
+
+def configure(max_bytes: int, tier: str) -> None:
+    _Limits.max_bytes, _Limits.tier = max_bytes, tier
+
+
+def parse(item: bytes | str, channel: Any) -> dict:
+    """The envelope of ``item`` as kombu's ``_deliver`` wants it, or ``BadEnvelopeError``."""
+    if len(item) > _Limits.max_bytes:
+        raise BadEnvelopeError("message_too_large", f"{len(item)} bytes > VEIL_MAX_MESSAGE_BYTES={_Limits.max_bytes}")
+    try:
+        payload = loads(bytes_to_str(item))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadEnvelopeError("bad_envelope", f"not JSON ({type(exc).__name__})") from None
+    props = payload.get("properties") if isinstance(payload, dict) else None
+    if not isinstance(props, dict) or "delivery_tag" not in props or not isinstance(props.get("delivery_info"), dict):
+        raise BadEnvelopeError("bad_envelope", "not a kombu envelope (properties, delivery_tag, delivery_info)")
+    body = payload.get("body")
+    if body:
+        try:
+            channel.decode_body(body, props.get("body_encoding"))
+        except Exception as exc:  # noqa: BLE001 - any codec's error: the body does not decode
+            raise BadEnvelopeError("bad_envelope", f"body does not decode ({type(exc).__name__})") from None
+    return payload
+
+
+def dead_letter(client: Any, queue: str, item: bytes | str, error: BadEnvelopeError) -> None:
+    """Logs, counts and keeps (the head of) a refused envelope; never raises."""
+    raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogateescape")
+    log.error("dead-lettered a message from %s (%d bytes): %s", queue, len(raw), error)
+    metrics.failure(_Limits.tier, error.reason)
+    entry = json.dumps(
+        {
+            "time": time.time(),
+            "queue": queue,
+            "reason": error.reason,
+            "error": str(error),
+            "bytes": len(raw),
+            "head": raw[:KEPT_BYTES].decode("utf-8", "backslashreplace"),
+        }
+    )
+    try:
+        with client.pipeline() as pipe:
+            pipe.lpush(DEAD_LETTERS, entry)
+            pipe.ltrim(DEAD_LETTERS, 0, DEAD_LETTER_MAX - 1)
+            pipe.execute()
+    except Exception:  # noqa: BLE001 - Redis down: the log line is what remains
+        log.warning("dead letter not stored", exc_info=True)
+
+
+class Channel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        """kombu's ``_brpop_read`` with the envelope parsed by ``parse``: a bad one is
+        dead-lettered instead of raised into the event loop."""
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise kombu_redis.Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            try:
+                payload = parse(item, self)
+            except BadEnvelopeError as exc:
+                with self.conn_or_acquire() as client:
+                    dead_letter(client, dest, item, exc)
+                return True
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
+            if flush is not None:
+                flush()
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        """kombu's ``_get`` (RPOP; used without the event loop) with the same check."""
+        with self.conn_or_acquire() as client:
+            for pri in self.priority_steps:
+                item = client.rpop(self._q_for_pri(queue, pri))
+                if item:
+                    try:
+                        return parse(item, self)
+                    except BadEnvelopeError as exc:
+                        dead_letter(client, queue, item, exc)
+            raise kombu_redis.Empty()
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def read(client: Any, n: int = 20) -> tuple[int, list[dict]]:
+    """How many dead letters there are, and the newest ``n``."""
+    total = client.llen(DEAD_LETTERS)
+    entries = []
+    for raw in client.lrange(DEAD_LETTERS, 0, max(0, n - 1)) if n else []:
+        try:
+            entries.append(json.loads(raw))
+        except ValueError:
+            entries.append({"head": repr(raw)})
+    return total, entries
+
+
+def purge(client: Any) -> int:
+    with client.pipeline() as pipe:
+        pipe.llen(DEAD_LETTERS)
+        pipe.delete(DEAD_LETTERS)
+        return int(pipe.execute()[0])
