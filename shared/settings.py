@@ -334,7 +334,7 @@ class Settings(BaseSettings):
         known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
         unknown = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError("; ".join(_unknown_setting(name, known) for name in unknown))
         if environ is None:
             return cls(**overrides)  # type: ignore[arg-type]
         values: dict[str, object] = {
@@ -342,3 +342,13 @@ class Settings(BaseSettings):
         }
         values.update(overrides)
         return cls.model_validate(values)
+
+
+def _unknown_setting(name: str, known: set[str]) -> str:
+    """``unknown setting VEIL_STEP: did you mean VEIL_STEPS?`` (the closest known names), not
+    all 60 names on one line."""
+    import difflib
+
+    close = difflib.get_close_matches(name.upper(), sorted(known), n=3, cutoff=0.6)
+    hint = f": did you mean {' or '.join(close)}?" if close else " (README: Settings lists them)"
+    return f"unknown setting {name}{hint}"
