@@ -65,6 +65,17 @@ _RULES = {
 }
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--limit -1`` was accepted and did nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def _settings(**extra: object) -> Settings:
     """Settings from ``VEIL_*`` and the flags in ``extra`` (``None``: flag not given)."""
     overrides = {k: v for k, v in extra.items() if v is not None}
@@ -471,7 +482,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--batch-size", type=int, help="prompts per diffusion call (VEIL_BATCH_SIZE)")
     run.add_argument("--seed", type=int, help="base seed; each image's seed derives from it and its key")
-    run.add_argument("--limit", type=int, help="process at most N inputs")
+    run.add_argument("--limit", type=_positive_int, help="process at most N inputs (the rest are left, and said so)")
     run.add_argument(
         "--sampler",
         "--scheduler",
@@ -530,7 +541,9 @@ def _add_scene_flags(parser: argparse.ArgumentParser) -> None:
 def _add_distributed(sub: argparse._SubParsersAction) -> None:
     submit = sub.add_parser("submit", help="enqueue a job on the distributed pipeline; prints its id")
     submit.add_argument("source", help="s3://bucket/prefix, a folder, or a manifest file of keys")
-    submit.add_argument("--out", required=True, help="s3://bucket/outprefix for images and sidecars")
+    submit.add_argument(
+        "--out", required=True, help="where images and sidecars go: s3://bucket/prefix, or a folder every worker sees"
+    )
     submit.add_argument("--name", help="a name for the job")
     submit.add_argument("--overwrite", action="store_true", help="redo keys whose output already exists")
     _add_method(submit)
@@ -563,15 +576,15 @@ def _add_distributed(sub: argparse._SubParsersAction) -> None:
 
 def _add_job_control(sub: argparse._SubParsersAction) -> None:
     cancel = sub.add_parser("cancel", help="stop a job: its remaining keys are dropped, other jobs untouched")
-    cancel.add_argument("job")
+    cancel.add_argument("job", help="the job id that veil submit printed (veil jobs lists them)")
     cancel.set_defaults(func=cmd_cancel)
     retry = sub.add_parser("retry", help="queue a job's failed keys again (overwrite), with the job's options")
-    retry.add_argument("job")
+    retry.add_argument("job", help="the job id whose failed keys to submit again")
     retry.add_argument("--reason", help="only keys whose failure reason starts with this (e.g. storage)")
     retry.add_argument("--out", help="the job's OUTPUT: read its _veil/JOB/ summary when the record has expired")
     retry.set_defaults(func=cmd_retry)
     fin = sub.add_parser("finalize", help="(re)write a job's _veil/JOB/ manifest and summary now")
-    fin.add_argument("job")
+    fin.add_argument("job", help="the job id whose manifest and summary to write")
     fin.add_argument("--out", help="the job's OUTPUT, when its record has expired: rebuilt from its sidecars")
     fin.set_defaults(func=cmd_finalize)
     sub.add_parser("feed", help="run the feeder alone (CPU workers run one already)").set_defaults(func=cmd_feed)
@@ -589,7 +602,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     fetch.add_argument("-q", "--quiet", action="store_true")
     fetch.set_defaults(func=cmd_models_fetch)
     tiny = msub.add_parser("tiny", help="write tiny RANDOM test models (noise images) into DIR")
-    tiny.add_argument("dir")
+    tiny.add_argument("dir", help="a folder (new or empty) for the tiny RANDOM test models")
     tiny.add_argument(
         "--full-size",
         action="store_true",

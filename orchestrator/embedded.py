@@ -57,6 +57,7 @@ class RunSummary:
     counts: Counter = field(default_factory=Counter)
     skipped: int = 0
     repeats: int = 0  # inputs listed more than once, processed once
+    limited: int | None = None  # --limit N reached with inputs left over
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -72,6 +73,7 @@ class RunSummary:
         return (
             f"veil run: {total} processed ({parts}); {self.skipped} already done; "
             + (f"{self.repeats} listed twice or more, processed once; " if self.repeats else "")
+            + (f"stopped at --limit {self.limited}: later inputs not processed; " if self.limited else "")
             + f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}"
         )
 
@@ -192,6 +194,7 @@ def keys_to_do(
         keys += [(task.input_uri, task) for _, task in page.tasks]
         for uri, key in keys:
             if limit and taken >= limit:
+                summary.limited = limit  # there is at least this one more input
                 return
             taken += 1
             if digest(uri) in finished:

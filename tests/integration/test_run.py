@@ -162,3 +162,16 @@ def test_overwrite_redoes_finished_inputs(tmp_path, tiny_models, faces_dir):
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["done", "done"]  # the new row is appended; the last one wins
     assert (out / "id01_5.jpg").stat().st_mtime_ns > written  # the image was generated again
+
+
+def test_limit_says_inputs_were_left_out(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 90, 160)).save(tmp_path / "in" / f"{i}.png")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(tmp_path / "in"), str(tmp_path / "out"),
+                           "--method", "blur", "--limit", "1", "-q"], env=worker_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 processed" in proc.stdout and "stopped at --limit 1: later inputs not processed" in proc.stdout

@@ -102,3 +102,12 @@ def test_s3_not_there_or_no_credentials_is_one_line(credentials, monkeypatch, ca
     assert err.count("\n") == 1 and "Traceback" not in err, err
     expected = "cannot reach S3 (VEIL_S3_ENDPOINT_URL=" if credentials else "set VEIL_S3_ACCESS_KEY_ID and"
     assert expected in err, err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "x"])
+def test_limit_must_be_a_positive_whole_number(value, capsys):
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "in", "out", "--limit", value])
+    assert exit_.value.code == 2 and "argument --limit: must be" in capsys.readouterr().err
