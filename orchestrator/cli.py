@@ -14,7 +14,7 @@
     veil exporter [--port P]
     veil eval ORIGINALS ANONYMIZED... --identities CSV --out DIR [--embedder E] [--html] [--no-attributes]
               [--device D] [--detector D] [--quiet]
-    veil deadletter [-n N] [--json] [--purge]
+    veil deadletter [-n|--count N] [--json] [--purge]
 
 ``veil --verbose COMMAND ...`` logs debug messages. Settings come from ``VEIL_*`` environment
 variables; command-line flags override them. A value that fails validation is reported under the
@@ -429,7 +429,7 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
 
 def _add_exporter(sub: argparse._SubParsersAction) -> None:
     dead = sub.add_parser("deadletter", help="show (and --purge) broker messages workers could not decode")
-    dead.add_argument("-n", type=int, default=20, help="show the newest N (default 20)")
+    dead.add_argument("-n", "--count", dest="n", type=int, default=20, help="show the newest N (default 20)")
     dead.add_argument("--json", action="store_true", help="one JSON object: total and entries")
     dead.add_argument("--purge", action="store_true", help="delete them all after showing them")
     dead.set_defaults(func=cmd_deadletter)
