@@ -99,7 +99,7 @@ def _explain(exc: ValidationError, flags: set[str]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from models.weights import tiny_warning
-    from orchestrator.embedded import run
+    from orchestrator.preflight import check_run
     from shared.storage import open_storage
 
     settings = _settings(
@@ -112,18 +112,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode=args.mode,
         guard=args.guard,
     )
+    # 1. Every check a mistake can fail, before torch and diffusers are imported (seconds, not a minute)
+    storage = open_storage(settings)
+    checked = check_run(args.input, args.output, settings, storage, overwrite=args.overwrite)
     if settings.method is Method.SD and (warning := tiny_warning(settings.models_dir)):
         print(warning, file=sys.stderr)
+    # 2. The run
+    from orchestrator.embedded import run
+
     try:
         summary = run(
             args.input,
             args.output,
             settings,
-            open_storage(settings),
+            storage,
             limit=args.limit,
             progress=not args.quiet,
             overwrite=args.overwrite,
             retry_failed=args.retry_failed,
+            checked=checked,
         )
     except KeyboardInterrupt:
         print(

@@ -21,7 +21,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,19 +29,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models.weights import missing_files
-from orchestrator.listing import Listing, check_whole_listing, open_listing, planned_pages
-from orchestrator.outputcheck import check_output_outside_input as _check_output_outside_input  # veil submit's too
-from orchestrator.outputcheck import check_output_writable, stop_if_disk_full
+from orchestrator.listing import Listing, planned_pages
+from orchestrator.outputcheck import stop_if_disk_full
 from orchestrator.outputlock import output_lock
+from orchestrator.preflight import Checked, check_run
 from shared.devices import resolve_device
 from shared.diskio import append_whole
-from shared.errors import InputError, MissingWeightsError, call_with_retries
+from shared.errors import call_with_retries
 from shared.inputfiles import read_input
-from shared.keys import digest, is_finished, spec_for
+from shared.keys import digest, is_finished
 from shared.messages import ImageTask, JobSpec, PromptTask, ResultRecord, Status
 from shared.results import error_record, refused_record
-from shared.roots import AllowedRoots, check_job_roots
 from shared.settings import Settings
 from shared.storage import Storage, is_local, join_uri
 from workers.cpu.classical import is_classical
@@ -157,25 +154,15 @@ def run(
     overwrite: bool = False,
     retry_failed: bool = False,
     page_size: int = 1000,
+    checked: Checked | None = None,
 ) -> RunSummary:
     started = time.perf_counter()
     summary = RunSummary()
-    # 1. Check OUTPUT and the weights before touching any input
-    check_output_writable(output)
-    # (a classical method needs the detector only: MTCNN's weights ship in its wheel)
-    missing = [] if is_classical(settings.method) else missing_files(Path(settings.models_dir))
-    if missing:
-        raise MissingWeightsError([str(p) for p in missing], str(settings.models_dir))
-    # 2. INPUT's listing (``veil submit``'s), checked whole: every output under OUTPUT, on no
-    #    input, one input per output; then hold OUTPUT's lock (one run per OUTPUT) for the rest
-    _check_output_outside_input(input_spec, output)
-    listing = open_listing(input_spec, storage, page_size)
-    #    With VEIL_INPUT_ROOTS / VEIL_OUTPUT_ROOTS set, INPUT and OUTPUT inside them (unset: this
-    #    run's own INPUT and OUTPUT are what it may touch); every key lies under the listing's root
-    check_job_roots(AllowedRoots.of(settings.input_roots, settings.output_roots), [listing.root, input_spec], output)
-    spec = spec_for(uuid.uuid4().hex[:12], "veil-run", listing.root, input_spec, output, settings, overwrite=overwrite)
-    if check_whole_listing(listing, spec) == 0:
-        raise InputError(f"INPUT: no images found in {input_spec!r}")
+    # 1. INPUT, OUTPUT, roots, the whole listing and the weights, in that order (``veil run``
+    #    has run them already, before importing this module: ``checked``)
+    checked = checked or check_run(input_spec, output, settings, storage, overwrite=overwrite, page_size=page_size)
+    listing, spec = checked.listing, checked.spec
+    # 2. Hold OUTPUT's lock (one run per OUTPUT) for the rest of the run
     with output_lock(output, storage):
         return _run_locked(listing, spec, settings, storage, summary, started, limit, progress, retry_failed)
 

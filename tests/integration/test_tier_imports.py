@@ -66,3 +66,28 @@ def test_cpu_tier_and_flower_import_no_gpu_stack(tmp_path, tiny_models):
     flower = "from shared.settings import Settings\nfrom workers.celery_app import configure\nconfigure(Settings.from_env())"
     assert modules_at_exit(tmp_path, flower) == {"torch": False, "diffusers": False, "transformers": False,
                                                  "celery": True}
+
+
+def test_veil_run_mistakes_are_answered_before_torch_is_imported(tmp_path, faces_dir):
+    """INPUT first, then OUTPUT, then the weights, each answered with torch and diffusers never
+    imported (they took 19-82 s; a typo in INPUT was answered "weights missing")."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes((faces_dir / "id02_12.jpg").read_bytes())
+    body = ("from orchestrator.cli import main\ncode = main(sys.argv[1:])\n"
+            "open(os.environ['MODULES_REPORT'] + '.code', 'w').write(str(code))")
+    env = worker_env(models_dir=tmp_path / "no-models")
+    cases = {  # argv -> (exit code, what the one line names)
+        (str(tmp_path / "typo"), str(tmp_path / "out")): (2, "INPUT"),  # weights missing too: INPUT first
+        (str(photos), str(photos / "out")): (2, "OUTPUT"),
+        (str(photos), str(tmp_path / "out")): (2, "weights"),
+    }
+    for argv, (code, named) in cases.items():
+        modules = modules_at_exit(tmp_path, "import os\n" + body, "run", *argv, env=env)
+        assert (tmp_path / "modules.json.code").read_text() == str(code), argv
+        assert modules["torch"] is False and modules["diffusers"] is False, (argv, modules)
+    # and what each said, in one process each
+    for argv, (code, named) in cases.items():
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", *argv], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == code and named in proc.stderr.splitlines()[0], (argv, proc.stderr)
