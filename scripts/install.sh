@@ -18,6 +18,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
+# Done before with the same pyproject.toml and this script: nothing to do (a re-run of
+# scripts/test.sh or demo.sh took 1-4 minutes and re-downloaded opencv). VEIL_REINSTALL=1 forces it.
+STAMP=.venv/.veil-installed
+WANT="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)"
+if [ -z "${VEIL_REINSTALL:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
+   && command -v chromium >/dev/null && command -v prometheus >/dev/null; then
+  phase "already installed (same pyproject.toml and install.sh; VEIL_REINSTALL=1 to reinstall)"
+  exit 0
+fi
+rm -f "$STAMP"
 # torch first, at the versions that lie on this machine kind's disk (CUDA builds that also run on the CPU)
 if python -c "import torch, torchvision" 2>/dev/null; then
   phase "torch already installed"
@@ -49,4 +59,5 @@ fi
 phase "checking the imports"
 python -c "import cv2, torch, diffusers, facer, deepface, facenet_pytorch, celery, boto3; cv2.CascadeClassifier; print('veil installed: torch', torch.__version__, 'cv2', cv2.__version__)"
 python -c "import dlib; print('dlib', dlib.__version__)"
+echo "$WANT" > "$STAMP"
 phase "install done"
