@@ -173,9 +173,13 @@ class Uploads:
         self.tasks, self.storage, self.timings = tasks, storage, timings
         self._futures: dict[int, Future] = {}
         self._last: list[Future] = []
+        #: seconds ``add`` waited for the previous chunk's uploads (not generation time)
+        self.waited_s = 0.0
 
     def add(self, start: int, images: list[np.ndarray]) -> None:
+        t0 = time.perf_counter()
         wait(self._last)
+        self.waited_s += time.perf_counter() - t0
         pool = io_pool()
         self._last = [
             pool.submit(store_image, self.tasks[i], px, self.storage, self.timings[i])

@@ -67,7 +67,7 @@ def finish_portraits(
     except Exception as exc:  # noqa: BLE001 - transient (OOM at one image), a bug, a bad model or one bad key
         uploads.wait()  # nothing of this batch is still writing when its keys are tried again
         return _generation_failed(tasks, gpu, storage, timings, exc, retry_stores=retry_stores)
-    per_image = (time.perf_counter() - t0) / len(tasks)
+    per_image = (time.perf_counter() - t0 - uploads.waited_s) / len(tasks)
     # 2. Wait for every upload; a transient failure retried here when the caller asks (veil run)
     errors = uploads.errors()
     # 3. A record per key: done, failed, or a transient failure handed back
