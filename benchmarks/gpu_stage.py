@@ -4,7 +4,8 @@ adds around the diffusion calls (the sampler noise's build, encoding, writing, r
 
 ``finish_batch`` (generate in chunks of ``--chunk``, store, records; what the Celery GPU task and
 ``veil run`` call) and ``generate_batch`` (the diffusion calls alone, same chunks) on the same
-batch, each the median of ``--repeats`` timed calls after one untimed warm-up, alternating.
+batch, each the median of ``--repeats`` timed calls after one untimed warm-up, alternating;
+wall seconds and process CPU seconds (all threads; less sensitive to other processes' load).
 Half the images are PNG, half JPEG, written to a local temp folder.
 
     PYTHONPATH=. python benchmarks/gpu_stage.py --json out.json [--batch 8] [--chunk 2] [--size 64]
@@ -91,12 +92,15 @@ def main() -> None:
     # 3. Warm-up, then alternate the two so that load drifts hit both alike
     stage(), alone()
     runs: dict[str, list[float]] = {"stage": [], "generate_batch": []}
+    cpu: dict[str, list[float]] = {"stage": [], "generate_batch": []}
     for _ in range(args.repeats):
         for name, fn in (("stage", stage), ("generate_batch", alone)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             runs[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     stage_s, alone_s = statistics.median(runs["stage"]), statistics.median(runs["generate_batch"])
+    stage_cpu, alone_cpu = statistics.median(cpu["stage"]), statistics.median(cpu["generate_batch"])
     result = {
         "batch": args.batch,
         "chunk": args.chunk,
@@ -107,6 +111,11 @@ def main() -> None:
         "generate_batch_s": round(alone_s, 4),
         "stage_over_generate_pct": round(100 * (stage_s / alone_s - 1), 2),
         "runs_s": {k: [round(v, 4) for v in vs] for k, vs in runs.items()},
+        # process CPU seconds (all threads): what the stage costs, less sensitive to other load
+        "stage_cpu_s": round(stage_cpu, 4),
+        "generate_batch_cpu_s": round(alone_cpu, 4),
+        "stage_over_generate_cpu_pct": round(100 * (stage_cpu / alone_cpu - 1), 2),
+        "runs_cpu_s": {k: [round(v, 4) for v in vs] for k, vs in cpu.items()},
         "code": str(Path(finish_batch.__code__.co_filename).resolve().parents[2]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -115,7 +124,8 @@ def main() -> None:
         "machine": platform.node(),
     }
     args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("stage_s", "generate_batch_s", "stage_over_generate_pct")}))
+    keys = ("stage_s", "generate_batch_s", "stage_over_generate_pct", "stage_over_generate_cpu_pct")
+    print(json.dumps({k: result[k] for k in keys}))
 
 
 if __name__ == "__main__":
