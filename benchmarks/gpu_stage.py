@@ -8,7 +8,7 @@ batch, each the median of ``--repeats`` timed calls after one untimed warm-up, a
 wall seconds and process CPU seconds (all threads; less sensitive to other processes' load).
 Half the images are PNG, half JPEG, written to a local temp folder.
 
-    PYTHONPATH=. python benchmarks/gpu_stage.py --json out.json [--batch 8] [--chunk 2] [--size 64]
+    PYTHONPATH=. python benchmarks/gpu_stage.py --json out.json [--batch 8] [--chunk 2] [--size 64] [--device cuda]
 
 With ``--models DIR`` it loads those weights; by default the tiny random models (written to a
 temp folder once): then the figures are about the plumbing, not the method, and the diffusion
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from models.tiny import write_tiny_models
+from shared.devices import generation_dtype
 from shared.messages import FaceAnalysis, PromptTask
 from shared.settings import SamplerName, SamplerNoise, Settings
 from shared.storage import open_storage
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", type=Path)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (float16 there, as the GPU worker)")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
@@ -63,13 +65,13 @@ def main() -> None:
         models = Path(tempfile.gettempdir()) / "veil-bench-tiny-models"
         if not (models / "TINY_MODELS.txt").is_file():
             write_tiny_models(models)
-    device = torch.device("cpu")
-    c = load_sd_components(models, device, torch.float32)
+    device = torch.device(args.device)
+    dtype = generation_dtype(device)
+    c = load_sd_components(models, device, dtype)
     config = GenerationConfig(
         sampler=SamplerName.FAITHFUL, sampler_noise=SamplerNoise.EXACT, steps=args.steps, image_size=args.size
     )
-    gen = PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config, config, device,
-                            torch.float32)  # fmt: skip
+    gen = PortraitGenerator(c.unet, c.vae, c.text_encoder, c.tokenizer, c.scheduler_config, config, device, dtype)
     gpu = GpuModels(gen, max_batch=args.chunk)
     # 2. The batch: half PNG, half JPEG
     out = Path(tempfile.mkdtemp(prefix="veil-bench-stage-"))
@@ -107,6 +109,7 @@ def main() -> None:
         "size": args.size,
         "steps": args.steps,
         "models": "tiny random" if args.models is None else str(args.models),
+        "device": str(device),
         "stage_s": round(stage_s, 4),
         "generate_batch_s": round(alone_s, 4),
         "stage_over_generate_pct": round(100 * (stage_s / alone_s - 1), 2),

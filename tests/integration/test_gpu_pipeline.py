@@ -28,8 +28,8 @@ from shared.settings import SamplerName, SamplerNoise, Settings
 from shared.storage import open_storage
 from tests.faults import object_keys, s3_behind_proxy
 from tests.services import wait_for
-from workers.gpu.gpumodels import GpuModels
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
+from workers.gpu.gpumodels import GpuModels
 from workers.gpu.loading import load_sd_components
 from workers.gpu.stage import finish_batch, generate_batch
 

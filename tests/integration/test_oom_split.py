@@ -14,8 +14,8 @@ from shared.messages import FaceAnalysis, PromptTask
 from shared.prompts import CELEBA_LABELS
 from shared.settings import SamplerName
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
-from workers.gpu.loading import load_sd_components
 from workers.gpu.gpumodels import GpuModels
+from workers.gpu.loading import load_sd_components
 from workers.gpu.stage import generate_batch
 
 

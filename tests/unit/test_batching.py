@@ -77,8 +77,9 @@ class SlowStorage:
 def test_at_most_one_chunk_of_uploads_waits(tmp_path):
     analysis = FaceAnalysis(face_box=[0, 0, 1, 1, 1], celeba_scores={}, age=30, ethnicity="white",
                             deepface_gender="Man")  # fmt: skip
-    tasks = [PromptTask(job_id="j", input_uri=f"in/{i}.jpg", output_uri=f"{tmp_path}/out/{i // 3}/{i}.png", seed=i, prompt="p",
-                        negative_prompt="n", analysis=analysis, model_sha256={}) for i in range(6)]  # fmt: skip
+    tasks = [PromptTask(job_id="j", input_uri=f"in/{i}.jpg", output_uri=f"{tmp_path}/out/{i // 3}/{i}.png", seed=i,
+                        prompt="p", negative_prompt="n", analysis=analysis, model_sha256={})
+             for i in range(6)]  # fmt: skip
     storage = SlowStorage()
     uploads = Uploads(tasks, storage, [{} for _ in tasks])
     pixels = [np.zeros((8, 8, 3), np.uint8)] * 3
