@@ -16,7 +16,6 @@ Starts a fresh redis-server on a spare port (no persistence) and moto_server (S3
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -35,9 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import boto3  # noqa: E402
 import redis  # noqa: E402
 
-from shared.jobs import JobStore, digest, job_key, queue_depth  # noqa: E402
+from shared.jobs import JobStore, digest, job_key  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.services import free_port, moto_s3, wait_for, worker_env  # noqa: E402
+from workers import transport  # noqa: E402
+from workers.transport import queue_depth  # noqa: E402
 
 
 def _redis_server(folder: Path) -> tuple[subprocess.Popen, str]:
@@ -67,7 +68,7 @@ def _veil(env: dict, *args: str, timeout: float = 3600) -> tuple[subprocess.Comp
 
 
 def _queued_jobs(r: redis.Redis, queue: str) -> list[str]:
-    return [json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]["job_id"] for raw in r.lrange(queue, 0, -1)]
+    return [transport.task_args(raw)[0]["job_id"] for raw in r.lrange(queue, 0, -1)]
 
 
 def _list_file(path: Path, n: int, prefix: str) -> Path:

@@ -28,12 +28,15 @@ import hashlib
 import logging
 import os
 import re
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from tqdm import tqdm
@@ -45,6 +48,7 @@ from shared.errors import (
     PermanentError,
     RetryPolicy,
     SourceNotFoundError,
+    SourceUnreachableError,
     StorageError,
     call_with_retries,
 )
@@ -349,6 +353,33 @@ def fetch_weight_file(wf: WeightFile, models_dir: Path, **kwargs: Any) -> FetchR
     raise SourceNotFoundError(f"no source has {wf.relpath}:\n  " + "\n  ".join(not_found))
 
 
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_reachable(url: str, timeout: float = 8.0) -> None:
+    """Raises ``SourceUnreachableError`` unless a TCP connection to ``url``'s host (or the
+    HTTP(S) proxy the environment names for it) opens within ``timeout`` s: no DNS, no route or
+    a refused connection says "offline" at once, instead of after the whole retry budget."""
+    proxy = requests.utils.get_environ_proxies(url).get(urlsplit(url).scheme)
+    target = urlsplit(proxy if proxy else url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        via = f" through the proxy {target.hostname}:{port}" if proxy else ""
+        raise SourceUnreachableError(
+            f"cannot reach {urlsplit(url).hostname}{via} ({exc.strerror or type(exc).__name__}): offline? "
+            "Copy the weights into VEIL_MODELS_DIR from a machine that has them, or write tiny random test "
+            "models with `veil models tiny DIR` (their images are noise)"
+        ) from exc
+
+
 def fetch_missing(
     models_dir: Path,
     files: list[WeightFile] | None = None,
@@ -357,6 +388,8 @@ def fetch_missing(
     session: requests.Session | None = None,
     retry_policy: RetryPolicy = RETRY_POLICY,
     sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] | None = None,
+    probe_timeout_s: float = 8.0,
 ) -> list[FetchResult]:
     """Fetch the files ``veil run`` needs (``required_files``) or ``files`` into
     ``models_dir``; files already there come back with ``skipped=True``. Stops at the first
@@ -364,18 +397,32 @@ def fetch_missing(
     ``.veil-sha256.json`` caches via ``file_sha256``, so workers do not hash them again. Raises
     ``IncompleteCheckpointError`` when the Realistic Vision single file lacks the text-encoder
     tensor diffusers looks for."""
-    # 1. What to fetch.
+    # 1. What to fetch, said before anything starts.
     models_dir = Path(models_dir)
     wanted = required_files(models_dir) if files is None else list(files)
-    # 2. Each file from the first of its sources that has it.
-    results = [
-        fetch_weight_file(wf, models_dir, session=session, progress=progress, retry_policy=retry_policy, sleep=sleep)
-        for wf in wanted
-    ]
-    # 3. Digests into the caches.
+    missing = [wf for wf in wanted if not (models_dir / wf.relpath).is_file()]
+    say = say or ((lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None))
+    if missing:
+        hosts = sorted({_host(wf.urls[0]) for wf in missing if wf.urls})
+        say(f"veil: fetching {len(missing)} file(s) into {models_dir} from {', '.join(hosts)}")
+        # 2. The first source of each file reachable at all: offline, one line within seconds
+        #    (the retries are for failures mid-download, not for a machine with no network)
+        for host_url in {_origin(wf.urls[0]) for wf in missing if wf.urls}:
+            check_reachable(host_url, timeout=probe_timeout_s)
+    # 3. Each file from the first of its sources that has it.
+    results = []
+    for i, wf in enumerate(wanted, 1):
+        if wf in missing:
+            say(f"[{i}/{len(wanted)}] {wf.relpath} <- {wf.urls[0] if wf.urls else '?'}")
+        results.append(
+            fetch_weight_file(
+                wf, models_dir, session=session, progress=progress, retry_policy=retry_policy, sleep=sleep
+            )
+        )
+    # 4. Digests into the caches.
     for r in results:
         file_sha256(r.path)
-    # 4. The single-file checkpoint must hold what diffusers needs to find its text encoder.
+    # 5. The single-file checkpoint must hold what diffusers needs to find its text encoder.
     if any(wf.relpath == RV_SINGLE_FILE for wf in wanted):
         check_single_file_text_encoder(models_dir / RV_SINGLE_FILE)
     return results

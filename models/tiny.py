@@ -58,7 +58,7 @@ REAL architectures and parameter counts, with random weights, for timing the CPU
 FARL_TINY = {"input_resolution": 224, "patch_size": 32, "width": 64, "layers": 2, "heads": 1}
 FARL_NUM_CLASSES = 40
 
-# -- full-size random CPU-tier models (issue 10 item 7: timing the CPU tier) --------------------
+# -- full-size random CPU-tier models (timing the CPU tier: benchmarks/cpu_tier.py) -------------
 
 #: facer's ``farl/celeba/224``: FaRL ViT-B/16 at 224 (width 768, 12 layers, 12 heads).
 FARL_FULL = {"input_resolution": 224, "patch_size": 16, "width": 768, "layers": 12, "heads": 12}

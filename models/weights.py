@@ -52,11 +52,11 @@ class Component(str, enum.Enum):
     DEMOGRAPHY = "demography"  # DeepFace
     GENERATOR = "generator"  # Realistic Vision v5.1 + VAE
     RETINAFACE = "retinaface"  # optional detector
-    EMBEDDER = "embedder"  # `veil eval`: face embedders (issue 13)
-    QUALITY = "quality"  # `veil eval`: Inception for FID/KID (issue 13)
+    EMBEDDER = "embedder"  # `veil eval`: face embedders
+    QUALITY = "quality"  # `veil eval`: Inception for FID/KID
 
 
-# -- issue 13: `veil eval`'s weights, fetched by `veil models fetch --eval` ---------------------
+# -- `veil eval`'s weights, fetched by `veil models fetch --eval` -------------------------------
 #: components only `veil eval` uses: never required by `veil run`, fetched with --eval
 EVAL_COMPONENTS = frozenset({Component.EMBEDDER, Component.QUALITY})
 EVAL_FETCH_HINT = "veil models fetch --eval"
@@ -70,7 +70,6 @@ FID_INCEPTION = "fid/pt_inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
-# -- end issue 13 ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ CATALOGUE: list[WeightFile] = [
         Component.RETINAFACE,
         optional=True,
     ),
-    # -- issue 13: `veil eval` (GitHub release assets state no sha256: the digest of what was
+    # -- `veil eval` (GitHub release assets state no sha256: the digest of what was
     #    fetched is recorded; Hugging Face files are checked against the sha256 it states) --
     WeightFile(FACENET_VGGFACE2, f"{FACENET_RELEASE}/20180402-114759-vggface2.pt", Component.EMBEDDER),
     WeightFile(FACENET_CASIA, f"{FACENET_RELEASE}/20180408-102900-casia-webface.pt", Component.EMBEDDER),

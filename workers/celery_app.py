@@ -2,7 +2,9 @@
 
 ``app`` is created unconfigured at import (cheap, no settings read); ``configure(settings)``
 is called once at start-up by ``veil worker`` / ``veil submit`` / ``veil flower`` and sets
-broker, queues, delivery guarantees and Flower events from the one ``Settings`` object.
+broker, queues, delivery guarantees and Flower events from the one ``Settings`` object. Loaded
+by Celery's own CLI (``celery -A workers.celery_app ...``), it configures itself from the
+``VEIL_*`` environment when its configuration is first read.
 
 This module imports no task module: each worker imports its own tier's tasks
 (``workers/launch.py``), and the orchestrator and the tiers send tasks by name
@@ -20,20 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
 
 from shared import redisconn
 from shared.settings import Settings
+from workers.transport import declare
 
 app = Celery("veil")
 
 CPU_TASK = "veil.analyze"
 GPU_TASK = "veil.generate"
 FINALIZE_TASK = "veil.finalize"  # an ended job's manifest and summary (workers/finalize.py), CPU queue
-
-
-def _queue(name: str) -> Queue:
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def _forget_broker_connections() -> None:
@@ -66,15 +64,44 @@ def _heartbeats_sent_once() -> None:
     heartbeat.Heart._send = once  # type: ignore[method-assign]
 
 
+_configured_by_veil = False
+
+
+def _configure_from_environment(sender: Celery, **_: object) -> None:
+    """Celery's own CLI (``celery -A workers.celery_app inspect ping``, ``celery status``...)
+    loads ``app`` without calling ``configure``: it then falls back to Celery's default broker,
+    ``amqp://localhost:5672`` (and found "no nodes" on a machine running a RabbitMQ). When the
+    app's configuration is first read and Veil has not configured it, it is built from the
+    ``VEIL_*`` environment, as ``veil worker`` would (``on_configure``: lazy, never at import)."""
+    if _configured_by_veil:
+        return
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"veil: {exc}") from None
+    sender.config_from_object(celery_conf(settings))
+
+
+app.on_configure.connect(_configure_from_environment, weak=False)
+
+
 def configure(settings: Settings, *, tier: str | None = None) -> Celery:
+    global _configured_by_veil
+    _configured_by_veil = True
     if tier is not None:
         _heartbeats_sent_once()
     if app.configured and app.conf.broker_url not in (None, settings.broker_url):
         _forget_broker_connections()
-    app.conf.update(
+    app.conf.update(**celery_conf(settings, tier))
+    return app
+
+
+def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
+    """Celery's settings from Veil's: broker, queues, delivery guarantees, Flower events."""
+    return dict(
         broker_url=settings.broker_url,
         broker_connection_retry_on_startup=True,
-        # Issue 18: no connection waits forever on a half-open socket (a partition); the bounds
+        # No connection waits forever on a half-open socket (a partition); the bounds
         # and why they hold are in shared/redisconn.py. Retry the broker forever (default: 100
         # tries, ~50 min), so a long partition or Redis outage never ends a worker.
         broker_connection_timeout=settings.redis_connect_timeout_s,
@@ -99,9 +126,8 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         task_serializer="json",
         accept_content=["json"],
-        # Each queue on its own direct exchange: with Celery's shared default exchange both
-        # queues were bound to the same routing key and every message reached both tiers.
-        task_queues=[_queue(settings.cpu_queue), _queue(settings.gpu_queue)],
+        # Each queue on its own direct exchange (workers/transport.py).
+        task_queues=[declare(settings.cpu_queue), declare(settings.gpu_queue)],
         task_routes={
             CPU_TASK: {"queue": settings.cpu_queue},
             GPU_TASK: {"queue": settings.gpu_queue},
@@ -110,7 +136,7 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         task_default_queue=settings.cpu_queue,
         worker_send_task_events=True,  # Flower: received, started, succeeded, failed
         # No "sent" event per enqueued key: one more Redis publish per key on `veil submit`;
-        # queue depth is in Flower's Broker tab (both queues: `launch._show_configured_queues`)
+        # queue depth is in Flower's Broker tab (both queues: `workers/flower_patches.py`)
         # and in `veil exporter`'s veil_queue_depth.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
@@ -118,4 +144,3 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         # already reserved while the current one runs (celery-batches needs >= flush_every).
         worker_prefetch_multiplier=2 * settings.batch_size if tier == "gpu" else 1,
     )
-    return app

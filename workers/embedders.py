@@ -1,6 +1,6 @@
 """Face embedders for re-identification: a face (image + box) -> an L2-normalised vector.
 
-``EMBEDDERS`` maps the ``Embedder`` Enum (``shared.settings.EmbedderName``) to loaders;
+``EMBEDDERS`` maps the ``EmbedderName`` Enum (``shared.settings``) to loaders;
 ``load_embedder(name, models_dir, device)`` gives an object with ``embed(rgb, box)`` (unit
 vector, float32), ``distance(a, b)`` (cosine distance, 1 - a.b: 0 same direction, 2 opposite;
 on unit vectors it ranks as the Euclidean distance does), ``name``, ``dim`` and ``sha256``.
@@ -29,8 +29,6 @@ import torch
 from models.weights import CLIP_FOLDER, EVAL_FETCH_HINT, FACENET_CASIA, FACENET_VGGFACE2, file_sha256, tree_sha256
 from shared.errors import MissingWeightsError
 from shared.settings import EmbedderName
-
-Embedder = EmbedderName  # the Enum, under the name this module's users know it by
 
 
 class FaceEmbedder(Protocol):

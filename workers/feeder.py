@@ -12,13 +12,14 @@ count against it; the room goes to the jobs with the fewest first, up to a commo
 what a job cannot use (nothing more waiting) goes to the others. A small job submitted after a
 1M-key one gets the room as it frees, so its first key waits behind at most one window.
 
-Publishing (``_Chunk``, ``_COMMIT``): the Celery messages are built here, byte for byte what
-``send_task`` writes through kombu's Redis transport (protocol 2, priority 0, so the list named
-like the queue), and moved ``CHUNK`` at a time by ONE Lua call that checks the feeder still
-holds its lock and that the pending list's head is still the chunk it read, LPUSHes the chunk's
-messages, LTRIMs the chunk off the pending list and renews the lock. A feeder killed at any
-moment sends no key twice and loses none; a Lua call that the client re-sends after a lost
-reply finds another head and does nothing; a feeder that lost its lock stops its fill.
+Publishing (``_Chunk``, ``_COMMIT``): the Celery messages, byte for byte what ``send_task``
+writes through kombu's Redis transport (``workers.transport.CeleryMessages``: protocol 2,
+priority 0, so the list named like the queue), are moved ``CHUNK`` at a time by ONE Lua call
+that checks the feeder still holds its lock and that the pending list's head is still the chunk
+it read, LPUSHes the chunk's messages, LTRIMs the chunk off the pending list and renews the
+lock. A feeder killed at any moment sends no key twice and loses none; a Lua call that the
+client re-sends after a lost reply finds another head and does nothing; a feeder that lost its
+lock stops its fill.
 
 A key ``task_for`` refuses (an output that now leaves OUTPUT through a symlink, a name too
 long) is counted failed with its reason before its chunk is committed (``JobStore.record_failed``,
@@ -32,27 +33,21 @@ each page it lists, so ``veil.cpu`` grows (and KEDA scales the CPU tier) before 
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
-import os
-import random
 import threading
 import uuid
 from dataclasses import dataclass, field
 
-import redis
-from celery.utils.nodenames import anon_nodename
-
 from shared.errors import NameTooLongError
 from shared.imageio import output_name
-from shared.jobs import FeedLoad, JobStore, job_key, queue_depth
+from shared.jobs import FeedLoad, JobStore, job_key
 from shared.messages import ImageTask, JobSpec
 from shared.results import seed_for
 from shared.settings import Settings
 from shared.storage import is_local, join_uri, safe_join
 from workers.celery_app import CPU_TASK, app
+from workers.transport import CeleryMessages, queue_depth
 
 log = logging.getLogger(__name__)
 
@@ -127,57 +122,6 @@ def task_for(spec: JobSpec, key: str, *, overwrite: bool = False) -> ImageTask:
         mode=spec.mode,
         guard=spec.guard,
     )
-
-
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-class CeleryMessages:
-    """Protocol-2 messages for ``CPU_TASK`` exactly as ``app.send_task(..., queue=Q)`` writes
-    them through kombu's Redis transport (``celery.app.amqp.as_task_v2``, kombu's
-    ``Channel.prepare_message``/``_inplace_augment_message``): JSON body, base64 body encoding,
-    priority 0, anonymous exchange, routing key Q. Built from one JSON template per feeder
-    (only the ids, ``argsrepr`` and the body change per key); ``argsrepr`` is ``repr`` cut at
-    Celery's ``argsrepr_maxsize`` (what ``saferepr`` gives for these plain dicts, at 1/50 of
-    its cost); the ids are random version-4 UUIDs from a generator seeded once from the OS
-    (unique, not secret: ``os.urandom`` per id was a third of the feeder's time)."""
-
-    _FIELDS = ("@@ID@@", "@@ARGSREPR@@", "@@BODY@@", "@@TAG@@")
-
-    def __init__(self, queue: str):
-        self.maxsize = app.amqp.argsrepr_maxsize
-        self._random = random.Random(os.urandom(32))
-        task_id, argsrepr, body, tag = self._FIELDS
-        headers = {
-            "lang": "py", "task": CPU_TASK, "id": task_id, "shadow": None, "eta": None, "expires": None,
-            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
-            "parent_id": None, "argsrepr": argsrepr, "kwargsrepr": "{}", "origin": anon_nodename(),
-            "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-        }  # fmt: skip
-        properties = {
-            "correlation_id": task_id, "reply_to": app.thread_oid, "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": tag,
-        }  # fmt: skip
-        message = {"body": body, "content-encoding": "utf-8", "content-type": "application/json",
-                   "headers": headers, "properties": properties}  # fmt: skip
-        template = json.dumps(message).replace("{", "{{").replace("}", "}}")
-        for i, name in enumerate(self._FIELDS):
-            template = template.replace(name, f"{{{i}}}")
-        self._template = template
-
-    def _uuid4(self) -> str:
-        n = self._random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
-        h = f"{n:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-    def build(self, task: ImageTask) -> str:
-        args = [task.model_dump(mode="json")]
-        argsrepr = repr(args)
-        if len(argsrepr) > self.maxsize:
-            argsrepr = argsrepr[: self.maxsize - 3] + "..."
-        body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
-        return self._template.format(self._uuid4(), json.dumps(argsrepr)[1:-1], body, self._uuid4())
 
 
 def fair_shares(loads: list[FeedLoad], room: int, first: int = 0) -> dict[str, int]:
@@ -304,7 +248,7 @@ class Feeder:
         """The chunk's refused keys counted failed, then its messages pushed and its keys
         trimmed in one Lua call. False when the list's head changed (cancelled meanwhile)."""
         self.jobs.record_failed(job_id, chunk.refused)
-        keys = [LOCK, job_key(job_id, "redo" if chunk.redo else "pending"), self.settings.cpu_queue]
+        keys = [LOCK, job_key(job_id, "redo" if chunk.redo else "pending"), self._builder().redis_list]
         args: list[str | int] = [self._token, LOCK_TTL_MS, len(chunk.keys), *chunk.keys, *chunk.messages]
         result = int(self._commit(keys=keys, args=args))
         if result < 0:
@@ -337,7 +281,7 @@ class Feeder:
 
     def _builder(self) -> CeleryMessages:
         if self._messages is None:
-            self._messages = CeleryMessages(self.settings.cpu_queue)
+            self._messages = CeleryMessages(app, CPU_TASK, self.settings.cpu_queue)
         return self._messages
 
     def run(self, stop: threading.Event) -> None:
@@ -357,23 +301,6 @@ def _input_uri(root: str, key: str) -> str:
         return join_uri(root, key) if root else key
     except Exception:  # noqa: BLE001 - only a name for the failure list
         return key
-
-
-def drop_job_messages(r: redis.Redis, queue: str, job_id: str) -> int:
-    """Removes one job's messages from a Celery queue list (``veil cancel``): each message is
-    read (the window bounds how many there are) and the job's are removed by value, so a
-    worker taking one at the same moment is harmless. Messages a worker already holds are
-    dropped by the worker itself (``JobStore.is_cancelled``)."""
-    removed = 0
-    for raw in r.lrange(queue, 0, -1):
-        try:
-            args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
-            ours = bool(args) and isinstance(args[0], dict) and args[0].get("job_id") == job_id
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue  # not a message of ours: left alone
-        if ours:
-            removed += int(r.lrem(queue, 1, raw))  # type: ignore[arg-type]
-    return removed
 
 
 def start_thread(settings: Settings) -> threading.Event:

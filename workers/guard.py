@@ -1,9 +1,9 @@
-"""The re-identification guard (issue 14): does a new face still lead a face recogniser to the
+"""The re-identification guard: does a new face still lead a face recogniser to the
 person? Each face's original and new embeddings are compared; closer than the threshold means
 it still re-identifies, and the caller regenerates it (the next seed) or, after ``tries``
 generations, replaces it by the fallback (a mask).
 
-The embedders are issue 13's (``workers/embedders.py``: ``load_embedder`` -> ``embed(rgb, box)``
+The embedders are ``veil eval``'s (``workers/embedders.py``: ``load_embedder`` -> ``embed(rgb, box)``
 and ``distance``, the cosine distance of unit vectors); this module only binds them
 (``load_guard``) and keeps the bookkeeping (``FaceCheck``), so both tiers run the same rule: the
 GPU tier after diffusion (``workers.gpu.scene``), the CPU tier after a classical method
@@ -78,13 +78,13 @@ class FaceCheck:
         )
 
 
-#: ``--guard`` -> issue 13's embedder
+#: ``--guard`` -> its embedder (``workers/embedders.py``)
 EMBEDDER_OF: dict[GuardName, EmbedderName] = {
     GuardName.DLIB: EmbedderName.DLIB,
     GuardName.FACENET: EmbedderName.FACENET_VGGFACE2,
 }
 
-#: Cosine distance (issue 13's ``distance``: 1 - a.b of unit vectors) below which a face still
+#: Cosine distance (the embedders' ``distance``: 1 - a.b of unit vectors) below which a face still
 #: re-identifies, when ``VEIL_GUARD_THRESHOLD`` is not set. dlib 0.10: measured on the 40 photos of
 #: ../shared/faces (BENCHMARKS.md, "Re-identification guard"), 98% of same-person pairs are closer
 #: and 2.3% of different-person pairs (dlib's own Euclidean 0.6 rule does not carry over to unit
@@ -94,7 +94,7 @@ DEFAULT_THRESHOLD: dict[GuardName, float] = {GuardName.DLIB: 0.10, GuardName.FAC
 
 
 def load_guard(settings: Settings, guard: GuardName, device: Any) -> Guard | None:
-    """The guard ``guard`` names, with issue 13's embedder loaded once (call it from a worker's
+    """The guard ``guard`` names, with its embedder loaded once (call it from a worker's
     model loading, after fork); None when off."""
     if guard is GuardName.OFF:
         return None
@@ -119,7 +119,7 @@ def guard_classical(
     guard: Guard,
     fallback: Callable[[np.ndarray, Box], np.ndarray],
 ) -> tuple[np.ndarray, list[GuardResult]]:
-    """A classical method (issue 13: ``workers.cpu.classical``'s blur or pixelate) through the guard,
+    """A classical method (``workers.cpu.classical``'s blur or pixelate) through the guard,
     for the CPU tier: every face anonymized, each then checked on the anonymized image; a face that
     still re-identifies gets ``fallback`` (classical's mask). A classical method is deterministic
     (another try would give the same pixels), so it gets one try whatever ``guard.tries`` says.

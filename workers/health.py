@@ -1,4 +1,4 @@
-"""A worker's health file: what the Kubernetes probes of a worker pod check (issue 12).
+"""A worker's health file: what the Kubernetes probes of a worker pod check.
 
 With ``VEIL_HEALTH_FILE`` set, a consumer bootstep rewrites the file every
 ``VEIL_HEALTH_INTERVAL_S`` from the worker's event loop: the loop that takes messages from Redis
@@ -12,7 +12,7 @@ and, in the GPU tier's solo pool, runs the batch itself. So the file's age tells
   ``veil health --max-age S`` (S above the longest batch) fails;
 - the step stops while the broker connection is lost (Celery stops and restarts a consumer's
   steps around a reconnection) and on shutdown, so the age also counts a broker outage;
-- **heard from the broker** (issue 18): a consumer can sit on a half-open connection (a network
+- **heard from the broker**: a consumer can sit on a half-open connection (a network
   partition: no RST, the peer just goes silent) while its loop still goes round, and a CPU
   worker whose processes are all busy sends no BRPOP at all. So a side thread PINGs the broker
   every interval on its own connection (``shared/redisconn.py``'s bounds: no PING waits more

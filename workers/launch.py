@@ -51,7 +51,7 @@ def run_cpu_worker(settings: Settings, concurrency: int) -> None:
 
     @worker_process_init.connect(weak=False)
     def _load_models(**_: object) -> None:  # in each pool child, after fork
-        metrics.serve(metrics.pool_child_port(settings.metrics_port))  # the child does the work
+        metrics.serve(metrics.pool_child_port(settings.metrics_port), tier="cpu")  # the child does the work
         runtime.current().models("cpu", CpuModels.for_worker)
 
     @worker_ready.connect(weak=False)
@@ -77,7 +77,8 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     shutdown.install(settings)
     tasks.configure_batching(settings)
     runtime.start(settings).models("gpu", GpuModels.load)  # before taking any work
-    metrics.serve(settings.metrics_port)  # this process runs the batches (solo pool)
+    metrics.set_max_batch(settings.batch_size)
+    metrics.serve(settings.metrics_port, tier="gpu")  # this process runs the batches (solo pool)
     metrics.watch_gpu_memory()
     app.worker_main(_celery_argv(settings.gpu_queue, name, "solo", 1))
 
@@ -116,47 +117,13 @@ def run_gpu_workers(settings: Settings, devices: str | None) -> int:
 
 
 def run_flower(settings: Settings) -> None:
+    from workers import flower_patches
     from workers.celery_app import configure
 
     if settings.flower_password is None:
         raise ValueError("VEIL_FLOWER_PASSWORD must be set: Flower always runs behind basic auth")
     app = configure(settings)  # no task module: Flower only watches events and queues
-    if not settings.flower_public_metrics:
-        _metrics_behind_auth()
-    _show_configured_queues()
+    flower_patches.apply(public_metrics=settings.flower_public_metrics)  # refuses a Flower they do not fit
     # Through the environment, so the password shows in neither argv nor logs.
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     app.start(["flower", f"--port={settings.flower_port}", "--address=0.0.0.0"])
-
-
-def _metrics_behind_auth() -> None:
-    """Flower serves /metrics (worker and task names) without auth; this puts it behind the same
-    basic auth as every page: reading ``current_user`` runs Flower's check, which answers 401."""
-    from flower.views.monitor import Metrics
-    from tornado.web import HTTPError
-
-    get = Metrics.get
-
-    async def guarded(self):  # type: ignore[no-untyped-def]
-        if not self.current_user:
-            raise HTTPError(401)
-        await get(self)
-
-    Metrics.get = guarded  # type: ignore[method-assign]
-
-
-def _show_configured_queues() -> None:
-    """Flower's Broker tab and /api/queues/length list the queues that workers answered
-    ``active_queues`` for, and the configured ones only when no worker answered. A GPU worker in
-    a batch cannot answer (its event loop is blocked), so ``veil.gpu`` was missing exactly when it
-    was full. Here both configured queues are always listed, with any a worker adds."""
-    from flower.views import BaseHandler
-
-    active = BaseHandler.get_active_queue_names
-
-    def configured_and_active(self):  # type: ignore[no-untyped-def]
-        conf = self.capp.conf
-        configured = {q.name for q in conf.task_queues or [] if q.name} | {conf.task_default_queue}
-        return sorted(configured | set(active(self)))
-
-    BaseHandler.get_active_queue_names = configured_and_active  # type: ignore[method-assign]

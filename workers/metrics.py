@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 #: the stages timed per image (the keys of the stages' ``timings`` dicts)
 STAGES = ("decode", "detect", "attributes", "generate", "encode", "upload")
-TIERS = ("cpu", "gpu")
 
 #: Veil's own registry (plus the process/GC/platform collectors), so a process that imports this
 #: module next to another prometheus_client user (Flower) does not mix the two.
@@ -61,22 +60,42 @@ STAGE_SECONDS = Histogram(
     "veil_stage_seconds",
     "Seconds per image in each stage (generate: the batch's diffusion time divided by its images)",
     ["stage"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    # dense from 1 to 30 s, where per-image generate times and slow uploads live
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300),
     registry=REGISTRY,
 )
-GPU_BATCH_SIZE = Histogram(
-    "veil_gpu_batch_size",
-    "Requests per batch that celery-batches handed the GPU task",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-    registry=REGISTRY,
+
+
+def _batch_size_histogram(max_batch: int) -> Histogram:
+    """Batch sizes as exact values: a bucket edge at every k + 0.5 up to ``max_batch`` + 0.5, so
+    ``histogram_quantile`` reads 8.0 when every batch was 8 (powers-of-two buckets read 6)."""
+    return Histogram(
+        "veil_gpu_batch_size",
+        "Requests per batch that celery-batches handed the GPU task",
+        buckets=[k + 0.5 for k in range(max_batch + 1)],
+        registry=REGISTRY,
+    )
+
+
+GPU_BATCH_SIZE = _batch_size_histogram(8)  # VEIL_BATCH_SIZE's default; a GPU worker sets its own
+GPU_MEMORY = Gauge(
+    "veil_gpu_memory_bytes", "CUDA memory allocated by tensors now, by real device index", ["gpu"], registry=REGISTRY
 )
-GPU_MEMORY = Gauge("veil_gpu_memory_bytes", "CUDA memory allocated by tensors now", ["device"], registry=REGISTRY)
 GPU_MEMORY_PEAK = Gauge(
     "veil_gpu_memory_peak_bytes",
-    "Peak CUDA memory allocated by tensors since the worker started",
-    ["device"],
+    "Peak CUDA memory allocated by tensors since the worker started, by real device index",
+    ["gpu"],
     registry=REGISTRY,
 )
+
+
+def set_max_batch(max_batch: int) -> None:
+    """The GPU worker's batch-size histogram, with an exact bucket for each size up to its
+    ``VEIL_BATCH_SIZE`` (called at start-up, before any batch)."""
+    global GPU_BATCH_SIZE
+    REGISTRY.unregister(GPU_BATCH_SIZE)
+    GPU_BATCH_SIZE = _batch_size_histogram(max_batch)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,14 +114,51 @@ def _never_raises(fn: F) -> F:
 
 _served: tuple[int, int] | None = None  # (pid, port) of this process's endpoint
 
+#: every outcome each tier's task reports (``image``): their series exist from start-up at 0
+OUTCOMES = {
+    "cpu": ("prompted", "no_face", "failed", "skipped", "cancelled", "retrying", "requeued", "rejected"),
+    "gpu": ("done", "failed", "skipped", "cancelled", "retrying", "requeued", "given_back"),
+}
+#: reason codes that are not an error class's ``reason`` (shared.errors)
+_OTHER_REASONS = ("bad_message", "outcome_not_recorded", "given_back", "unknown")
+
+
+def known_reasons() -> list[str]:
+    """Every reason code a failure or retry can carry: each ``VeilError`` subclass's ``reason``
+    (imported so far, which at start-up is all of them) and the few codes set by hand."""
+    from shared.errors import VeilError
+
+    codes: set[str] = set(_OTHER_REASONS)
+    pending: list[type] = [VeilError]
+    while pending:
+        cls = pending.pop()
+        codes.add(str(getattr(cls, "reason", "unknown")))
+        pending += cls.__subclasses__()
+    return sorted(codes)
+
 
 @_never_raises
-def serve(port: int, registry: CollectorRegistry = REGISTRY) -> int | None:
+def create_known_series(tier: str) -> None:
+    """Creates every labelled counter series this tier can touch, at 0. Prometheus's
+    ``increase()`` needs a sample before the first event: a series born at 1 shows no increase,
+    so a dashboard's failures panel stayed at 0 while keys failed (issue 24)."""
+    for status in OUTCOMES.get(tier, ()):
+        IMAGES.labels(tier, status)
+    for reason in known_reasons():
+        FAILURES.labels(tier, reason)
+        RETRIES.labels(reason)
+
+
+@_never_raises
+def serve(port: int, registry: CollectorRegistry = REGISTRY, tier: str | None = None) -> int | None:
     """Serves /metrics on ``port`` from a daemon thread of this process (once per process;
-    0 = off). A port in use is logged, not raised: the worker still works, unwatched."""
+    0 = off), with ``tier``'s counters created at 0 first. A port in use is logged, not raised:
+    the worker still works, unwatched."""
     global _served
     if port <= 0 or (_served is not None and _served[0] == os.getpid()):
         return None
+    if tier is not None:
+        create_known_series(tier)
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:
@@ -163,27 +219,28 @@ def watch_gpu_memory() -> None:
     if not torch.cuda.is_available():
         return
     for index in range(torch.cuda.device_count()):
-        device = str(index)
-        GPU_MEMORY.labels(device).set_function(functools.partial(torch.cuda.memory_allocated, index))
-        GPU_MEMORY_PEAK.labels(device).set_function(functools.partial(torch.cuda.max_memory_allocated, index))
+        gpu = real_device_index(index)
+        GPU_MEMORY.labels(gpu).set_function(functools.partial(torch.cuda.memory_allocated, index))
+        GPU_MEMORY_PEAK.labels(gpu).set_function(functools.partial(torch.cuda.max_memory_allocated, index))
+
+
+def real_device_index(index: int, visible: str | None = None) -> str:
+    """The machine's index of this process's CUDA device ``index``: each GPU worker process sees
+    its one device as 0 (``CUDA_VISIBLE_DEVICES=3``), and labelled so every GPU read "gpu0"."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return ids[index] if index < len(ids) else str(index)
 
 
 # -- queue depth: `veil exporter` ------------------------------------------------------------------
 
-#: kombu's Redis transport keeps a queue's messages of priority p > 0 in the list
-#: ``name + "\x06\x16" + str(p)`` (default priority steps 0, 3, 6, 9); Flower sums them the same way.
-_PRIORITY_SEP = "\x06\x16"
 QUEUE_DEPTH = "veil_queue_depth"
-_PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-def redis_list_names(queue: str) -> list[str]:
-    return [queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS]
 
 
 class QueueDepthCollector(Collector):
-    """``veil_queue_depth{queue}``: messages waiting in each Redis queue, read at scrape time.
-    Messages a worker has reserved (prefetched, unacknowledged) are not counted."""
+    """``veil_queue_depth{queue}``: messages waiting in each Redis queue (every priority list:
+    ``workers.transport.depths``), read at scrape time. Messages a worker has reserved
+    (prefetched, unacknowledged) are not counted."""
 
     def __init__(self, redis_url: str, queues: Iterable[str], settings: Settings | None = None):
         from shared import redisconn
@@ -192,15 +249,12 @@ class QueueDepthCollector(Collector):
         self._queues = list(queues)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        from workers.transport import depths
+
         family = GaugeMetricFamily(QUEUE_DEPTH, "Messages waiting in each queue", labels=["queue"])
-        pipe = self._client.pipeline(transaction=False)
-        for queue in self._queues:
-            for name in redis_list_names(queue):
-                pipe.llen(name)
-        lengths = pipe.execute()  # Redis down: the scrape fails (Prometheus marks it down)
-        steps = len(_PRIORITY_STEPS)
-        for i, queue in enumerate(self._queues):
-            family.add_metric([queue], sum(lengths[i * steps : (i + 1) * steps]))
+        # Redis down: the scrape fails (Prometheus marks it down)
+        for queue, depth in depths(self._client, self._queues).items():
+            family.add_metric([queue], depth)
         yield family
 
 

@@ -30,7 +30,7 @@ class Pair:
     status: str  # the manifest's: done | no_face | failed
     output: Path | None  # the anonymized image (status done)
     method: str | None
-    # scene mode (issue 14): the output is the input with its faces replaced, so the probe is the
+    # scene mode: the output is the input with its faces replaced, so the probe is the
     # face found where the row's biggest face was (input pixels), not whatever face is biggest now
     match_box: tuple[float, float, float, float] | None = None
 

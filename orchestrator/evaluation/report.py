@@ -14,7 +14,7 @@ import numpy as np
 
 from orchestrator.evaluation.metrics import cosine_distances
 
-#: Piano et al. 2024, as issue 13 quotes them: 1,000 CelebA-HQ images, rank-1 re-identification
+#: Piano et al. 2024, from the paper's tables: 1,000 CelebA-HQ images, rank-1 re-identification
 #: and attribute preservation of the paper's method. Other cells of its tables are not copied here.
 PAPER = {
     ("identity", "clip", "reid_at_1"): 0.007,

@@ -119,7 +119,7 @@ def test_two_jobs_cancel_retry_and_summaries(faces_dir, tiny_models, tmp_path):
             assert listed.returncode == 1 and listed.stdout.count(f"s3://{BUCKET}/odd/") == 2
             assert veil(env, "retry", odd_job, "--reason", "no_such_reason").stdout.startswith("0 failed")
             before = _analyses(cpu_log)
-            assert veil(env, "retry", odd_job, "--failed").stdout.startswith("2 failed")
+            assert veil(env, "retry", odd_job).stdout.startswith("2 failed")
             again = wait_for(lambda: (j := jobs.get(odd_job)) and j.state == "finished" and j, 300, "the retry")
             assert again.counts == {"done": 0, "no_face": 1, "failed": 2} and again.total == 3
             wait_for(lambda: _analyses(cpu_log) >= before + 2, 30, "the log lines")

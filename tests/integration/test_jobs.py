@@ -25,6 +25,34 @@ from workers.feeder import Feeder
 from workers.finalize import finalize_job
 
 
+def test_pace_spans_gpu_bursts_and_the_eta_says_what_it_waits_for():
+    """Batches that end every ~135 s in bursts of 8 (as measured in issue 24): the one-minute
+    rate read 0.00/s between bursts and the ETA froze; the pace spans the bursts and decays."""
+    r = redis.Redis.from_url(redis_url(9), decode_responses=True)
+    jobs = JobStore.from_url(redis_url(9))
+    jobs.create("slow", name="slow", input="in", output="out")
+    jobs.add_total("slow", 40)
+    t0 = jobs.get("slow").created
+    bursts = [int(t0) + d for d in (100, 235, 370)]
+    r.hset(job_key("slow", "rate"), mapping={str(sec): 8 for sec in bursts})
+    r.hset(job_key("slow"), mapping={"done": 24})
+    job = jobs.get("slow")
+    # 1. Fewer bursts than the pace spans: keys since the job began over its age
+    pace = jobs.pace("slow", job.created, now=t0 + 450)
+    assert pace.window_s == int(t0 + 450) - 1 - (int(t0) - 1) and pace.rate == 24 / pace.window_s
+    assert jobs.rate("slow", now=t0 + 450) == 0  # the old one-minute figure
+    line = describe(job, pace)
+    assert "ETA 5m00s (waiting for the batch in flight: no key finished for 79s)" in line, line
+    # 2. A later read: the rate decays, the ETA grows, nothing is frozen
+    later = jobs.pace("slow", job.created, now=t0 + 600)
+    assert later.rate < pace.rate and "no key finished for 3m49s" in describe(job, later)
+    # 3. Many bursts: the window holds the last four, and counts the keys after the oldest
+    more = [int(t0) + d for d in (505, 640)]
+    r.hset(job_key("slow", "rate"), mapping={str(sec): 8 for sec in more})
+    pace = jobs.pace("slow", job.created, now=t0 + 650)
+    assert pace.window_s == int(t0 + 650) - 1 - bursts[1] and pace.rate == 24 / pace.window_s
+
+
 def test_counts_each_key_once_and_status_reports_progress(capsys):
     jobs = JobStore.from_url(redis_url(9))
     jobs.create("j1", name="faces", input="s3://b/in/", output="s3://b/out/")

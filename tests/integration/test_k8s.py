@@ -34,6 +34,7 @@ import yaml
 from shared.jobs import JobStore
 from shared.settings import Settings
 from tests.services import REDIS_PORT, ROOT, moto_s3, redis_url, start_worker, stop, wait_for, worker_env
+from workers import transport
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
@@ -351,7 +352,7 @@ def test_scaled_objects_watch_the_lists_celery_uses(overlay):
         assert meta["databaseIndex"] == (broker.path.strip("/") or "0")
         assert meta["enableTLS"] == ("true" if broker.scheme == "rediss" else "false")
         queue = {"cpu": settings.cpu_queue, "gpu": settings.gpu_queue}[tier_of(target)]
-        assert meta["listName"] == queue
+        assert meta["listName"] == transport.list_name(queue)  # the list Veil's priority-0 messages wait in
         # the password through a TriggerAuthentication from the workers' own Secret
         auth = auths[trigger["authenticationRef"]["name"]]
         refs = auth["spec"]["secretTargetRef"]
@@ -439,6 +440,7 @@ def test_keda_lists_grow_on_submit_and_shrink_as_each_tier_consumes(faces_dir, t
             # no message waits in a priority list (kombu's "veil.gpu\x06\x163"...): KEDA counts one list
             queues = {k.decode() for k in broker.keys(f"{cpu_list}*") + broker.keys(f"{gpu_list}*")}
             assert queues == {gpu_list}, queues
+            assert transport.depths(broker, [gpu_list]) == {gpu_list: length("gpu")}  # all in the list KEDA reads
             # the probe: fresh while the worker's loop runs, stale once it is frozen, fresh again after
             assert healthy()
             os.killpg(cpu.pid, signal.SIGSTOP)

@@ -172,6 +172,7 @@ def test_gpu_worker_online_and_each_key_a_task_during_long_batches(cluster, tmp_
 
     tasks = wait_for(tasks_listed, 30, f"{n} veil.generate tasks in Flower", interval=1.0)
     assert all(t["runtime"] > 0 and t["received"] and t["started"] and t["worker"].startswith("gpu-") for t in tasks)
+    assert all(t["received"] <= t["started"] for t in tasks), [(t["received"], t["started"]) for t in tasks]
     flower_metrics = requests.get(cluster.flower_url + "/metrics", auth=AUTH, timeout=10).text
     assert any(line.startswith("flower_events_total{") and 'task="veil.generate"' in line
                and 'type="task-succeeded"' in line for line in flower_metrics.splitlines())
@@ -296,3 +297,147 @@ def test_browser_broker_tab_lists_both_queues(cluster, browser):
     names = wait_for(queues, 30, "both queues on Flower's Broker tab", interval=0.5)
     shot(browser, "flower-broker")
     assert sorted(names) == ["veil.cpu", "veil.gpu"]
+
+
+# -- a real Prometheus ------------------------------------------------------------------------------
+
+
+class Prometheus:
+    """Debian's prometheus, scraping one target every second into a private TSDB."""
+
+    def __init__(self, tmp: Path, target_port: int):
+        self.port = free_port()
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"scrape_configs: [{{job_name: veil, static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]}}]\n"
+        )
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        if not Path(binary).exists():
+            pytest.fail("prometheus not found: apt-get install -y prometheus (scripts/install.sh)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=open(tmp / "prometheus.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def query(self, expr: str) -> float | None:
+        try:
+            r = requests.get(f"http://127.0.0.1:{self.port}/api/v1/query", params={"query": expr}, timeout=5)
+            result = r.json()["data"]["result"]
+        except (requests.RequestException, KeyError, ValueError):
+            return None
+        return float(result[0]["value"][1]) if result else None
+
+
+def test_prometheus_increase_counts_the_first_failures(cluster, tmp_path):
+    """A reason no other test causes: its series exists at 0 from start-up, so increase() over a
+    window sees both failures (a series born at its first event, at 1, showed 0 on the panel)."""
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("big_a.png", "big_b.png"):  # 144 MP: over the pixel cap, refused as too_large
+        Image.new("1", (12000, 12000)).save(inputs / name)
+    series = 'veil_failures_total{tier="cpu",reason="too_large"}'
+    prom = Prometheus(tmp_path, cluster.cpu_metrics)
+    try:
+        # 1. Prometheus has scraped the series at 0 a few times before the failures happen
+        wait_for(
+            lambda: (prom.query(f"count_over_time({series}[1m])") or 0) >= 3, 120, "three scrapes at 0", interval=0.5
+        )
+        assert prom.query(series) == 0
+        # 2. Two keys fail
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "submit", str(inputs), "--out", str(tmp_path / "out")],
+            env=cluster.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: prom.query(series) == 2, 300, "Prometheus to scrape both failures", interval=0.5)
+        # 3. What the dashboard's failures panel computes
+        increase = prom.query(f"sum(increase({series}[5m]))")
+        assert increase is not None and 1.5 < increase < 3, increase
+    finally:
+        stop(prom.proc)
+
+
+def test_celery_cli_finds_the_workers_with_only_veil_settings(cluster):
+    """`celery -A workers.celery_app inspect ping` with nothing but VEIL_* set: it reads
+    VEIL_BROKER_URL (it used to fall back to amqp://localhost:5672 and find no node)."""
+    env = {k: v for k, v in cluster.env.items() if not k.startswith(("CELERY_", "BROKER"))}
+    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    proc = subprocess.run([*celery, "inspect", "ping", "-t", "10"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"cpu@\S+: OK", proc.stdout), proc.stdout
+
+
+def test_browser_tasks_page_shows_a_failed_key_as_failed(cluster, browser, faces_dir, tmp_path):
+    """A key the CPU tier records failed is a FAILURE task in Flower, with its reason (it used to
+    be a SUCCESS whose result was 'failed'; Flower's Failed counter stayed 0)."""
+    inputs = tmp_path / "in"
+    write_bad_inputs(faces_dir, tmp_path / "bad")
+    inputs.mkdir()
+    shutil.copy(tmp_path / "bad" / "text_renamed.jpg", inputs / "not_an_image.jpg")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(inputs), "--out",
+                           str(tmp_path / "out")], env=cluster.env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    def failed_in_api():
+        tasks = cluster.api("/api/tasks", taskname="veil.analyze", state="FAILURE")
+        return [t for t in tasks.values() if "not_an_image.jpg" in str(t.get("exception"))] or None
+
+    task = wait_for(failed_in_api, 120, "the failed key as a FAILURE task in Flower's API", interval=1.0)[0]
+    assert "undecodable" in task["exception"], task
+    authorize(browser)
+    browser.get(cluster.flower_url + "/tasks")
+
+    def failed_row():
+        rows = table_rows(browser, "tasks-table")
+        return [r for r in rows if any("FAILURE" in c for c in r) and any(task["uuid"] in c for c in r)] or None
+
+    rows = wait_for(failed_row, 30, "the failed task's row on Flower's Tasks page", interval=0.5)
+    path = shot(browser, "flower-tasks-failed-key")
+    print(f"\nrendered: {rows[0]}; screenshot {path}")
+
+
+def test_celery_inspect_answers_for_the_gpu_worker_during_a_batch(cluster, tmp_path):
+    """The batch blocks the GPU worker's event loop: `inspect ping/active` said "1 node online"
+    mid-batch, and `inspect stats` counted nothing. The beacon's thread answers them now. Its
+    `active` lists the batch's requests, which only a mid-batch answer can (idle, the worker
+    answers for itself, and celery-batches' requests are not in Celery's active set). Celery's
+    own client (what the CLI calls), sent the moment the batch starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.settings import Settings
+    from workers.celery_app import configure
+
+    app = configure(Settings.from_env({}, broker_url=cluster.broker))
+    sidecars = cluster.send_prompts(BATCH, tmp_path / "out", "watch-inspect")
+    started = cluster.gpu_started_batches()
+    wait_for(lambda: cluster.gpu_started_batches() > started, 120, "a GPU batch to start", interval=0.1)
+    with ThreadPoolExecutor(2) as pool:  # both at once, within the batch
+        ping = pool.submit(lambda: app.control.inspect(timeout=2.0).ping())
+        active = pool.submit(lambda: app.control.inspect(timeout=2.0).active())
+        pong, running = ping.result() or {}, active.result() or {}
+    in_batch = not all(p.exists() for p in sidecars)
+    gpu = [node for node in running if node.startswith("gpu-")]
+    assert gpu and [t["name"] for t in running[gpu[0]]] == ["veil.generate"] * BATCH, (running, in_batch)
+    assert pong.get(gpu[0]) == {"ok": "pong"}, pong
+    # and Celery's CLI, once the batch is over: the requests are counted
+    wait_for(lambda: all(p.exists() for p in sidecars), 300, "the batch", interval=0.5)
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.celery_app", "inspect", "stats", "-t", "5",
+                           "--json"], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats[gpu[0]]["total"].get("veil.generate", 0) >= BATCH, stats[gpu[0]]["total"]

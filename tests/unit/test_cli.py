@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.services import ROOT, worker_env
 
 
@@ -33,3 +35,70 @@ def test_run_flags_have_help():
     for flag in ("--device", "--sampler", "--detector", "--overwrite"):
         entry = next(e for e in entries if e.startswith(flag + " ") or e.startswith(flag + "\n"))
         assert len(entry.split()) > 3, entry  # the flag, its choices, then words of help
+
+
+def test_the_usage_in_the_modules_docstring_names_every_command_and_flag():
+    """orchestrator/cli.py's docstring is the command's summary: kept true against the parser."""
+    import argparse
+
+    import orchestrator.cli as cli
+
+    usage = cli.__doc__ or ""
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    missing += walk(child, f"{path} {name}")
+            elif action.option_strings and action.dest != "help":
+                if not any(re.search(rf"{re.escape(o)}\b", usage) for o in action.option_strings if o.startswith("--")):
+                    missing.append(f"{path} {'/'.join(action.option_strings)}")
+        if path.count(" ") == 1 and not re.search(rf"{re.escape(path)}\b", usage):
+            missing.append(path)
+        return missing
+
+    assert walk(cli.build_parser(), "veil") == []
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["status", "j1"], ["status", "j1", "--watch"], ["cancel", "j1"],
+                                     ["retry", "j1"], ["finalize", "j1"]])
+def test_redis_not_there_is_one_line_naming_the_setting(command, monkeypatch, capsys):
+    from orchestrator.cli import main
+    from orchestrator.service_errors import EXIT_SERVICE
+
+    port = _dead_port()
+    monkeypatch.setenv("VEIL_BROKER_URL", f"redis://veil:s3cret@127.0.0.1:{port}/0")
+    assert main(command) == EXIT_SERVICE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("veil: cannot reach Redis (VEIL_BROKER_URL=redis://veil:***@"), err
+    assert f"127.0.0.1:{port}" in err and "s3cret" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("credentials", [True, False])
+def test_s3_not_there_or_no_credentials_is_one_line(credentials, monkeypatch, capsys, tmp_path):
+    from orchestrator.cli import main
+    from orchestrator.service_errors import EXIT_SERVICE
+
+    monkeypatch.setenv("VEIL_S3_ENDPOINT_URL", f"http://127.0.0.1:{_dead_port()}")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    if credentials:
+        monkeypatch.setenv("VEIL_S3_ACCESS_KEY_ID", "a")
+        monkeypatch.setenv("VEIL_S3_SECRET_ACCESS_KEY", "b")
+    assert main(["submit", "s3://bucket/in/", "--out", "s3://bucket/out/"]) == EXIT_SERVICE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    expected = "cannot reach S3 (VEIL_S3_ENDPOINT_URL=" if credentials else "set VEIL_S3_ACCESS_KEY_ID and"
+    assert expected in err, err

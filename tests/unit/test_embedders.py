@@ -10,7 +10,8 @@ import torch
 
 from models.weights import CLIP_FOLDER, FACENET_CASIA, FACENET_VGGFACE2, Component, missing_files, required_files
 from shared.errors import MissingWeightsError
-from workers.embedders import EMBEDDERS, Embedder, load_embedder
+from shared.settings import EmbedderName
+from workers.embedders import EMBEDDERS, load_embedder
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -35,8 +36,8 @@ def _check(embedder, dim: int) -> None:
 
 
 def test_every_embedder_has_a_loader():
-    assert set(EMBEDDERS) == set(Embedder)
-    assert [e.value for e in Embedder] == ["dlib", "facenet-vggface2", "facenet-casia", "clip"]
+    assert set(EMBEDDERS) == set(EmbedderName)
+    assert [e.value for e in EmbedderName] == ["dlib", "facenet-vggface2", "facenet-casia", "clip"]
 
 
 def test_dlib_with_its_real_weights(tmp_path):

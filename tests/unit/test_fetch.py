@@ -15,11 +15,12 @@ import pytest
 
 import models.fetch as fetch_mod
 from shared.errors import (ChecksumMismatchError, IncompleteCheckpointError, PermanentError, RetryPolicy,
-                           SourceNotFoundError, StorageError, TransientError)
+                           SourceNotFoundError, SourceUnreachableError, StorageError, TransientError)
 from models.fetch import FetchResult, fetch_file, fetch_missing, lfs_sha256
 from models.weights import (CATALOGUE, RV_SINGLE_FILE, SD15_TEXT_ENCODER_KEY, Component, WeightFile,
                             check_single_file_text_encoder, required_files)
 
+RETRY_POLICY_SLOW = RetryPolicy(max_retries=12, backoff_s=10.0, backoff_max_s=60.0)  # the real budget
 DATA = os.urandom(300_000) + bytes(range(256)) * 100  # not a multiple of the chunk size
 SHA = hashlib.sha256(DATA).hexdigest()
 # without jitter, so that the waits can be compared with countdown() exactly
@@ -646,3 +647,30 @@ def test_loading_names_the_missing_key_too(tiny_models, tmp_path):
     (models / RV_SINGLE_FILE).write_bytes(checkpoint_bytes(["model.diffusion_model.out.2.bias"]))
     with pytest.raises(IncompleteCheckpointError, match="position_embedding"):
         load_sd_components(models, torch.device("cpu"), torch.float32)
+
+
+# ---------------------------------------------------------------- offline, and what is said
+
+
+def test_says_what_it_fetches_from_where_before_starting(server, tmp_path, sleeps):
+    server.files["/release/w.bin"] = DATA
+    wf = WeightFile("sub/w.bin", (server.url + "/release/w.bin",), Component.DEMOGRAPHY)
+    said: list[str] = []
+    fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append, say=said.append)
+    assert said == [f"veil: fetching 1 file(s) into {tmp_path} from 127.0.0.1",
+                    f"[1/1] sub/w.bin <- {server.url}/release/w.bin"]
+    said.clear()
+    fetch_missing(tmp_path, [wf], progress=False, retry_policy=FAST, sleep=sleeps.append, say=said.append)
+    assert said == []  # nothing missing: nothing to say, no probe
+
+
+def test_unreachable_host_is_one_error_without_spending_the_retries(tmp_path, sleeps):
+    with socket.socket() as s:  # a port nothing listens on: connection refused, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wf = WeightFile("w.bin", (f"http://127.0.0.1:{port}/w.bin",), Component.DEMOGRAPHY)
+    with pytest.raises(SourceUnreachableError, match=r"cannot reach 127\.0\.0\.1 .*offline\? .*veil models tiny"):
+        fetch_missing(tmp_path, [wf], progress=False, retry_policy=RETRY_POLICY_SLOW, sleep=sleeps.append,
+                      say=lambda line: None)
+    assert sleeps == []  # not one backoff: the retries are for failures mid-download
+    assert not (tmp_path / "w.bin").exists()

@@ -48,7 +48,8 @@ def dashboard_problems(dash: dict, exported: set[str], datasource_uid: str) -> l
         grid = p.get("gridPos") or {}
         if not all(isinstance(grid.get(k), int) for k in ("x", "y", "w", "h")) or grid.get("x", 0) + grid.get("w", 0) > 24:
             problems.append(f"{name}: bad gridPos {grid}")
-        if (p.get("datasource") or {}).get("uid") != datasource_uid:
+        sources = [p.get("datasource") or {}] + [t.get("datasource") or {} for t in p.get("targets") or []]
+        if any(s.get("uid") != datasource_uid for s in sources):
             problems.append(f"{name}: data source is not {datasource_uid}")
         targets = p.get("targets") or []
         if not targets:
@@ -64,6 +65,11 @@ def dashboard_problems(dash: dict, exported: set[str], datasource_uid: str) -> l
             for unknown in sorted(names - exported):
                 problems.append(f"{name}: {unknown} is not exported by the code")
             queried |= names
+    variables = {v.get("name"): v for v in (dash.get("templating") or {}).get("list") or []}
+    if datasource_uid.startswith("${"):
+        var = variables.get(datasource_uid[2:-1]) or {}
+        if (var.get("type"), var.get("query")) != ("datasource", "prometheus"):
+            problems.append(f"{datasource_uid} is not a Prometheus data source variable")
     for what, metric in REQUIRED.items():
         if not any(q == metric or q.startswith(metric + "_") for q in queried):
             problems.append(f"nothing shows {what} ({metric})")
@@ -77,7 +83,13 @@ def dashboard() -> dict:
 
 @pytest.fixture(scope="module")
 def datasource_uid() -> str:
-    return yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    """Every panel and target reads the dashboard's ``datasource`` variable: a dashboard fixed to
+    one data source uid broke when imported by hand into another Grafana."""
+    return "${datasource}"
+
+
+def test_provisioned_prometheus_is_the_default_the_variable_picks():
+    assert yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["isDefault"] is True
 
 
 def test_exported_names_follow_prometheus_conventions():
@@ -104,6 +116,47 @@ def test_dashboard_checker_rejects_broken_copies(dashboard, datasource_uid):
     dup["panels"][1]["id"] = dup["panels"][0]["id"]
     assert any("not unique" in p for p in dashboard_problems(dup, exported, datasource_uid))
     assert dashboard_problems(dashboard, exported, "another-uid") != []
+    fixed = copy.deepcopy(dashboard)
+    fixed["panels"][2]["targets"][0]["datasource"]["uid"] = "veil-prometheus"
+    assert any("data source is not" in p for p in dashboard_problems(fixed, exported, datasource_uid))
+    no_var = copy.deepcopy(dashboard)
+    no_var["templating"]["list"] = []
+    assert "${datasource} is not a Prometheus data source variable" in dashboard_problems(no_var, exported,
+                                                                                          datasource_uid)
+
+
+def prometheus_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's histogram_quantile on cumulative (upper bound, count) buckets: linear
+    interpolation inside the bucket that holds the rank (promql/quantile.go)."""
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    raise AssertionError("unreachable")
+
+
+def test_batch_size_buckets_read_exact_sizes():
+    def buckets() -> list[tuple[float, float]]:
+        return [(float(s.labels["le"]), s.value) for f in metrics.REGISTRY.collect()
+                if f.name == "veil_gpu_batch_size" for s in f.samples if s.name.endswith("_bucket")]
+
+    metrics.set_max_batch(8)
+    for _ in range(10):
+        metrics.gpu_batch(8)
+    assert [b for b, _ in buckets()][-2:] == [8.5, float("inf")]
+    assert prometheus_quantile(0.5, buckets()) == 8.0  # every batch was 8: (4, 8] buckets read 6
+    metrics.gpu_batch(3)
+    assert prometheus_quantile(0.01, buckets()) == pytest.approx(3.0, abs=0.5)
+
+
+def test_gpu_label_is_the_real_device_index():
+    assert metrics.real_device_index(0, "3") == "3"
+    assert metrics.real_device_index(1, "2,5") == "5"
+    assert metrics.real_device_index(0, "") == "0"
 
 
 def test_prometheus_scrapes_workers_and_exporter():
@@ -130,6 +183,12 @@ def test_pool_children_get_consecutive_ports():
     assert metrics.pool_child_port(9100) == 9100  # this (main) process has index 0 or none
 
 
-def test_queue_depth_reads_kombu_priority_lists():
-    assert metrics.redis_list_names("veil.gpu") == ["veil.gpu", "veil.gpu\x06\x163", "veil.gpu\x06\x166",
-                                                    "veil.gpu\x06\x169"]
+def test_known_series_exist_at_zero_before_any_event():
+    metrics.create_known_series("gpu")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in metrics.REGISTRY.collect() for s in f.samples}
+    from shared.errors import StorageError
+
+    assert samples[("veil_failures_total", (("reason", "disk_full"), ("tier", "gpu")))] == 0
+    assert samples[("veil_retries_total", (("reason", StorageError.reason),))] == 0
+    assert samples[("veil_images_total", (("status", "failed"), ("tier", "gpu")))] == 0
+    assert "bad_message" in metrics.known_reasons() and "out_of_memory" in metrics.known_reasons()

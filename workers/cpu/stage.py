@@ -1,9 +1,11 @@
 """CPU-tier stage: image bytes -> the prompt message of its biggest face (portrait mode), or of
-every face, biggest first (scene mode, issue 14); or, for a classical method (blur, pixelate,
+every face, biggest first (scene mode); or, for a classical method (blur, pixelate,
 mask), the finished image in storage and its record.
 
-``veil run`` and the Celery CPU task both call ``CpuModels.load`` once per process and
-``analyze`` (method ``sd``) or ``anonymize_classical`` per image.
+Models load once per process: ``CpuModels.load`` in ``veil run`` (the attribute models only for
+method ``sd``), ``CpuModels.for_worker`` in a CPU worker's pool process (through
+``workers.runtime``). Both then call ``analyze`` (method ``sd``) or ``anonymize_classical`` per
+image.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class CpuModels:
         return self.attributes
 
     def guard_for(self, name: GuardName) -> Guard | None:
-        """The guard a task asks for (classical methods: issue 14), its embedder loaded once."""
+        """The guard a task asks for (classical methods), its embedder loaded once."""
         if name not in self.guards:
             self.guards[name] = load_guard(self.settings, name, self.device)
         return self.guards[name]
@@ -199,7 +201,7 @@ def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu
     )
 
 
-# -- issue 13: classical methods finish here, on the CPU tier ----------------------------------
+# -- classical methods finish here, on the CPU tier ------------------------------------------
 
 
 def anonymize_classical(

@@ -1,4 +1,4 @@
-"""A GPU batch's end, as a batch (issue 18): every key's sidecar PUT in parallel, the counters of
+"""A GPU batch's end, as a batch: every key's sidecar PUT in parallel, the counters of
 all of them in one Redis round trip, re-sends only where a key needs one, and when Redis or S3
 is down, the messages handed back at once rather than waited on.
 
@@ -76,6 +76,7 @@ def commit(ends: list[KeyEnd], rt: Runtime, queue: str) -> dict[int, tuple[str, 
                 sends.append(_Send(end, retry.model_dump(mode="json"), delay, "retrying", end.transient.reason))
                 continue
             end.record = error_record(end.task, end.transient, end.model_sha256 or None)
+    _log_retries([s for s in sends if s.outcome == "retrying"])
     publishing = [e for e in ends if e.record is not None]
     # 2. Every sidecar at once (the commit markers), on the process's storage pool
     errors = _write_sidecars(publishing, rt)
@@ -120,6 +121,24 @@ def commit(ends: list[KeyEnd], rt: Runtime, queue: str) -> dict[int, tuple[str, 
         metrics.retry(GIVEN_BACK)
         outcomes[s.end.index] = (GIVEN_BACK, reason)
     return outcomes
+
+
+def _log_retries(sends: list[_Send]) -> None:
+    """One line per reason, with the first failure's text: an outage is seen in the log, once
+    per batch rather than once per key."""
+    by_reason: dict[str, list[_Send]] = {}
+    for s in sends:
+        by_reason.setdefault(s.why, []).append(s)
+    for why, group in by_reason.items():
+        first = group[0]
+        log.warning(
+            "%d key(s) re-sent for retry (%s), next in %.0f s: %s: %s",
+            len(group),
+            why,
+            first.countdown,
+            first.end.task.input_uri,
+            first.end.transient,
+        )
 
 
 def _requeue(end: KeyEnd) -> _Send:

@@ -1,4 +1,4 @@
-"""Exact Brownian noise for the faithful sampler, one draw per image (issue 19).
+"""Exact Brownian noise for the faithful sampler, one draw per image.
 
 diffusers' ``DPMSolverSDEScheduler.step`` asks its ``noise_sampler(sigma, sigma_next)`` for
 ``(W(t1) - W(t0)) / sqrt(|t1 - t0|)`` of a Brownian motion ``W`` whose time is sigma itself

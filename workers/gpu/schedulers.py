@@ -24,10 +24,10 @@ Both samplers draw their stochastic noise per image from that image's own seed, 
 random numbers do not depend on its batch-mates (its pixels may, by rounding: see generation.py).
 
 The faithful sampler's Brownian noise has two schemes (``SamplerNoise``, ``VEIL_SAMPLER_NOISE``),
-an Enum mapped to functions in ``NOISE_SCHEMES``: ``exact`` (default, issue 19) installs
+an Enum mapped to functions in ``NOISE_SCHEMES``: ``exact`` (default) installs
 ``workers.gpu.noise.ExactBrownianNoise`` as the scheduler's ``noise_sampler``, each image's path
 drawn once per batch at the step times; ``tree`` leaves diffusers its torchsde Brownian trees (one
-per image, as before issue 19: the images of earlier runs). Same law, different numbers: for the
+per image: the images of runs made before ``exact`` existed). Same law, different numbers: for the
 same seed the two schemes give different images. The fast sampler has no Brownian noise (one
 normal draw per step per image), so the scheme does not apply to it.
 """

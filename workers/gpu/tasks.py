@@ -21,7 +21,7 @@ an outage costs the batch a bounded wait (``workers.gpu.commit``: ~35 s at worst
 ~13 s with Redis down), never minutes of blocking retries, and no key is acknowledged unended.
 A task that raises (a bug) gives its whole batch back rather than acknowledge unended keys.
 
-Watching it (issue 11): while the batch runs, ``beacon`` sends the worker's heartbeats from a
+Watching it (Flower): while the batch runs, ``beacon`` sends the worker's heartbeats from a
 side thread (the solo pool's event loop is blocked by the batch) and each request's task events,
 so Flower shows the worker Online and every key as a ``veil.generate`` task with its state and
 runtime; ``workers.metrics`` counts the batch's size, each key's outcome and stage times.
@@ -43,7 +43,7 @@ from shared.results import already_done, error_record
 from shared.settings import Settings
 from workers import metrics, runtime
 from workers.celery_app import GPU_TASK, app
-from workers.gpu.beacon import Beacon, VisibleBatches
+from workers.gpu.beacon import BeaconStep, VisibleBatches, beacon_of
 from workers.gpu.commit import GIVEN_BACK, KeyEnd, commit
 from workers.gpu.gpumodels import GpuModels
 from workers.gpu.stage import finish_batch
@@ -52,7 +52,8 @@ from workers.retries import settle_invalid
 log = get_task_logger(__name__)
 
 
-beacon = Beacon(app)
+beacon = beacon_of(app)
+app.steps["consumer"].add(BeaconStep)
 
 
 class CommitBatches(VisibleBatches):
@@ -91,7 +92,7 @@ def generate_portraits(requests) -> list[str]:
     rt = runtime.current()
     metrics.gpu_batch(len(requests))
     # 1. Heartbeats from the beacon's thread while the batch blocks this one; each request started
-    with beacon.batch(requests[0].hostname if requests else None, len(requests)):
+    with beacon.batch(requests[0].hostname if requests else None, [_active_info(r) for r in requests]):
         started = time.monotonic()
         for request in requests:
             beacon.task_event("task-started", uuid=request.id, name=GPU_TASK)
@@ -103,6 +104,21 @@ def generate_portraits(requests) -> list[str]:
     back = [r.id for r, (outcome, _) in zip(requests, outcomes, strict=True) if outcome == GIVEN_BACK]
     log.info("batch committed in %.1f s: %d given back", time.monotonic() - started, len(back))
     return back
+
+
+def _active_info(request: Any) -> dict[str, Any]:
+    """A request as ``celery inspect active`` lists one (Celery's ``Request.info`` fields)."""
+    return {
+        "id": request.id,
+        "name": GPU_TASK,
+        "args": request.args,
+        "kwargs": request.kwargs,
+        "hostname": request.hostname,
+        "time_start": time.time(),
+        "acknowledged": False,
+        "delivery_info": request.delivery_info,
+        "worker_pid": None,
+    }
 
 
 def _report(task_id: str, outcome: str, reason: str | None, runtime_s: float) -> None:
