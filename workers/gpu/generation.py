@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GenerationConfig:
     sampler: SamplerName = SamplerName.FAITHFUL
-    #: the faithful sampler's Brownian noise (``workers.gpu.noise``; ``tree``: torchsde's, as before issue 19)
+    #: the faithful sampler's Brownian noise (``workers.gpu.noise``; ``tree``: torchsde's trees, the earlier scheme)
     sampler_noise: SamplerNoise = SamplerNoise.EXACT
     steps: int = 15
     guidance_scale: float = 7.0

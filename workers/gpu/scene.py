@@ -1,4 +1,4 @@
-"""GPU-tier stage of scene mode (issue 14): every face of an image regenerated in place.
+"""GPU-tier stage of scene mode: every face of an image regenerated in place.
 
 The GPU tier gets one message per image, carrying every face's analysis, prompts and seed
 (``PromptTask.faces``), and flattens a batch of messages into one list of faces: a diffusion
