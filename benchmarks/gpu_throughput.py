@@ -271,7 +271,9 @@ class Bench:
     def whole_stage(self) -> None:
         from shared.messages import FaceAnalysis, PromptTask
         from shared.storage import LocalBackend
-        from workers.gpu.stage import GpuModels, generate_batch, store_images
+        from workers.gpu.batching import store_images
+        from workers.gpu.gpumodels import GpuModels
+        from workers.gpu.stage import generate_batch
 
         best = self.best(SamplerName.FAITHFUL)
         if best is None or not self.fits("whole GPU stage", self.guess(SamplerName.FAITHFUL, 2 * best["batch"])):

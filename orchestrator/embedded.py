@@ -44,7 +44,9 @@ from shared.settings import Settings
 from shared.storage import Storage, is_local, join_uri
 from workers.cpu.classical import is_classical
 from workers.cpu.stage import CpuModels, analyze, anonymize_classical
-from workers.gpu.stage import Finished, GpuModels, finish_batch
+from workers.gpu.batching import Finished
+from workers.gpu.gpumodels import GpuModels
+from workers.gpu.stage import finish_batch
 
 MANIFEST = "manifest.jsonl"
 

@@ -69,7 +69,7 @@ def run_gpu_worker_here(settings: Settings, name: str) -> None:
     from workers import health, metrics, runtime, shutdown
     from workers.celery_app import configure
     from workers.gpu import tasks  # registers the GPU task; this tier's only
-    from workers.gpu.stage import GpuModels
+    from workers.gpu.gpumodels import GpuModels
 
     health.reset(settings)  # no file while the model loads: the pod is not ready yet
     app = configure(settings, tier="gpu")

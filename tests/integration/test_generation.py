@@ -104,6 +104,18 @@ def test_faithful_steps_make_no_host_device_sync(tiny_models):
     gen._denoise = strict_denoise
     images = gen(PROMPTS, NEG, [1, 2, 3])
     assert len(images) == 3 and all(img.shape == (512, 512, 3) for img in images)
+    # The GPU stage's path (issue 19 item 3): noise built ahead on a thread into pinned memory,
+    # one copy per chunk, uploads on threads; still no sync inside a chunk's denoising loop
+    from tests.integration.test_gpu_pipeline import tasks
+    from workers.gpu.gpumodels import GpuModels
+    from workers.gpu.stage import generate_batch
+
+    ahead = gen.prepare_noise([4, 5])
+    assert ahead is not None and ahead.host.is_pinned()
+    assert len(gen(PROMPTS[:2], NEG[:2], [4, 5], noise=ahead)) == 2
+    assert gen.sampler.scheduler.noise_sampler.prepared_ahead
+    chunked = generate_batch(tasks(5, "unused"), GpuModels(gen, max_batch=2))
+    assert len(chunked) == 5 and gen.sampler.scheduler.noise_sampler.prepared_ahead  # the last chunk's was built ahead
     torch.cuda.set_sync_debug_mode("error")
     try:  # the check can fail: a sync in the loop would raise just so
         with pytest.raises(RuntimeError, match="synchroniz"):

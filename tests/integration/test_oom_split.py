@@ -14,8 +14,9 @@ from shared.messages import FaceAnalysis, PromptTask
 from shared.prompts import CELEBA_LABELS
 from shared.settings import SamplerName
 from workers.gpu.generation import GenerationConfig, PortraitGenerator
+from workers.gpu.gpumodels import GpuModels
 from workers.gpu.loading import load_sd_components
-from workers.gpu.stage import GpuModels, generate_batch
+from workers.gpu.stage import generate_batch
 
 
 class LimitedDevice:
@@ -24,11 +25,14 @@ class LimitedDevice:
     def __init__(self, generator, fits: int):
         self.generator, self.fits, self.calls = generator, fits, []
 
-    def __call__(self, prompts, negatives, seeds):
+    def __call__(self, prompts, negatives, seeds, **kwargs):
         self.calls.append(len(prompts))
         if len(prompts) > self.fits:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated device limit)")
-        return self.generator(prompts, negatives, seeds)
+        return self.generator(prompts, negatives, seeds, **kwargs)
+
+    def __getattr__(self, name):  # the rest of the generator (its noise built ahead, its scheme)
+        return getattr(self.generator, name)
 
 
 def tasks(n: int) -> list[PromptTask]:
@@ -66,7 +70,7 @@ def test_single_image_that_does_not_fit_is_transient(generator):
 
 
 def test_largest_batch_that_fits_is_measured_at_start(generator):
-    from workers.gpu.stage import largest_batch_that_fits
+    from workers.gpu.gpumodels import largest_batch_that_fits
 
     device = LimitedDevice(generator, fits=3)
     assert largest_batch_that_fits(GpuModels(device), 8) == 2  # 8 -> 4 -> 2

@@ -121,7 +121,7 @@ def test_unknown_scheme_is_named(storage):
 
 def test_gpu_stage_uploads_each_format_with_its_content_type(storage):
     from shared.messages import FaceAnalysis, PromptTask
-    from workers.gpu.stage import store_image
+    from workers.gpu.batching import store_image
 
     analysis = FaceAnalysis.model_construct(face_box=[0, 0, 1, 1, 1], celeba_scores={})
     for name, expected in [("a.bmp", "image/bmp"), ("b.tif", "image/tiff"), ("c.jpg", "image/jpeg"),

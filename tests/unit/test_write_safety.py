@@ -126,7 +126,7 @@ def _prompt(output_uri: str) -> PromptTask:
 
 def test_worker_stages_refuse_a_forged_output_uri(tmp_path):
     from workers.cpu.stage import analyze
-    from workers.gpu.stage import store_image
+    from workers.gpu.batching import store_image
 
     forged = str(tmp_path / "out" / ".." / "escaped.jpg")
     task = ImageTask(job_id="j", input_uri="s3://bkt/in/a.jpg", output_uri=forged, seed=1)

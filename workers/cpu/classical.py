@@ -97,12 +97,16 @@ def is_classical(method: Method) -> bool:
     return method in CLASSICAL
 
 
+#: each classical method bound to its strength from the settings
+BOUND: dict[Method, Callable[[Settings], Anonymizer]] = {
+    Method.BLUR: lambda settings: partial(blur, sigma=settings.blur_sigma),
+    Method.PIXELATE: lambda settings: partial(pixelate, blocks=settings.pixelate_blocks),
+    Method.MASK: lambda settings: mask,
+}
+
+
 def face_anonymizer(method: Method, settings: Settings) -> Anonymizer:
     """``(rgb, box) -> rgb`` for a classical method, with its strength from ``settings``."""
-    if method is Method.BLUR:
-        return partial(blur, sigma=settings.blur_sigma)
-    if method is Method.PIXELATE:
-        return partial(pixelate, blocks=settings.pixelate_blocks)
-    if method is Method.MASK:
-        return mask
-    raise ValueError(f"{method.value!r} is not a classical method: it runs on the GPU tier")
+    if method not in BOUND:
+        raise ValueError(f"{method.value!r} is not a classical method: it runs on the GPU tier")
+    return BOUND[method](settings)

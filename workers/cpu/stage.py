@@ -11,8 +11,10 @@ image.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,24 +112,41 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     timings.update(decode=t1 - t0, detect=t2 - t1)
     if index is None:
         raise NoFaceError(f"no face found by {cpu.detector.name}")
-    if task.mode is Mode.SCENE:
-        # 3-4 (scene mode). Every face's attributes and prompts (at most VEIL_MAX_FACES: an image
-        # with more is failed, never sent half anonymized)
-        # (the GPU tier decodes a scene image in full: judged here, against the same budget)
-        if (full := round(rgb.shape[0] * rgb.shape[1] * scale * scale)) > cpu.settings.max_decoded_pixels:
-            raise ImageTooLargeError(f"scene mode decodes {full} pixels, more than VEIL_MAX_DECODED_PIXELS")
-        if len(detections.boxes) > cpu.settings.max_faces:
-            raise TooManyFacesError(f"{len(detections.boxes)} faces, more than VEIL_MAX_FACES={cpu.settings.max_faces}")
-        faces = scene_faces(rgb, scale, detections, task.seed, cpu)
-        timings["attributes"] = time.perf_counter() - t2
-        return _prompt_task(task, faces[0].analysis, faces[0].prompt, faces[0].negative_prompt, cpu, faces)
-    box, landmarks = detections.boxes[index], detections.landmarks[index]
-    # 3. Read the face's attributes
-    analysis = _in_input_pixels(read_attributes(rgb, box, landmarks, cpu), box, scale)
+    # 3-4. The attributes and prompts of the face (portrait) or of every face (scene): ``PROMPTS``
+    prompt_task = PROMPTS[task.mode](task, rgb, scale, detections, index, cpu)
     timings["attributes"] = time.perf_counter() - t2
-    # 4. Write the prompts (Algorithm 1)
+    return prompt_task
+
+
+def _portrait_prompts(
+    task: ImageTask, rgb: np.ndarray, scale: float, detections, index: int, cpu: CpuModels
+) -> PromptTask:
+    """Portrait mode: the biggest face's attributes (3), then its prompts by Algorithm 1 (4)."""
+    box, landmarks = detections.boxes[index], detections.landmarks[index]
+    analysis = _in_input_pixels(read_attributes(rgb, box, landmarks, cpu), box, scale)
     prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)
     return _prompt_task(task, analysis, prompts.positive, prompts.negative, cpu)
+
+
+def _scene_prompts(
+    task: ImageTask, rgb: np.ndarray, scale: float, detections, index: int, cpu: CpuModels
+) -> PromptTask:
+    """Scene mode: every face's attributes and prompts, biggest first (``scene_faces``); at most
+    VEIL_MAX_FACES (an image with more is failed, never sent half anonymized). The GPU tier
+    decodes a scene image in full: judged here, against the same pixel budget."""
+    if (full := round(rgb.shape[0] * rgb.shape[1] * scale * scale)) > cpu.settings.max_decoded_pixels:
+        raise ImageTooLargeError(f"scene mode decodes {full} pixels, more than VEIL_MAX_DECODED_PIXELS")
+    if len(detections.boxes) > cpu.settings.max_faces:
+        raise TooManyFacesError(f"{len(detections.boxes)} faces, more than VEIL_MAX_FACES={cpu.settings.max_faces}")
+    faces = scene_faces(rgb, scale, detections, task.seed, cpu)
+    return _prompt_task(task, faces[0].analysis, faces[0].prompt, faces[0].negative_prompt, cpu, faces)
+
+
+#: each mode's steps 3-4 of ``analyze``: (task, rgb, scale, detections, biggest, cpu) -> PromptTask
+PROMPTS: dict[Mode, Callable[..., PromptTask]] = {
+    Mode.PORTRAIT: _portrait_prompts,
+    Mode.SCENE: _scene_prompts,
+}
 
 
 def _prompt_task(
@@ -228,14 +247,21 @@ def anonymize_classical(
 
 
 def _classical_boxes(detections, index: int, mode: Mode) -> list[list[float]]:
-    """The biggest face's box; in scene mode every face's, biggest first."""
+    """The boxes a classical method changes: ``FACES_CHANGED`` by mode."""
+    return [[float(v) for v in detections.boxes[i][:5]] for i in FACES_CHANGED[mode](detections, index)]
+
+
+def _every_face_biggest_first(detections, index: int) -> list[int]:
     b = detections.boxes
-    if mode is Mode.SCENE:
-        areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-        order = list(np.argsort(-areas, kind="stable"))
-    else:
-        order = [index]
-    return [[float(v) for v in b[i][:5]] for i in order]
+    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return [int(i) for i in np.argsort(-areas, kind="stable")]
+
+
+#: the faces a classical method changes, by mode: the biggest (portrait), every face biggest first (scene)
+FACES_CHANGED: dict[Mode, Callable[[Any, int], list[int]]] = {
+    Mode.PORTRAIT: lambda detections, index: [index],
+    Mode.SCENE: _every_face_biggest_first,
+}
 
 
 def _classical_faces(

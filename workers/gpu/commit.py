@@ -29,7 +29,7 @@ from shared.messages import PromptTask, ResultRecord, Status
 from shared.results import count_many, error_record, write_sidecar
 from workers import metrics
 from workers.celery_app import GPU_TASK
-from workers.gpu.stage import io_pool
+from workers.gpu.batching import io_pool
 from workers.retries import send
 from workers.runtime import Runtime
 

@@ -13,8 +13,12 @@ never on its batch-mates. What is reproducible, precisely:
   2.14, float32, 10 images as 5+5, 10 and 10x1, 15 steps): at most 1 grey level, mean
   3.6e-5 (faithful) and 3.4e-5 (fast); the same 5+5 run twice: bit-identical, both samplers
   (benchmarks/results/cpu-tiny-batch-reproducibility.json). Issue 8 reports up to 9 grey
-  levels on 3 of 37 images in another run. Not bit-exact, then; tests/test_generation.py
-  pins both.
+  levels on 3 of 37 images in another run. Not bit-exact, then;
+  tests/integration/test_generation.py pins both.
+
+The faithful sampler's noise for a batch can be built ahead, on another thread, by
+``prepare_noise`` and handed to ``__call__`` (``noise``): the same numbers as when built in the
+call (``workers.gpu.noise``), so the pixels do not change.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from shared.settings import SamplerName, SamplerNoise
+from workers.gpu.noise import HostNoise
 from workers.gpu.schedulers import build_sampler
 
 VAE_SCALE = 8
@@ -37,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GenerationConfig:
     sampler: SamplerName = SamplerName.FAITHFUL
-    #: the faithful sampler's Brownian noise (``workers.gpu.noise``; ``tree``: torchsde's, as before issue 19)
+    #: the faithful sampler's Brownian noise (``workers.gpu.noise``; ``tree``: torchsde's trees, the earlier scheme)
     sampler_noise: SamplerNoise = SamplerNoise.EXACT
     steps: int = 15
     guidance_scale: float = 7.0
@@ -67,6 +72,9 @@ class PortraitGenerator:
         self.config = config
         self.device, self.dtype = device, dtype
         self.sampler = build_sampler(config.sampler, scheduler_config, config.sampler_noise)
+        # the schedule's sigmas (CPU, fixed by the config): what noise built ahead is built for
+        self.sampler.scheduler.set_timesteps(config.steps, device="cpu")
+        self._sigmas = self.sampler.scheduler.sigmas.detach().to("cpu").clone()
         self._warned_cut = False  # a cut prompt is reported once per process, then at debug level
         self._latent_channels = unet.config.in_channels
         self._vae_scaling = vae.config.scaling_factor
@@ -91,18 +99,20 @@ class PortraitGenerator:
         seeds: list[int],
         init_images: list[np.ndarray] | None = None,
         strength: float = 1.0,
+        noise: HostNoise | None = None,
     ) -> list[np.ndarray]:
         """Returns one (H, W, 3) uint8 RGB array per prompt. With ``init_images`` (scene mode's
         face crops, ``image_size`` square) it is img2img: each image starts from its crop's
         latents noised to the sampler's sigma at ``strength`` of the schedule, and only the rest
-        of the same schedule runs (about ``strength`` x the UNet evaluations)."""
+        of the same schedule runs (about ``strength`` x the UNet evaluations). ``noise``: the
+        batch's sampler noise from ``prepare_noise`` (used if built for these seeds)."""
         # 1. Check inputs
         self._check_inputs(prompts, negative_prompts, seeds)
         # 2. Encode prompts: [negatives; positives] for classifier-free guidance
         embeddings = self._encode_prompts(negative_prompts + prompts)
         # 3. Prepare timesteps and per-image initial latents (img2img: the crops' latents, noised
         #    to the first timestep kept)
-        timesteps = self._prepare_timesteps(seeds)
+        timesteps = self._prepare_timesteps(seeds, noise)
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         if init_images is None:
             latents = self._initial_latents(generators)
@@ -174,14 +184,24 @@ class PortraitGenerator:
         side = self.config.image_size // VAE_SCALE
         return (self._latent_channels, side, side)
 
-    def _prepare_timesteps(self, seeds: list[int]) -> torch.Tensor:
+    def prepare_noise(self, seeds: list[int]) -> HostNoise | None:
+        """The sampler's noise for a batch of ``seeds``, built on the CPU on the calling thread
+        (safe off the generating thread: it reads only the fixed schedule); None when the
+        sampler has nothing to build ahead."""
+        build = self.sampler.build_noise
+        if build is None:
+            return None
+        return build(self._sigmas, list(seeds), self._latent_shape(), self.device.type == "cuda")
+
+    def _prepare_timesteps(self, seeds: list[int], noise: HostNoise | None = None) -> torch.Tensor:
         """The schedule, and the batch's noise for it (the exact scheme copies it to the device
-        here, once). The begin index is set so that the first step does not look its timestep
-        up on the device (a host-device sync); img2img sets its own."""
+        here, once, built here or taken from ``noise``). The begin index is set so that the
+        first step does not look its timestep up on the device (a host-device sync); img2img
+        sets its own."""
         scheduler = self.sampler.scheduler
         scheduler.set_timesteps(self.config.steps, device=self.device)
         scheduler.set_begin_index(0)
-        self.sampler.prepare(scheduler, seeds, self._latent_shape(), self.device)
+        self.sampler.prepare(scheduler, seeds, self._latent_shape(), self.device, noise)
         return scheduler.timesteps
 
     def _initial_latents(self, generators: list[torch.Generator]) -> torch.Tensor:

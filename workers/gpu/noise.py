@@ -19,6 +19,13 @@ operations per image, ~250 ms on a CPU core whatever the device), ``ExactBrownia
 4. copies that to the device once (non-blocking, from pinned memory on CUDA); each step's query
    is then a view of it: no kernel launch, no host-device sync, no randomness inside the loop.
 
+Steps 1-3 need only the sigmas and the seeds, so they can run ahead: ``host_noise`` builds a
+batch's ``HostNoise`` on any thread (the GPU stage builds the next generation chunk's while this
+one runs, ``workers.gpu.batching``) and ``ExactBrownianNoise`` takes it instead of drawing again.
+It is the same function of the same seeds, so noise built ahead is bit-identical to noise built
+in place; a ``HostNoise`` for other seeds or another schedule is not used (a prefix of its
+images is: each image is drawn alone).
+
 The joint law of every answer is exactly the Brownian one (no tolerance, no tree): increments
 over disjoint gaps are independent with variance equal to the gap, and the two overlapping
 queries of a step have covariance ``overlap / sqrt(len_a len_b)``. A query at any other time
@@ -37,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -131,9 +139,38 @@ def batch_noise(seeds: Sequence[int], plan: _Plan, shape: Sequence[int], *, pin:
     return out
 
 
+@dataclass(frozen=True)
+class HostNoise:
+    """A batch's answers built on the CPU, ready to copy to the device: ``host`` is
+    ``(queries, batch, *shape)`` float32 (pinned when built for CUDA), for ``seeds`` in order."""
+
+    queries: tuple[tuple[float, float], ...]
+    seeds: tuple[int, ...]
+    shape: tuple[int, ...]
+    plan: _Plan
+    host: torch.Tensor
+
+    def for_batch(self, queries: Sequence[tuple[float, float]], seeds: Sequence[int], shape: Sequence[int]):
+        """The answers for this batch, if this noise was built for it or for a batch it begins
+        (a view of the first ``len(seeds)`` images: each image is drawn alone); else None."""
+        n = len(seeds)
+        if tuple(queries) != self.queries or tuple(shape) != self.shape or tuple(seeds) != self.seeds[:n]:
+            return None
+        return self.host if n == len(self.seeds) else self.host[:, :n]
+
+
+def host_noise(sigmas: torch.Tensor, seeds: Sequence[int], shape: Sequence[int], *, pin: bool = False) -> HostNoise:
+    """Steps 1-3 of the module docstring for one batch, on the calling thread, on the CPU."""
+    queries = tuple(sde_queries(sigmas))
+    plan = _Plan(queries)
+    host = batch_noise(seeds, plan, tuple(shape), pin=pin)
+    return HostNoise(queries, tuple(seeds), tuple(shape), plan, host)
+
+
 class ExactBrownianNoise:
     """A drop-in ``noise_sampler`` for ``DPMSolverSDEScheduler``: built after ``set_timesteps``
-    for one batch, from the scheduler's sigmas and each image's seed."""
+    for one batch, from the scheduler's sigmas and each image's seed; ``ready``: the batch's
+    ``HostNoise`` built ahead (used when it was built for this batch, else drawn here)."""
 
     def __init__(
         self,
@@ -142,11 +179,22 @@ class ExactBrownianNoise:
         shape: Sequence[int],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        ready: HostNoise | None = None,
     ):
-        self.plan = _Plan(sde_queries(sigmas))
         device = torch.device(device)
         pin = device.type == "cuda"
-        self._host = batch_noise(seeds, self.plan, tuple(shape), pin=pin).to(dtype)
+        queries = sde_queries(sigmas)
+        ahead = ready.for_batch(queries, seeds, shape) if ready is not None else None
+        #: whether the noise built ahead was used (else it was drawn here)
+        self.prepared_ahead = (
+            ready is not None and ahead is not None and (not pin or (ahead.is_pinned() and ahead.is_contiguous()))
+        )
+        if ready is not None and ahead is not None and self.prepared_ahead:
+            self.plan, host = ready.plan, ahead
+        else:
+            built = host_noise(sigmas, seeds, shape, pin=pin)
+            self.plan, host = built.plan, built.host
+        self._host = host.to(dtype)
         # one copy per batch; the host tensor is kept alive until the batch ends (async copy)
         self.noise = self._host.to(device, non_blocking=pin)
 

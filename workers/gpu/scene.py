@@ -1,4 +1,4 @@
-"""GPU-tier stage of scene mode (issue 14): every face of an image regenerated in place.
+"""GPU-tier stage of scene mode: every face of an image regenerated in place.
 
 The GPU tier gets one message per image, carrying every face's analysis, prompts and seed
 (``PromptTask.faces``), and flattens a batch of messages into one list of faces: a diffusion
@@ -33,7 +33,9 @@ from shared.messages import FacePrompt, PromptTask
 from shared.results import error_record, scene_record
 from shared.scene import Region, cut, face_region, mask_box, paste, paste_order
 from shared.storage import Storage
-from workers.gpu.stage import Finished, GpuModels, _largest_chunk, store_image, store_images
+from workers.gpu.batching import Finished, finished, generate_in_chunks, rounded, settle_store, store_images
+from workers.gpu.gpumodels import GpuModels
+from workers.gpu.noise import HostNoise
 from workers.guard import FaceCheck
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,9 @@ def generate_faces(
     faces: list[tuple[FacePrompt, int, np.ndarray]], gpu: GpuModels, strength: float
 ) -> list[np.ndarray]:
     """img2img of (face, seed, crop) triples, ``gpu.max_batch`` at a time (halved on out-of-memory,
-    as portraits are: ``_largest_chunk``)."""
+    the next chunk's noise built while one generates, as portraits: ``workers.gpu.batching``)."""
 
-    def run(start: int, stop: int) -> list[np.ndarray]:
+    def run(start: int, stop: int, noise: HostNoise | None) -> list[np.ndarray]:
         part = faces[start:stop]
         return gpu.generator(
             [f.prompt for f, _, _ in part],
@@ -70,40 +72,76 @@ def generate_faces(
             [seed for _, seed, _ in part],
             init_images=[crop for _, _, crop in part],
             strength=strength,
+            noise=noise,
         )
 
-    images: list[np.ndarray] = []
-    while len(images) < len(faces):
-        images += _largest_chunk(len(images), len(faces), run, gpu)
-    return images
+    def noise_ahead(start: int, stop: int) -> HostNoise | None:
+        return gpu.generator.prepare_noise([seed for _, seed, _ in faces[start:stop]])
+
+    return generate_in_chunks(len(faces), run, gpu, prepare=noise_ahead)
 
 
 def finish_scenes(
     tasks: list[PromptTask], gpu: GpuModels, storage: Storage, timings: list[dict[str, float]], *, retry_stores: bool
 ) -> list[Finished]:
     """Scene-mode keys of a batch -> ``Finished`` per key, in order (see ``workers.gpu.stage``)."""
-    finished: list[Finished | None] = [None] * len(tasks)
-    # 1. Read and decode each input at full size (a key that fails here fails alone)
+    ended: list[Finished | None] = [None] * len(tasks)
+    # 1. Read and decode each input at full size (a key that fails here ends alone, in ``ended``)
+    originals = _read_originals(tasks, gpu, storage, timings, ended, retry=retry_stores)
+    # 2. Cut every face's square at the model's size; start each face's guard
+    faces = _cut_faces(tasks, originals, gpu)
+    # 3. Generate every face of the batch together; with a guard, regenerate those that still
+    #    re-identify on their composited image, with their next seed; composite each image
+    try:
+        canvases, per_face = _generate_and_guard(faces, originals, gpu)
+    except Exception as exc:  # noqa: BLE001 - transient (OOM at one face), a bug, a bad model or one bad key
+        return _generation_failed(tasks, gpu, storage, timings, ended, originals, exc, retry_stores=retry_stores)
+    # 4. The faces no try could hide are masked; each image is encoded in its input's format and stored
+    order = sorted(originals)
+    errors = _store_scenes(tasks, faces, canvases, order, storage)
+    # 5. A record per key: every face's box, square, attributes, prompts, seed kept and guard
+    #    result (a transient store failure retried here when the caller asks)
+    for i, error in zip(order, errors, strict=True):
+        task, tm, own = tasks[i], timings[i], [f for f in faces if f.task == i]
+        tm["generate"] = per_face * sum(1 + f.attempt for f in own)
+        error = settle_store(task, canvases[i], storage, error, tm, retry=retry_stores)
+        ended[i] = finished(task, error, tm, partial(_scene_record, task, own, tm, gpu))
+    return _all(ended)
+
+
+def _read_originals(
+    tasks: list[PromptTask],
+    gpu: GpuModels,
+    storage: Storage,
+    timings: list[dict[str, float]],
+    ended: list[Finished | None],
+    *,
+    retry: bool,
+) -> dict[int, np.ndarray]:
+    """Each readable input at full size, by its index; the others' ends written into ``ended``."""
     originals: dict[int, np.ndarray] = {}
     for i, (task, tm) in enumerate(zip(tasks, timings, strict=True)):
         t0 = time.perf_counter()
         if not task.faces:  # a forged or broken message: never write the input back unchanged
-            finished[i] = Finished(task, error_record(task, NoFaceError("scene message without faces"), timings_s=tm))
+            ended[i] = Finished(task, error_record(task, NoFaceError("scene message without faces"), timings_s=tm))
             continue
         try:
-            originals[i] = _read_original(task, gpu, storage, retry=retry_stores)
+            originals[i] = _read_original(task, gpu, storage, retry=retry)
         except TransientError as exc:
-            finished[i] = Finished(task, None, exc)
+            ended[i] = Finished(task, None, exc)
         except Exception as exc:  # noqa: BLE001 - permanent: the key's record says why
-            finished[i] = Finished(task, error_record(task, exc, timings_s=tm))
+            ended[i] = Finished(task, error_record(task, exc, timings_s=tm))
         tm["read_original"] = time.perf_counter() - t0
-    # 2. Cut every face's square at the model's size
-    cfg, size = gpu.scene, gpu.generator.config.image_size
+    return originals
+
+
+def _cut_faces(tasks: list[PromptTask], originals: dict[int, np.ndarray], gpu: GpuModels) -> list[_Face]:
+    margin, size = gpu.loaded_settings.scene_margin, gpu.generator.config.image_size
     faces = [
         _Face(
             i,
             fp,
-            region := face_region(fp.analysis.face_box, cfg.margin, *originals[i].shape[:2]),
+            region := face_region(fp.analysis.face_box, margin, *originals[i].shape[:2]),
             cut(originals[i], region, size),
         )
         for i in sorted(originals)
@@ -113,68 +151,79 @@ def finish_scenes(
     for f in faces:
         if (guard := guards[f.task]) is not None:
             f.check = guard.start(originals[f.task], f.face.analysis.face_box)
-    # 3-4. Generate every pending face of the batch together; with a guard, check each face on its
-    #      composited image and regenerate those that still re-identify, with their next seed
-    pending, canvases = faces, {}
-    t0 = time.perf_counter()
-    generations = 0
-    try:
-        while pending:
-            for f, new in zip(
-                pending, generate_faces([(f.face, f.seed, f.crop) for f in pending], gpu, cfg.strength), strict=True
-            ):
-                f.new = new
-            generations += len(pending)
-            canvases = {i: _composite(originals[i], [f for f in faces if f.task == i], cfg.feather) for i in originals}
-            retry = []
-            for f in pending:
-                if f.check is None or f.check.check(canvases[f.task]):
-                    continue
-                if f.check.exhausted:
-                    f.check.fallback = "mask"
-                else:
-                    f.attempt += 1
-                    retry.append(f)
-            pending = retry
-    except TransientError as exc:
-        return [fin or Finished(t, None, exc) for fin, t in zip(finished, tasks, strict=True)]
-    except Exception as exc:  # noqa: BLE001 - a bug, a bad model or one bad key
-        if len(originals) > 1:
-            log.exception("scene batch of %d failed; generating its images one by one", len(originals))
-            for i in originals:
-                finished[i] = finish_scenes([tasks[i]], gpu, storage, [timings[i]], retry_stores=retry_stores)[0]
-            return _all(finished)
-        log.exception("scene generation of %s failed", tasks[next(iter(originals))].input_uri)
-        return [
-            fin or Finished(t, error_record(t, exc, timings_s=tm))
-            for fin, t, tm in zip(finished, tasks, timings, strict=True)
-        ]
-    per_face = (time.perf_counter() - t0) / max(1, generations)
-    # 5. The faces no try could hide are masked; each image is encoded in its input's format and stored
+    return faces
+
+
+def _generate_and_guard(
+    faces: list[_Face], originals: dict[int, np.ndarray], gpu: GpuModels
+) -> tuple[dict[int, np.ndarray], float]:
+    """Each image composited with its faces' final squares, and the seconds per face generation."""
+    strength, feather = gpu.loaded_settings.scene_strength, gpu.loaded_settings.scene_feather
+    pending: list[_Face] = faces
+    canvases: dict[int, np.ndarray] = {}
+    generations, t0 = 0, time.perf_counter()
+    while pending:
+        new = generate_faces([(f.face, f.seed, f.crop) for f in pending], gpu, strength)
+        for f, pixels in zip(pending, new, strict=True):
+            f.new = pixels
+        generations += len(pending)
+        canvases = {i: _composite(originals[i], [f for f in faces if f.task == i], feather) for i in originals}
+        pending = _guard_retries(pending, canvases)
+    return canvases, (time.perf_counter() - t0) / max(1, generations)
+
+
+def _guard_retries(pending: list[_Face], canvases: dict[int, np.ndarray]) -> list[_Face]:
+    """The faces that still re-identify on their image and have a try left (next seed); those
+    out of tries are marked for the mask."""
+    retry = []
+    for f in pending:
+        if f.check is None or f.check.check(canvases[f.task]):
+            continue
+        if f.check.exhausted:
+            f.check.fallback = "mask"
+        else:
+            f.attempt += 1
+            retry.append(f)
+    return retry
+
+
+def _generation_failed(
+    tasks: list[PromptTask],
+    gpu: GpuModels,
+    storage: Storage,
+    timings: list[dict[str, float]],
+    ended: list[Finished | None],
+    originals: dict[int, np.ndarray],
+    exc: Exception,
+    *,
+    retry_stores: bool,
+) -> list[Finished]:
+    """A transient failure is every remaining key's, handed back; anything else, each image is
+    tried alone so that one bad key fails alone (an image alone that fails gets a failed record)."""
+    if isinstance(exc, TransientError):
+        return [fin or Finished(t, None, exc) for fin, t in zip(ended, tasks, strict=True)]
+    if len(originals) > 1:
+        log.error("scene batch of %d failed; generating its images one by one", len(originals), exc_info=exc)
+        for i in originals:
+            ended[i] = finish_scenes([tasks[i]], gpu, storage, [timings[i]], retry_stores=retry_stores)[0]
+        return _all(ended)
+    log.error("scene generation of %s failed", [tasks[i].input_uri for i in originals], exc_info=exc)
+    return [
+        fin or Finished(t, error_record(t, exc, timings_s=tm)) for fin, t, tm in zip(ended, tasks, timings, strict=True)
+    ]
+
+
+def _store_scenes(
+    tasks: list[PromptTask], faces: list[_Face], canvases: dict[int, np.ndarray], order: list[int], storage: Storage
+) -> list[BaseException | None]:
     for f in faces:
         if f.check is not None and f.check.fallback:
             mask_box(canvases[f.task], f.face.analysis.face_box)
-    order = sorted(originals)
-    errors = store_images([tasks[i] for i in order], [canvases[i] for i in order], storage)
-    # 6. A record per key: every face's box, square, attributes, prompts, seed kept and guard result
-    for i, error in zip(order, errors, strict=True):
-        task, tm = tasks[i], timings[i]
-        own = [f for f in faces if f.task == i]
-        tm["generate"] = per_face * sum(1 + f.attempt for f in own)
-        if isinstance(error, TransientError) and retry_stores:
-            try:
-                call_with_retries(partial(store_image, task, canvases[i], storage))
-                error = None
-            except Exception as exc:  # noqa: BLE001
-                error = exc
-        if error is None:
-            record = scene_record(task, [_record_of(f) for f in own], _rounded(tm), gpu.generator.sampler_noise)
-            finished[i] = Finished(task, record)
-        elif isinstance(error, TransientError):
-            finished[i] = Finished(task, None, error)
-        else:
-            finished[i] = Finished(task, error_record(task, error, timings_s=tm))
-    return _all(finished)
+    return store_images([tasks[i] for i in order], [canvases[i] for i in order], storage)
+
+
+def _scene_record(task: PromptTask, own: list[_Face], tm: dict[str, float], gpu: GpuModels):
+    return scene_record(task, [_record_of(f) for f in own], rounded(tm), gpu.generator.sampler_noise)
 
 
 def _all(finished: list[Finished | None]) -> list[Finished]:
@@ -183,9 +232,10 @@ def _all(finished: list[Finished | None]) -> list[Finished]:
 
 
 def _read_original(task: PromptTask, gpu: GpuModels, storage: Storage, *, retry: bool) -> np.ndarray:
-    read = partial(read_input, storage, task.input_uri, max_bytes=gpu.scene.max_input_bytes)
+    settings = gpu.loaded_settings
+    read = partial(read_input, storage, task.input_uri, max_bytes=settings.max_input_bytes)
     data = call_with_retries(read) if retry else read()
-    return decode_image(data, max_pixels=gpu.scene.max_pixels)
+    return decode_image(data, max_pixels=settings.max_image_pixels)
 
 
 def _composite(original: np.ndarray, faces: list[_Face], feather: float) -> np.ndarray:
@@ -212,7 +262,3 @@ def _record_of(f: _Face) -> dict:
         seed=f.seed,
         guard=f.check.result() if f.check is not None else None,
     )
-
-
-def _rounded(tm: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in tm.items()}

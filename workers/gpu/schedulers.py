@@ -43,11 +43,14 @@ from diffusers import DPMSolverMultistepScheduler, DPMSolverSDEScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from shared.settings import SamplerName, SamplerNoise
-from workers.gpu.noise import ExactBrownianNoise
+from workers.gpu.noise import ExactBrownianNoise, HostNoise, host_noise
 
-#: ``prepare(scheduler, seeds, latent_shape, device)``: called after ``set_timesteps`` with the
-#: batch's seeds, one image's latent shape (C, H, W) and the device
-Prepare = Callable[[Any, list[int], tuple[int, ...], torch.device], None]
+#: ``prepare(scheduler, seeds, latent_shape, device, ready)``: called after ``set_timesteps`` with
+#: the batch's seeds, one image's latent shape (C, H, W), the device, and the batch's noise if it
+#: was built ahead (``Sampler.build_noise``; None: built here if the scheme needs it)
+Prepare = Callable[[Any, list[int], tuple[int, ...], torch.device, Any], None]
+#: ``build_noise(sigmas, seeds, latent_shape, pin)``: a batch's noise built ahead on any thread
+BuildNoise = Callable[[torch.Tensor, list[int], tuple[int, ...], bool], HostNoise]
 
 
 @dataclass
@@ -59,18 +62,35 @@ class Sampler:
     step_kwargs: Callable[[torch.Tensor, list[torch.Generator]], dict[str, Any]]
     #: the Brownian noise scheme recorded with each image (None: the sampler has none)
     noise: SamplerNoise | None = None
+    #: builds a batch's noise ahead of its generation (None: the scheme has nothing to build ahead)
+    build_noise: BuildNoise | None = None
 
 
 #: See the module docstring: the Karras range of A1111's "DPM++ SDE Karras" is the model's whole one.
 TIMESTEP_SPACING = "linspace"
 
 
-def _exact_noise(s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device) -> None:
-    """Each image's Brownian path at every step time, drawn once per batch (``workers.gpu.noise``)."""
-    s.noise_sampler = ExactBrownianNoise(s.sigmas, seeds, shape, device)
+def _exact_noise(
+    s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device, ready: HostNoise | None = None
+) -> None:
+    """Each image's Brownian path at every step time, drawn once per batch (``workers.gpu.noise``),
+    or taken from ``ready`` when it was built ahead for this batch."""
+    s.noise_sampler = ExactBrownianNoise(s.sigmas, seeds, shape, device, ready=ready)
 
 
-def _tree_noise(s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device) -> None:
+def _build_exact_noise(sigmas: torch.Tensor, seeds: list[int], shape: tuple[int, ...], pin: bool) -> HostNoise:
+    return host_noise(sigmas, seeds, shape, pin=pin)
+
+
+def _no_noise(
+    s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device, ready: HostNoise | None = None
+) -> None:
+    """The fast sampler draws its noise per step (``step_kwargs``): nothing to prepare."""
+
+
+def _tree_noise(
+    s: Any, seeds: list[int], shape: tuple[int, ...], device: torch.device, ready: HostNoise | None = None
+) -> None:
     """diffusers' own: a list of seeds makes it build one torchsde Brownian tree per image."""
     s.noise_sampler = None
     s.noise_sampler_seed = list(seeds)
@@ -80,11 +100,16 @@ NOISE_SCHEMES: dict[SamplerNoise, Prepare] = {
     SamplerNoise.EXACT: _exact_noise,
     SamplerNoise.TREE: _tree_noise,
 }
+#: what each scheme can build ahead of a batch (the trees are built inside the loop: nothing)
+NOISE_AHEAD: dict[SamplerNoise, BuildNoise | None] = {
+    SamplerNoise.EXACT: _build_exact_noise,
+    SamplerNoise.TREE: None,
+}
 
 
 def _faithful(config: dict[str, Any], noise: SamplerNoise) -> Sampler:
     scheduler = DPMSolverSDEScheduler.from_config(config, use_karras_sigmas=True, timestep_spacing=TIMESTEP_SPACING)
-    return Sampler(scheduler, NOISE_SCHEMES[noise], lambda latents, generators: {}, noise)
+    return Sampler(scheduler, NOISE_SCHEMES[noise], lambda latents, generators: {}, noise, NOISE_AHEAD[noise])
 
 
 def _fast(config: dict[str, Any], noise: SamplerNoise) -> Sampler:
@@ -100,7 +125,7 @@ def _fast(config: dict[str, Any], noise: SamplerNoise) -> Sampler:
         noise = randn_tensor(latents.shape, generator=generators, device=latents.device, dtype=torch.float32)
         return {"variance_noise": noise}
 
-    return Sampler(scheduler, lambda s, seeds, shape, device: None, step_kwargs)
+    return Sampler(scheduler, _no_noise, step_kwargs)
 
 
 SAMPLERS: dict[SamplerName, Callable[[dict[str, Any], SamplerNoise], Sampler]] = {

@@ -46,7 +46,8 @@ from workers.admission import Refused, admit, refused
 from workers.celery_app import GPU_TASK, app
 from workers.gpu.beacon import BeaconStep, VisibleBatches, beacon_of
 from workers.gpu.commit import GIVEN_BACK, KeyEnd, commit
-from workers.gpu.stage import GpuModels, finish_batch
+from workers.gpu.gpumodels import GpuModels
+from workers.gpu.stage import finish_batch
 from workers.retries import settle_invalid
 
 log = get_task_logger(__name__)
