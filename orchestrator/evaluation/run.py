@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.weights import FID_INCEPTION, Component, is_tiny, missing_files
+from models.weights import Component, is_tiny, missing_files
 from orchestrator.evaluation.data import Pair, read_identities, read_pairs
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
-from orchestrator.evaluation.quality import fid_kid
+from orchestrator.evaluation.quality import InceptionFeatures, fid_kid
 from shared.devices import resolve_device
 from shared.errors import InputError
 from shared.settings import EmbedderName, Settings
@@ -76,10 +76,12 @@ def evaluate(
         attributes = not missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
     notes = []
     # 2. Read every face once: originals, then each run's outputs
-    reader = FaceReader(settings, embedders, attributes=attributes, device=resolve_device(settings.device))
+    device = resolve_device(settings.device)
+    inception = InceptionFeatures.load(models_dir, str(device))  # None: FID/KID say why they are skipped
+    reader = FaceReader(settings, embedders, attributes=attributes, device=device, inception=inception)
     total = len(gallery_files) + sum(len(r.pairs) for r in runs)
     bar = tqdm(total=total, unit="img", desc="veil eval", disable=not progress, dynamic_ncols=True)
-    fid = (models_dir / FID_INCEPTION).is_file()  # keep 299 px copies only when FID/KID can be computed
+    fid = inception is not None
     gallery: list[Face] = []
     for f in gallery_files:
         gallery.append(reader.read(originals / f, keep_for_fid=fid))
@@ -95,7 +97,7 @@ def evaluate(
     index_of = {gallery_files[i]: n for n, i in enumerate(with_face)}
     gallery_ids = [identities[gallery_files[i]] for i in with_face]
     for run in runs:
-        run.metrics = _run_metrics(run, gallery, with_face, index_of, gallery_ids, gallery_files, embedders, models_dir)
+        run.metrics = _run_metrics(run, gallery, gallery_files, identities, embedders, models_dir)
         if run.method == "sd" and is_tiny(models_dir):
             run.metrics["note"] = SD_TINY_NOTE
     if attributes and is_tiny(models_dir):
@@ -133,10 +135,8 @@ def _label(folder: Path, all_folders: list[Path]) -> str:
 def _run_metrics(
     run: Run,
     gallery: list[Face],
-    with_face: list[int],
-    index_of: dict[str, int],
-    gallery_ids: list[str],
     gallery_files: list[str],
+    identities: dict[str, str],
     embedders: list[EmbedderName],
     models_dir: Path,
 ) -> dict:
@@ -155,27 +155,8 @@ def _run_metrics(
         "no_face_rate": (len(done) - len(faced)) / len(done) if done else None,
         "identity": {},
     }
-    source = np.array([index_of.get(p.file, -1) for p, _ in faced], dtype=int)
-    # every written probe with another photo of its identity in the gallery, face or not: the
-    # chance of a random rank-1 hit (others / gallery without the source)
-    chances = []
-    for p, _ in done:
-        own = int(p.file in index_of)
-        others = sum(x == p.identity for x in gallery_ids) - own
-        if others > 0:
-            chances.append(others / (len(gallery_ids) - own))
-    probe_ids = [p.identity for p, _ in faced]
     for e in embedders:
-        g = np.stack([gallery[i].embeddings[e.value] for i in with_face]) if with_face else np.zeros((0, 1))
-        q = np.stack([f.embeddings[e.value] for _, f in faced]) if faced else np.zeros((0, g.shape[1]))
-        ident = reid_metrics(cosine_distances(q, g), source, gallery_ids, probe_ids)
-        ident["n_probes"] = len(done)
-        ident["n_identities"] = len(set(gallery_ids))
-        # a probe with no face cannot be re-identified: counted as a miss here, apart from the rest
-        hits = ident["reid_at_1"] * ident["n_probes_other"] if ident["reid_at_1"] is not None else 0
-        ident["reid_at_1_no_face_as_miss"] = hits / len(chances) if chances else None
-        ident["chance_at_1_all_probes"] = float(np.mean(chances)) if chances else None
-        m["identity"][e.value] = ident
+        m["identity"][e.value] = _identity(e.value, done, gallery, gallery_files, identities)
     m["attributes"] = _attribute_agreement(faced, gallery, gallery_files)
     fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]
     m["quality"] = fid_kid(
@@ -184,6 +165,26 @@ def _run_metrics(
         models_dir,
     )
     return m
+
+
+def _identity(
+    embedder: str, done: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str], identities: dict
+) -> dict:
+    """Re-identification by one embedder: its gallery is every original it could embed (a face
+    found, or any readable image for an image-level one), its probes every written output; an
+    output it could not embed (no face left, or not the changed one) is a miss (``lost``)."""
+    members = [i for i, g in enumerate(gallery) if embedder in g.embeddings]
+    index_of = {gallery_files[i]: n for n, i in enumerate(members)}
+    gallery_ids = [identities[gallery_files[i]] for i in members]
+    embedded = [(p, f) for p, f in done if embedder in f.embeddings]
+    lost = [(index_of.get(p.file, -1), p.identity) for p, f in done if embedder not in f.embeddings]
+    g = np.stack([gallery[i].embeddings[embedder] for i in members]) if members else np.zeros((0, 1))
+    q = np.stack([f.embeddings[embedder] for _, f in embedded]) if embedded else np.zeros((0, g.shape[1]))
+    source = np.array([index_of.get(p.file, -1) for p, _ in embedded], dtype=int)
+    ident = reid_metrics(cosine_distances(q, g), source, gallery_ids, [p.identity for p, _ in embedded], lost=lost)
+    ident["n_probes"] = len(done)
+    ident["n_identities"] = len(set(gallery_ids))
+    return ident
 
 
 def _attribute_agreement(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> dict:
