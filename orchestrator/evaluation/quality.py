@@ -50,7 +50,7 @@ class InceptionFeatures:
         return cls(Path(models_dir) / FID_INCEPTION, device)
 
     def features(self, rgb: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(self._device)
+        x = torch.from_numpy(np.array(rgb, np.uint8)).permute(2, 0, 1)[None].to(self._device)
         with torch.inference_mode():
             return self._net(x)[0].double().cpu().numpy()
 
