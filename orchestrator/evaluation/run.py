@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from models.weights import Component, is_tiny, missing_files
 from orchestrator.evaluation.data import Pair, read_identities, read_pairs
+from orchestrator.evaluation.downstream import read_celeba_attributes, table2
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
 from orchestrator.evaluation.quality import InceptionFeatures, fid_kid
@@ -60,11 +61,14 @@ def evaluate(
     html: bool = False,
     attributes: bool | None = None,
     progress: bool = True,
+    celeba_attributes: Path | None = None,
+    paper: bool = False,
 ) -> dict:
     """Writes ``out/metrics.json``, ``out/pairs.csv`` (and ``out/report.html``); returns the metrics.
     ``attributes``: None = when FACER's and DeepFace's weights are present."""
     # 1. The labelled originals (the gallery) and each run's pairs
     identities = read_identities(identities_csv)
+    celeba = read_celeba_attributes(celeba_attributes) if celeba_attributes else None
     if not originals.is_dir():
         raise InputError(f"ORIGINALS {str(originals)!r} is not a folder")
     gallery_files = sorted(f for f in identities if (originals / f).is_file())
@@ -94,10 +98,9 @@ def evaluate(
     bar.close()
     # 3. Metrics per run: identity per embedder, attributes, quality
     with_face = [i for i, g in enumerate(gallery) if g.found]
-    index_of = {gallery_files[i]: n for n, i in enumerate(with_face)}
     gallery_ids = [identities[gallery_files[i]] for i in with_face]
     for run in runs:
-        run.metrics = _run_metrics(run, gallery, gallery_files, identities, embedders, models_dir)
+        run.metrics = _run_metrics(run, gallery, gallery_files, identities, embedders, models_dir, celeba)
         if run.method == "sd" and is_tiny(models_dir):
             run.metrics["note"] = SD_TINY_NOTE
     if attributes and is_tiny(models_dir):
@@ -119,7 +122,7 @@ def evaluate(
     # 4. Write metrics.json, pairs.csv, the report
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_plain) + "\n")
-    _write_pairs(out / "pairs.csv", runs, gallery, gallery_files, index_of, embedders)
+    _write_pairs(out / "pairs.csv", runs, gallery, gallery_files, embedders)
     if html:
         from orchestrator.evaluation.report import write_report
 
@@ -139,6 +142,7 @@ def _run_metrics(
     identities: dict[str, str],
     embedders: list[EmbedderName],
     models_dir: Path,
+    celeba: dict | None = None,
 ) -> dict:
     statuses = Counter(p.status for p in run.pairs)
     done = [(p, f) for p, f in zip(run.pairs, run.probes, strict=True) if f is not None]
@@ -157,7 +161,7 @@ def _run_metrics(
     }
     for e in embedders:
         m["identity"][e.value] = _identity(e.value, done, gallery, gallery_files, identities)
-    m["attributes"] = _attribute_agreement(faced, gallery, gallery_files)
+    m["attributes"] = table2(_attribute_pairs(faced, gallery, gallery_files), celeba)
     fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]
     m["quality"] = fid_kid(
         [x for x in fid_originals if x is not None],
@@ -187,26 +191,13 @@ def _identity(
     return ident
 
 
-def _attribute_agreement(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> dict:
+def _attribute_pairs(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> list:
     pairs = []
     for p, f in faced:
         original = gallery[gallery_files.index(p.file)] if p.file in gallery_files else None
         if original is not None and original.attributes and f.attributes:
-            pairs.append((original.attributes, f.attributes))
-    if not pairs:
-        return {"skipped": "no pair with attributes on both sides (weights absent, or no face)"}
-
-    def agree(key: str) -> float:
-        return float(np.mean([a[key] == b[key] for a, b in pairs]))
-
-    facer = [np.mean([(a["celeba"][k] > 0.5) == (b["celeba"][k] > 0.5) for k in a["celeba"]]) for a, b in pairs]
-    return {
-        "n": len(pairs),
-        "gender_agreement": agree("gender"),
-        "ethnicity_agreement": agree("ethnicity"),
-        "age_abs_diff": float(np.mean([abs(a["age"] - b["age"]) for a, b in pairs])),
-        "facer_40_agreement": float(np.mean(facer)),
-    }
+            pairs.append((p.file, original.attributes, f.attributes))
+    return pairs
 
 
 def _write_pairs(
@@ -214,11 +205,10 @@ def _write_pairs(
     runs: list[Run],
     gallery: list[Face],
     gallery_files: list[str],
-    index_of: dict[str, int],
     embedders: list[EmbedderName],
 ) -> None:
-    names = sorted(index_of, key=index_of.__getitem__)  # the gallery files with a face, in matrix order
-    with_face = [gallery[gallery_files.index(f)] for f in names]
+    # each embedder's gallery: the originals it embedded (a face found; any image for an image-level one)
+    members = {e.value: [i for i, g in enumerate(gallery) if e.value in g.embeddings] for e in embedders}
     columns = ["run", "method", "file", "identity", "status", "output", "probe_face"]
     for e in embedders:
         columns += [f"{e.value}_distance_to_source", f"{e.value}_rank_of_source", f"{e.value}_nearest_other"]
@@ -231,7 +221,7 @@ def _write_pairs(
                 row: list = [run.label, pair.method or "", pair.file, pair.identity, pair.status]
                 row += [str(pair.output or ""), "" if face is None else int(face.found)]
                 for e in embedders:
-                    row += _ranks(face, pair, with_face, names, e.value)
+                    row += _ranks(face, pair, gallery, gallery_files, members[e.value], e.value)
                 original = gallery[gallery_files.index(pair.file)] if pair.file in gallery_files else None
                 a = original.attributes if original and original.attributes else {}
                 b = face.attributes if face is not None and face.attributes else {}
@@ -240,10 +230,13 @@ def _write_pairs(
                 w.writerow(row)
 
 
-def _ranks(face: Face | None, pair: Pair, with_face: list[Face], names: list[str], embedder: str) -> list:
-    if face is None or not face.found or pair.file not in names or not with_face:
+def _ranks(
+    face: Face | None, pair: Pair, gallery: list[Face], gallery_files: list[str], members: list[int], embedder: str
+) -> list:
+    names = [gallery_files[i] for i in members]
+    if face is None or embedder not in face.embeddings or pair.file not in names:
         return ["", "", ""]
-    g = np.stack([x.embeddings[embedder] for x in with_face])
+    g = np.stack([gallery[i].embeddings[embedder] for i in members])
     d = cosine_distances(face.embeddings[embedder][None], g)[0]
     order = np.argsort(d, kind="stable")
     src = names.index(pair.file)
