@@ -208,6 +208,20 @@ EMBEDDERS: dict[EmbedderName, Callable[[Path, torch.device], FaceEmbedder]] = {
 }
 
 
+def weights_missing(name: EmbedderName | str, models_dir: Path) -> str | None:
+    """Why ``name`` cannot load from ``models_dir`` (its weights absent), or None."""
+    try:
+        {
+            EmbedderName.FACENET_VGGFACE2: lambda: _fetched(models_dir, FACENET_VGGFACE2),
+            EmbedderName.FACENET_CASIA: lambda: _fetched(models_dir, FACENET_CASIA),
+            EmbedderName.CLIP_FACE: lambda: _fetched(models_dir, f"{CLIP_FOLDER}/config.json"),
+            EmbedderName.CLIP_IMAGE: lambda: _fetched(models_dir, f"{CLIP_FOLDER}/config.json"),
+        }.get(EmbedderName(name), lambda: None)()
+    except MissingWeightsError:
+        return f"weights absent in {models_dir} ({EVAL_FETCH_HINT})"
+    return None
+
+
 def load_embedder(name: EmbedderName | str, models_dir: Path, device: torch.device | str = "cpu") -> FaceEmbedder:
     """The embedder ``name``, loaded now (keep it: loading costs seconds)."""
     return EMBEDDERS[EmbedderName(name)](Path(models_dir), torch.device(device))

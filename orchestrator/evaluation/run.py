@@ -18,10 +18,15 @@ from orchestrator.evaluation.data import Pair, read_identities, read_pairs
 from orchestrator.evaluation.downstream import read_celeba_attributes, table2
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
+from orchestrator.evaluation.paper import markdown
 from orchestrator.evaluation.quality import InceptionFeatures, fid_kid
 from shared.devices import resolve_device
 from shared.errors import InputError
 from shared.settings import EmbedderName, Settings
+from workers.embedders import weights_missing
+
+#: ``--paper``: the embedders of the paper's Table I, added where their weights are present
+PAPER_EMBEDDERS = (EmbedderName.CLIP_IMAGE, EmbedderName.FACENET_VGGFACE2, EmbedderName.FACENET_CASIA)
 
 TINY_NOTE = (
     "The attribute models (FACER, DeepFace) are tiny RANDOM test models: the attribute-preservation "
@@ -64,8 +69,11 @@ def evaluate(
     celeba_attributes: Path | None = None,
     paper: bool = False,
 ) -> dict:
-    """Writes ``out/metrics.json``, ``out/pairs.csv`` (and ``out/report.html``); returns the metrics.
-    ``attributes``: None = when FACER's and DeepFace's weights are present."""
+    """Writes ``out/metrics.json``, ``out/pairs.csv`` (and ``out/report.html``; with ``paper``
+    ``out/paper_tables.md``); returns the metrics. ``attributes``: None = when FACER's and
+    DeepFace's weights are present. ``paper``: also the paper's embedders where their weights are
+    here (the others are listed in ``not_computed`` with the reason). ``celeba_attributes``:
+    CelebA's ``list_attr_celeba.txt``, Table II's labels for the files it covers."""
     # 1. The labelled originals (the gallery) and each run's pairs
     identities = read_identities(identities_csv)
     celeba = read_celeba_attributes(celeba_attributes) if celeba_attributes else None
@@ -76,6 +84,15 @@ def evaluate(
         Run(_label(folder, anonymized), folder, *read_pairs(originals, folder, identities)) for folder in anonymized
     ]
     models_dir = Path(settings.models_dir)
+    not_computed: dict[str, str] = {}
+    if paper:  # the paper's embedders, each where its weights are here
+        for e in PAPER_EMBEDDERS:
+            if e in embedders:
+                continue
+            if why := weights_missing(e, models_dir):
+                not_computed[e.value] = why
+            else:
+                embedders = [*embedders, e]
     if attributes is None:
         attributes = not missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
     notes = []
@@ -117,16 +134,20 @@ def evaluate(
         "n_identities": len(set(gallery_ids)),
         "gallery_no_face": [gallery_files[i] for i, g in enumerate(gallery) if not g.found],
         "notes": notes,
+        "not_computed": not_computed,
+        "attributes_random": bool(attributes and is_tiny(models_dir)),
         "runs": {run.label: run.metrics for run in runs},
     }
     # 4. Write metrics.json, pairs.csv, the report
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_plain) + "\n")
     _write_pairs(out / "pairs.csv", runs, gallery, gallery_files, embedders)
+    if paper:
+        (out / "paper_tables.md").write_text(markdown(metrics))
     if html:
         from orchestrator.evaluation.report import write_report
 
-        write_report(out / "report.html", metrics, runs, gallery, gallery_files, embedders)
+        write_report(out / "report.html", metrics, runs, gallery, gallery_files, embedders, paper=paper)
     return metrics
 
 
