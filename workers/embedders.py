@@ -218,7 +218,7 @@ def weights_missing(name: EmbedderName | str, models_dir: Path) -> str | None:
             EmbedderName.CLIP_IMAGE: lambda: _fetched(models_dir, f"{CLIP_FOLDER}/config.json"),
         }.get(EmbedderName(name), lambda: None)()
     except MissingWeightsError:
-        return f"weights absent in {models_dir} ({EVAL_FETCH_HINT})"
+        return f"weights absent ({EVAL_FETCH_HINT})"
     return None
 
 

@@ -69,11 +69,14 @@ def read_celeba_attributes(path: Path) -> dict[str, dict[str, bool]]:
     return out
 
 
-def table2(pairs: list[tuple[str, dict, dict]], celeba: dict[str, dict[str, bool]] | None) -> dict:
+def table2(
+    pairs: list[tuple[str, dict, dict]], celeba: dict[str, dict[str, bool]] | None, why_none: str = "no pair"
+) -> dict:
     """``pairs``: (file, the original's attributes, the output's attributes) as ``FaceReader``
-    reads them (``celeba`` 40 scores, ``gender``, ``ethnicity``, ``age``)."""
+    reads them (``celeba`` 40 scores, ``gender``, ``ethnicity``, ``age``); ``why_none``: the
+    reason given when there is none."""
     if not pairs:
-        return {"skipped": "no pair with attributes on both sides (weights absent, or no face)"}
+        return {"skipped": why_none}
     celeba = celeba or {}
     annotated = [celeba.get(f) or celeba.get(Path(f).name) for f, _, _ in pairs]
     out: dict = {

@@ -40,9 +40,9 @@ TABLE2_COLUMNS = [
     ("gender_accuracy", "Gender (acc.)"),
 ]
 PAPER_TABLE2 = {
-    ("paper: Piano et al. (sd)", "sd"): (0.878, 0.954, 0.730, 0.09, 0.928, 0.965),
-    ("paper: DeepPrivacy2", "dp2"): (0.823, 0.976, 0.664, 0.18, 0.674, 0.925),
-    ("paper: FALCO", "falco"): (0.898, 0.944, 0.777, 0.08, 0.654, 0.950),
+    ("paper: Piano et al. (sd)", "sd"): ("0.878", "0.954", "0.730", "0.09", "0.928", "0.965"),
+    ("paper: DeepPrivacy2", "dp2"): ("0.823", "0.976", "0.664", "0.18", "0.674", "0.925"),
+    ("paper: FALCO", "falco"): ("0.898", "0.944", "0.777", "0.08", "0.654", "0.950"),
 }
 TABLE3_COLUMNS = [
     ("fid", "FID"),
@@ -101,6 +101,9 @@ def table1(metrics: dict) -> Table:
         row = [label, run["method"]]
         for emb, _ in columns:
             ident = run["identity"].get(emb)
+            if run["method"] == "sd" and run.get("note"):
+                row += [RANDOM_SD] * len(TABLE1_METRICS)
+                continue
             if ident is None:
                 why = not_computed.get(emb, f"embedder not asked (--embedder {emb})")
                 row += [f"not computed: {why}"] * len(TABLE1_METRICS)
@@ -131,7 +134,7 @@ def table2(metrics: dict) -> Table:
             if key in ("emotions_auc", "valence_arousal_mse"):
                 row.append(NO_EMOTION)
             elif "skipped" in attrs:
-                row.append(f"not computed: {attrs['skipped']}")
+                row.append("not computed: " + _short(attrs["skipped"]))
             elif metrics.get("attributes_random"):
                 row.append("not computed: the attribute models are tiny RANDOM test models")
             elif run["method"] == "sd" and run.get("note"):
@@ -161,7 +164,7 @@ def table3(metrics: dict) -> Table:
             if key.startswith("vdna"):
                 row.append(NO_VDNA)
             elif "skipped" in quality:
-                row.append(f"not computed: {quality['skipped']}")
+                row.append("not computed: " + _short(quality["skipped"]))
             elif run["method"] == "sd" and run.get("note"):
                 row.append(RANDOM_SD)
             else:
@@ -170,6 +173,13 @@ def table3(metrics: dict) -> Table:
         t.rows.append(row)
     t.notes = [f"FID/KID: torchmetrics on the FID Inception v3 ({EVAL_FETCH_HINT} fetches it)."]
     return t
+
+
+def _short(reason: str) -> str:
+    """A skip reason without its file paths (metrics.json keeps them)."""
+    if "Inception weights" in reason and "absent" in reason:
+        return f"FID Inception weights absent ({EVAL_FETCH_HINT})"
+    return reason.removeprefix("FID/KID skipped: ")
 
 
 def markdown(metrics: dict) -> str:

@@ -182,7 +182,12 @@ def _run_metrics(
     }
     for e in embedders:
         m["identity"][e.value] = _identity(e.value, done, gallery, gallery_files, identities)
-    m["attributes"] = table2(_attribute_pairs(faced, gallery, gallery_files), celeba)
+    why_none = (
+        "attribute models not loaded (weights absent, or --no-attributes)"
+        if not any(g.attributes for g in gallery)
+        else "no output with the changed face found (nothing to read attributes from)"
+    )
+    m["attributes"] = table2(_attribute_pairs(faced, gallery, gallery_files), celeba, why_none)
     fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]
     m["quality"] = fid_kid(
         [x for x in fid_originals if x is not None],
