@@ -120,7 +120,10 @@ def test_table2_labels_from_celeba_annotations_and_inner_outer_groups(tmp_path):
         return {"celeba": {n: (smiling if n == "Smiling" else 0.2) for n in names}, "gender": gender,
                 "ethnicity": "white", "age": 30}  # fmt: skip
 
-    pairs = [("x/a.jpg", reading(0.9, "Man"), reading(0.8, "Woman")), ("b.jpg", reading(0.1, "Man"), reading(0.3, "Man"))]
+    pairs = [
+        ("x/a.jpg", reading(0.9, "Man"), reading(0.8, "Woman")),
+        ("b.jpg", reading(0.1, "Man"), reading(0.3, "Man")),
+    ]
     out = table2(pairs, celeba)
     assert out["label_source"] == {"celeba": 2, "facer_on_originals": 0}
     # Smiling: labels (1, 0) from the annotations, scores (0.8, 0.3): AUC 1; Male: labels (0, 1),
