@@ -418,7 +418,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--embedder",
         action="append",
-        choices=[e.value for e in EmbedderName],
+        choices=[e.value for e in EmbedderName] + ["clip"],  # clip: clip-face's earlier name
         help="embedder(s) for re-identification; repeat for several (default dlib); clip-image embeds the whole "
         "image (the paper's Table I), clip-face the face crop",
     )
