@@ -346,17 +346,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         html=args.html,
         attributes=False if args.no_attributes else None,
         progress=not args.quiet,
+        celeba_attributes=Path(args.celeba_attributes) if args.celeba_attributes else None,
+        paper=args.paper,
     )
     for label, run in metrics["runs"].items():
         for emb, ident in run["identity"].items():
             print(
                 f"{label} [{run['method']}] {emb}: reid_at_1 {_num(ident['reid_at_1'])} "
-                f"(chance {_num(ident['chance_at_1'])}), reid_self_at_1 {_num(ident['reid_self_at_1'])}, "
-                f"map {_num(ident['map'])}, n_probes {ident['n_probes']}, no_face_rate {_num(run['no_face_rate'])}"
+                f"(faced only {_num(ident['reid_at_1_faced'])}; chance {_num(ident['chance_at_1'])}), "
+                f"reid_self_at_1 {_num(ident['reid_self_at_1'])}, map {_num(ident['map'])}, "
+                f"map_at_50 {_num(ident['map_at_50'])}, n_probes {ident['n_probes']}, "
+                f"no_face_rate {_num(run['no_face_rate'])}"
             )
     for note in metrics["notes"] + [r["note"] for r in metrics["runs"].values() if r.get("note")]:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {Path(args.out) / 'metrics.json'}" + (f" and {Path(args.out) / 'report.html'}" if args.html else ""))
+    written = (
+        ["metrics.json", "pairs.csv"]
+        + (["paper_tables.md"] if args.paper else [])
+        + (["report.html"] if args.html else [])
+    )
+    print(f"wrote {', '.join(str(Path(args.out) / w) for w in written)}")
     return 0
 
 
@@ -467,10 +476,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--embedder",
         action="append",
-        choices=[e.value for e in EmbedderName],
-        help="face embedder(s) for re-identification; repeat for several (default dlib)",
+        choices=[e.value for e in EmbedderName] + ["clip"],  # clip: clip-face's earlier name
+        help="embedder(s) for re-identification; repeat for several (default dlib); clip-image embeds the whole "
+        "image (the paper's Table I), clip-face the face crop",
     )
     ev.add_argument("--html", action="store_true", help="also write a self-contained report.html")
+    ev.add_argument(
+        "--paper",
+        action="store_true",
+        help="also write paper_tables.md (the paper's Tables I-III, ours beside its figures) with the paper's "
+        "embedders where their weights are present",
+    )
+    ev.add_argument(
+        "--celeba-attributes",
+        metavar="LIST_ATTR",
+        help="CelebA's list_attr_celeba.txt: Table II's labels for the files it covers (else the originals' readings)",
+    )
     ev.add_argument("--no-attributes", action="store_true", help="skip FACER/DeepFace attribute preservation")
     ev.add_argument("--device", choices=[d.value for d in DeviceName], help="where models run (VEIL_DEVICE)")
     ev.add_argument("--detector", choices=[d.value for d in DetectorName], help="face detector (VEIL_DETECTOR)")

@@ -68,12 +68,19 @@ class Method(str, enum.Enum):
 
 
 class EmbedderName(str, enum.Enum):
-    """Face embedders for re-identification (see ``workers.embedders``)."""
+    """Embedders for re-identification (see ``workers.embedders``): ``clip-face`` embeds the face
+    crop, ``clip-image`` the whole image (the paper's Table I "image-level protocol"); ``clip``,
+    the face-crop one's earlier name, still reads as ``clip-face``."""
 
     DLIB = "dlib"
     FACENET_VGGFACE2 = "facenet-vggface2"
     FACENET_CASIA = "facenet-casia"
-    CLIP = "clip"
+    CLIP_FACE = "clip-face"
+    CLIP_IMAGE = "clip-image"
+
+    @classmethod
+    def _missing_(cls, value: object) -> EmbedderName | None:
+        return cls.CLIP_FACE if value == "clip" else None
 
 
 class DeviceName(str, enum.Enum):

@@ -9,8 +9,12 @@ on unit vectors it ranks as the Euclidean distance does), ``name``, ``dim`` and 
   shipped by the ``face_recognition_models`` package: works offline.
 - ``facenet-vggface2`` / ``facenet-casia``: facenet-pytorch's ``InceptionResnetV1`` (512-d)
   with the VGGFace2 or CASIA-WebFace weights, from ``VEIL_MODELS_DIR/facenet/``.
-- ``clip``: OpenAI CLIP ViT-B/32's image embedding (512-d) of the face crop, from
+- ``clip-face``: OpenAI CLIP ViT-B/32's image embedding (512-d) of the face crop, from
   ``VEIL_MODELS_DIR/clip-vit-base-patch32/`` (transformers format).
+- ``clip-image``: the same network on the WHOLE image (the box is ignored: ``whole_image``), the
+  paper's Table I "image-level protocol, resembling web-based image retrieval".
+
+An embedder with ``whole_image`` True embeds every readable image, face found or not.
 
 The fetched ones raise ``MissingWeightsError`` naming ``veil models fetch --eval`` when absent.
 Models load once per process (the caller keeps the object); nothing loads at import.
@@ -35,6 +39,7 @@ class FaceEmbedder(Protocol):
     name: str
     dim: int
     sha256: str
+    whole_image: bool
 
     def embed(self, rgb: np.ndarray, box: np.ndarray | list[float]) -> np.ndarray: ...
 
@@ -66,6 +71,7 @@ class _Base:
     name: str
     dim: int
     sha256: str
+    whole_image = False
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         return cosine_distance(a, b)
@@ -136,17 +142,19 @@ class FaceNetEmbedder(_Base):
 
 
 class ClipEmbedder(_Base):
-    """CLIP's image embedding of the face crop (20% margin each side): shorter side resized to
-    224 (bicubic), centre crop, CLIP's mean/std, ``get_image_features``; unit norm."""
+    """CLIP's image embedding of the face crop (20% margin each side), or with ``whole_image`` of
+    the whole image: shorter side resized to 224 (bicubic), centre crop, CLIP's mean/std,
+    ``get_image_features``; unit norm."""
 
-    name = EmbedderName.CLIP.value
     margin = 0.2
     _MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
     _STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
-    def __init__(self, folder: Path, device: torch.device):
+    def __init__(self, folder: Path, device: torch.device, whole_image: bool = False):
         from transformers import CLIPModel
 
+        self.whole_image = whole_image
+        self.name = (EmbedderName.CLIP_IMAGE if whole_image else EmbedderName.CLIP_FACE).value
         self._net = CLIPModel.from_pretrained(str(folder)).eval().to(device)
         self._device = device
         self.size = int(self._net.config.vision_config.image_size)
@@ -156,7 +164,7 @@ class ClipEmbedder(_Base):
     def embed(self, rgb: np.ndarray, box: np.ndarray | list[float]) -> np.ndarray:
         import cv2
 
-        face = face_crop(rgb, box, self.margin)
+        face = rgb if self.whole_image else face_crop(rgb, box, self.margin)
         h, w = face.shape[:2]
         scale = self.size / min(h, w)
         face = cv2.resize(
@@ -178,11 +186,11 @@ def _fetched(models_dir: Path, relpath: str) -> Path:
     return path
 
 
-def _clip(models_dir: Path, device: torch.device) -> FaceEmbedder:
+def _clip(models_dir: Path, device: torch.device, whole_image: bool) -> FaceEmbedder:
     folder = _fetched(models_dir, f"{CLIP_FOLDER}/config.json").parent
     if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
         _fetched(models_dir, f"{CLIP_FOLDER}/pytorch_model.bin")  # raises, naming the file fetch writes
-    return ClipEmbedder(folder, device)
+    return ClipEmbedder(folder, device, whole_image)
 
 
 EMBEDDERS: dict[EmbedderName, Callable[[Path, torch.device], FaceEmbedder]] = {
@@ -193,8 +201,23 @@ EMBEDDERS: dict[EmbedderName, Callable[[Path, torch.device], FaceEmbedder]] = {
     EmbedderName.FACENET_CASIA: lambda models_dir, device: FaceNetEmbedder(
         EmbedderName.FACENET_CASIA, _fetched(models_dir, FACENET_CASIA), device
     ),
-    EmbedderName.CLIP: _clip,
+    EmbedderName.CLIP_FACE: lambda models_dir, device: _clip(models_dir, device, whole_image=False),
+    EmbedderName.CLIP_IMAGE: lambda models_dir, device: _clip(models_dir, device, whole_image=True),
 }
+
+
+def weights_missing(name: EmbedderName | str, models_dir: Path) -> str | None:
+    """Why ``name`` cannot load from ``models_dir`` (its weights absent), or None."""
+    try:
+        {
+            EmbedderName.FACENET_VGGFACE2: lambda: _fetched(models_dir, FACENET_VGGFACE2),
+            EmbedderName.FACENET_CASIA: lambda: _fetched(models_dir, FACENET_CASIA),
+            EmbedderName.CLIP_FACE: lambda: _fetched(models_dir, f"{CLIP_FOLDER}/config.json"),
+            EmbedderName.CLIP_IMAGE: lambda: _fetched(models_dir, f"{CLIP_FOLDER}/config.json"),
+        }.get(EmbedderName(name), lambda: None)()
+    except MissingWeightsError:
+        return f"weights absent ({EVAL_FETCH_HINT})"
+    return None
 
 
 def load_embedder(name: EmbedderName | str, models_dir: Path, device: torch.device | str = "cpu") -> FaceEmbedder:

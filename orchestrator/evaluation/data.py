@@ -30,8 +30,10 @@ class Pair:
     status: str  # the manifest's: done | no_face | failed
     output: Path | None  # the anonymized image (status done)
     method: str | None
-    # scene mode: the output is the input with its faces replaced, so the probe is the
-    # face found where the row's biggest face was (input pixels), not whatever face is biggest now
+    # the face that was changed (the row's box, input pixels) where the output keeps the input's
+    # geometry (scene mode; every classical method): the probe is the face found there, not
+    # whichever face is biggest now (another person's, in a group photo). None: a portrait-mode
+    # sd output is a new image of that face alone; its face is detected.
     match_box: tuple[float, float, float, float] | None = None
 
 
@@ -90,10 +92,16 @@ def read_pairs(originals: Path, anonymized: Path, identities: dict[str, str]) ->
         output = Path(row["output"]) if row.get("output") and row.get("status") == "done" else None
         if output is not None and not output.is_absolute():
             output = anonymized / output
-        box = row.get("face_box") if row.get("mode") == "scene" else None
+        box = row.get("face_box") if keeps_geometry(row) else None
         match_box = (float(box[0]), float(box[1]), float(box[2]), float(box[3])) if box else None
         pairs.append(Pair(rel, identities[rel], row.get("status", "failed"), output, row.get("method"), match_box))
     return sorted(pairs, key=lambda p: p.file), unmatched
+
+
+def keeps_geometry(row: dict) -> bool:
+    """Whether a manifest row's output has its input's pixels grid: scene mode, or a classical
+    method (blur, pixelate, mask change the face's box in place) in any mode."""
+    return row.get("mode") == "scene" or row.get("method", "sd") != "sd"
 
 
 def _relative(input_uri: str, root: Path, anonymized: Path) -> str | None:

@@ -1,6 +1,7 @@
 """Reading a face the way an attacker would: decode, detect (the run's detector setting),
-keep the biggest face, embed it with every embedder asked, and optionally read its attributes
-(FACER's 40 CelebA scores, DeepFace's gender, ethnicity and age)."""
+keep the biggest face (or the one at the changed face's box), embed it with every face embedder
+asked (and the whole image with every image-level one, face or not), and optionally read its
+attributes (FACER's 40 CelebA scores, DeepFace's gender, ethnicity and age)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from orchestrator.evaluation.quality import InceptionFeatures
 from shared.imageio import decode_image
 from shared.settings import EmbedderName, Settings
 from workers.cpu.detection import biggest_face, build_detector, detect_downscaled
@@ -34,15 +36,22 @@ class Face:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     attributes: dict | None = None  # celeba (40 scores), gender, ethnicity, age
     thumbnail: str = ""  # data: URI (JPEG) for the report
-    inception: np.ndarray | None = None  # 299x299 RGB uint8 for FID/KID, when asked
+    inception: np.ndarray | None = None  # the image's FID Inception features (2048-d), when asked
     error: str | None = None
 
 
 class FaceReader:
     def __init__(
-        self, settings: Settings, embedders: list[EmbedderName], *, attributes: bool, device: torch.device
+        self,
+        settings: Settings,
+        embedders: list[EmbedderName],
+        *,
+        attributes: bool,
+        device: torch.device,
+        inception: InceptionFeatures | None = None,
     ) -> None:
         self.settings = settings
+        self.inception = inception  # FID/KID features of every image read with keep_for_fid
         models_dir = Path(settings.models_dir)
         self.detector = build_detector(settings.detector, device, models_dir, settings.min_face_size)
         self.embedders: dict[str, FaceEmbedder] = {e.value: load_embedder(e, models_dir, device) for e in embedders}
@@ -75,8 +84,10 @@ class FaceReader:
         except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
             return Face(path, False, error=f"{type(exc).__name__}: {exc}")
         face = Face(path, False, thumbnail=thumbnail(rgb))
-        if keep_for_fid:
-            face.inception = np.asarray(Image.fromarray(rgb).resize((299, 299), Image.Resampling.BICUBIC))
+        if keep_for_fid and self.inception is not None:
+            face.inception = self.inception.features(rgb)
+        whole = [0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])]
+        face.embeddings = {n: e.embed(rgb, whole) for n, e in self.embedders.items() if e.whole_image}
         found = detect_downscaled(self.detector, rgb, self.settings.detect_max_side, self.settings.min_face_size)
         if match_box is None:
             index = biggest_face(found)
@@ -87,7 +98,7 @@ class FaceReader:
             return face
         box, landmarks = found.boxes[index], found.landmarks[index]
         face.found = True
-        face.embeddings = {name: e.embed(rgb, box) for name, e in self.embedders.items()}
+        face.embeddings.update({n: e.embed(rgb, box) for n, e in self.embedders.items() if not e.whole_image})
         if self.attributes is not None:
             demography = self.attributes.demography(rgb, box, landmarks)
             face.attributes = {

@@ -1,7 +1,8 @@
-"""``report.html``: one self-contained page (images inlined as data: URIs): the metrics table
-with the paper's published figures beside ours, Re-ID@k curves per run and embedder
-(matplotlib), and a contact sheet of originals beside outputs, worst cases (closest to their
-source) first."""
+"""``report.html``: one self-contained page (images inlined as data: URIs): the metrics as a
+matrix (a row per run, a column per metric, n in every cell), with ``--paper`` the paper's
+Tables I-III (ours beside its figures, ``orchestrator.evaluation.paper``), Re-ID@k curves per run
+and embedder (matplotlib), and a contact sheet of originals beside outputs, worst cases (closest
+to their source) first."""
 
 from __future__ import annotations
 
@@ -14,18 +15,12 @@ import numpy as np
 
 from orchestrator.evaluation.metrics import cosine_distances
 
-#: Piano et al. 2024, from the paper's tables: 1,000 CelebA-HQ images, rank-1 re-identification
-#: and attribute preservation of the paper's method. Other cells of its tables are not copied here.
-PAPER = {
-    ("identity", "clip", "reid_at_1"): 0.007,
-    ("identity", "facenet", "reid_at_1"): 0.010,
-    ("attributes", "", "ethnicity_agreement"): 0.928,
-    ("attributes", "", "gender_agreement"): 0.965,
-}
 CONTACT_ROWS = 24  # per run
 
 
-def write_report(path: Path, metrics: dict, runs: list, gallery: list, gallery_files: list[str], embedders) -> None:
+def write_report(
+    path: Path, metrics: dict, runs: list, gallery: list, gallery_files: list[str], embedders, *, paper: bool = False
+) -> None:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>veil eval report</title>",
         "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
@@ -40,6 +35,10 @@ def write_report(path: Path, metrics: dict, runs: list, gallery: list, gallery_f
     notes = list(metrics["notes"]) + [r["note"] for r in metrics["runs"].values() if r.get("note")]
     parts += [f"<p class='note'>{_e(n)}</p>" for n in notes]
     parts.append(_metrics_table(metrics))
+    if paper:
+        from orchestrator.evaluation.paper import html_section
+
+        parts.append(html_section(metrics))
     parts.append("<h2>Re-identification at rank k</h2>")
     parts.append(f"<img alt='Re-ID@k curves' src='{_curves(metrics)}'>")
     parts.append("<h2>Contact sheet (worst first: closest to its own original)</h2>")
@@ -60,49 +59,60 @@ def _f(value: object) -> str:
     return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
+#: the matrix's identity columns: (key, title, the n it is over)
+IDENTITY_COLUMNS = [
+    ("reid_at_1", "Re-ID@1", "n_probes_other"),
+    ("reid_at_1_faced", "Re-ID@1 faced only", "n_probes_other_faced"),
+    ("reid_at_5", "Re-ID@5", "n_probes_other"),
+    ("reid_at_10", "Re-ID@10", "n_probes_other"),
+    ("map", "mAP", "n_probes_other"),
+    ("map_at_50", "mAP@50", "n_probes_other"),
+    ("reid_self_at_1", "own source@1", "n_probes_self"),
+    ("chance_at_1", "chance@1", "n_probes_other"),
+]
+ATTRIBUTE_COLUMNS = [
+    ("inner_auc", "inner attr. AUC"),
+    ("outer_auc", "outer attr. AUC"),
+    ("gender_accuracy", "gender acc."),
+    ("ethnicity_accuracy", "ethnicity acc."),
+    ("age_abs_diff", "age |diff|"),
+    ("facer_40_agreement", "FACER 40 agreement"),
+]
+
+
+def _cell(value: object, n: object) -> str:
+    return f"<td>{_f(value)}<br><small>n={n}</small></td>"
+
+
 def _metrics_table(metrics: dict) -> str:
-    rows = [
-        "<h2>Metrics</h2><table><tr><th>run</th><th>method</th><th>metric</th><th>embedder</th>"
-        "<th>ours</th><th>paper (sd, CelebA-HQ)</th><th>n</th></tr>"
-    ]
+    """Runs x metrics, n in every cell. Re-ID figures count an output with no face left (or not
+    the changed one) as a miss; the faced-only figure stands beside it, labelled."""
+    embedders = metrics["embedders"]
+    head = ["run", "method", "outputs", "no face"]
+    head += [f"{title} ({emb})" for emb in embedders for _, title, _ in IDENTITY_COLUMNS]
+    head += [title for _, title in ATTRIBUTE_COLUMNS] + ["FID", "KID"]
+    rows = ["<h2>Metrics</h2><table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for label, run in metrics["runs"].items():
-        base = f"<td>{_e(label)}</td><td>{_e(run['method'])}</td>"
-        rows.append(
-            f"<tr>{base}<td>no_face_rate</td><td></td><td>{_f(run['no_face_rate'])}</td><td></td>"
-            f"<td>{run['n_probes']}</td></tr>"
-        )
-        for emb, ident in run["identity"].items():
-            family = "clip" if emb == "clip" else ("facenet" if emb.startswith("facenet") else emb)
-            for key in ("reid_self_at_1", "reid_at_1", "reid_at_5", "reid_at_10", "map", "chance_at_1"):
-                paper = PAPER.get(("identity", family, key))
-                n = ident["n_probes_self"] if key.startswith("reid_self") else ident["n_probes_other"]
-                rows.append(
-                    f"<tr>{base}<td>{key}</td><td>{_e(emb)}</td><td>{_f(ident[key])}</td>"
-                    f"<td>{_f(paper) if paper is not None else ''}</td><td>{n}</td></tr>"
-                )
-        attrs = run["attributes"]
-        if "skipped" in attrs:
-            rows.append(f"<tr>{base}<td>attributes</td><td></td><td colspan=3>{_e(attrs['skipped'])}</td></tr>")
-        else:
-            for key in ("gender_agreement", "ethnicity_agreement", "age_abs_diff", "facer_40_agreement"):
-                paper = PAPER.get(("attributes", "", key))
-                rows.append(
-                    f"<tr>{base}<td>{key}</td><td></td><td>{_f(attrs[key])}</td>"
-                    f"<td>{_f(paper) if paper is not None else ''}</td><td>{attrs['n']}</td></tr>"
-                )
-        quality = run["quality"]
-        if "skipped" in quality:
-            rows.append(f"<tr>{base}<td>FID / KID</td><td></td><td colspan=3>{_e(quality['skipped'])}</td></tr>")
-        else:
-            for key in ("fid", "kid"):
-                rows.append(
-                    f"<tr>{base}<td>{key}</td><td></td><td>{_f(quality[key])}</td><td></td>"
-                    f"<td>{quality['n_anonymized']}</td></tr>"
-                )
+        cells = [f"<td>{_e(label)}</td><td>{_e(run['method'])}</td><td>{run['n_probes']}</td>"]
+        cells.append(_cell(run["no_face_rate"], run["n_probes"]))
+        for emb in embedders:
+            ident = run["identity"][emb]
+            cells += [_cell(ident[key], ident[n]) for key, _, n in IDENTITY_COLUMNS]
+        attrs, quality = run["attributes"], run["quality"]
+        for key, _ in ATTRIBUTE_COLUMNS:
+            cells.append(f"<td>{_e(attrs['skipped'])}</td>" if "skipped" in attrs else _cell(attrs[key], attrs["n"]))
+        for key in ("fid", "kid"):
+            cells.append(
+                f"<td>{_e(quality['skipped'])}</td>"
+                if "skipped" in quality
+                else _cell(quality[key], f"{quality['n_originals']}/{quality['n_anonymized']}")
+            )
+        rows.append("<tr>" + "".join(cells) + "</tr>")
     rows.append(
-        "</table><p>The paper's column is the paper's method (sd) on 1,000 CelebA-HQ images, as published "
-        "(FaceNet: its rank-1 figure, compared with both FaceNet weights here); it is not a measurement of "
-        "this run.</p>"
+        "</table><p>Re-ID: the source image removed from the gallery, a hit is another photo of the same identity "
+        "(own source@1 keeps it: the output's own original ranked first). Every Re-ID figure counts an output in "
+        "which the changed face is not found as a miss; 'faced only' is over the outputs where it was found. "
+        "FID/KID n: originals/outputs. The paper's published figures are in its tables (veil eval --paper).</p>"
     )
     return "\n".join(rows)
 
@@ -120,12 +130,12 @@ def _curves(metrics: dict) -> str:
         for label, run in metrics["runs"].items():
             curve = run["identity"][emb]["curve"]
             ks = curve["k"]
-            ys = [np.nan if y is None else y for y in curve["reid_at_k"]]
+            ys = [np.nan if y is None else y for y in curve["reid_at_k"]]  # no face = a miss
             ax.plot(ks, ys, marker="o", markersize=3, label=f"{label} ({run['method']})")
             chance = chance or curve["chance_at_k"]
         if chance and chance[0] is not None:
             ax.plot(ks, chance, "k--", label="chance")
-        ax.set_title(f"Re-ID@k, source removed ({emb})")
+        ax.set_title(f"Re-ID@k, source removed, no face = miss ({emb})")
         ax.set_xlabel("k")
         ax.set_ylabel("reid_at_k")
         ax.set_ylim(0, 1.02)

@@ -14,16 +14,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.weights import FID_INCEPTION, Component, is_tiny, missing_files
+from models.weights import Component, is_tiny, missing_files
 from orchestrator.evaluation.data import Pair, read_identities, read_pairs
 from orchestrator.evaluation.data import gallery_files as read_gallery
+from orchestrator.evaluation.downstream import read_celeba_attributes, table2
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
-from orchestrator.evaluation.quality import fid_kid
+from orchestrator.evaluation.paper import markdown
+from orchestrator.evaluation.quality import InceptionFeatures, fid_kid
 from shared.devices import resolve_device
 from shared.errors import InputError
 from shared.printable import printable
 from shared.settings import EmbedderName, Settings
+from workers.embedders import weights_missing
+
+#: ``--paper``: the embedders of the paper's Table I, added where their weights are present
+PAPER_EMBEDDERS = (EmbedderName.CLIP_IMAGE, EmbedderName.FACENET_VGGFACE2, EmbedderName.FACENET_CASIA)
 
 TINY_NOTE = (
     "The attribute models (FACER, DeepFace) are tiny RANDOM test models: the attribute-preservation "
@@ -63,11 +69,17 @@ def evaluate(
     html: bool = False,
     attributes: bool | None = None,
     progress: bool = True,
+    celeba_attributes: Path | None = None,
+    paper: bool = False,
 ) -> dict:
-    """Writes ``out/metrics.json``, ``out/pairs.csv`` (and ``out/report.html``); returns the metrics.
-    ``attributes``: None = when FACER's and DeepFace's weights are present."""
+    """Writes ``out/metrics.json``, ``out/pairs.csv`` (and ``out/report.html``; with ``paper``
+    ``out/paper_tables.md``); returns the metrics. ``attributes``: None = when FACER's and
+    DeepFace's weights are present. ``paper``: also the paper's embedders where their weights are
+    here (the others are listed in ``not_computed`` with the reason). ``celeba_attributes``:
+    CelebA's ``list_attr_celeba.txt``, Table II's labels for the files it covers."""
     # 1. The labelled originals (the gallery) and each run's pairs
     identities = read_identities(identities_csv)
+    celeba = read_celeba_attributes(celeba_attributes) if celeba_attributes else None
     if not originals.is_dir():
         raise InputError(f"ORIGINALS {str(originals)!r} is not a folder")
     gallery_files, missing, outside = read_gallery(originals, identities)
@@ -75,6 +87,15 @@ def evaluate(
         Run(_label(folder, anonymized), folder, *read_pairs(originals, folder, identities)) for folder in anonymized
     ]
     models_dir = Path(settings.models_dir)
+    not_computed: dict[str, str] = {}
+    if paper:  # the paper's embedders, each where its weights are here
+        for e in PAPER_EMBEDDERS:
+            if e in embedders:
+                continue
+            if why := weights_missing(e, models_dir):
+                not_computed[e.value] = why
+            else:
+                embedders = [*embedders, e]
     if attributes is None:
         attributes = not missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
     notes = [
@@ -87,10 +108,12 @@ def evaluate(
     for note in notes:
         print(f"veil eval: {note}", file=sys.stderr)
     # 2. Read every face once: originals, then each run's outputs
-    reader = FaceReader(settings, embedders, attributes=attributes, device=resolve_device(settings.device))
+    device = resolve_device(settings.device)
+    inception = InceptionFeatures.load(models_dir, str(device))  # None: FID/KID say why they are skipped
+    reader = FaceReader(settings, embedders, attributes=attributes, device=device, inception=inception)
     total = len(gallery_files) + sum(len(r.pairs) for r in runs)
     bar = tqdm(total=total, unit="img", desc="veil eval", disable=not progress, dynamic_ncols=True)
-    fid = (models_dir / FID_INCEPTION).is_file()  # keep 299 px copies only when FID/KID can be computed
+    fid = inception is not None
     gallery: list[Face] = []
     for f in gallery_files:
         gallery.append(reader.read(originals / f, keep_for_fid=fid))
@@ -103,10 +126,9 @@ def evaluate(
     bar.close()
     # 3. Metrics per run: identity per embedder, attributes, quality
     with_face = [i for i, g in enumerate(gallery) if g.found]
-    index_of = {gallery_files[i]: n for n, i in enumerate(with_face)}
     gallery_ids = [identities[gallery_files[i]] for i in with_face]
     for run in runs:
-        run.metrics = _run_metrics(run, gallery, with_face, index_of, gallery_ids, gallery_files, embedders, models_dir)
+        run.metrics = _run_metrics(run, gallery, gallery_files, identities, embedders, models_dir, celeba)
         if run.method == "sd" and is_tiny(models_dir):
             run.metrics["note"] = SD_TINY_NOTE
     if attributes and is_tiny(models_dir):
@@ -125,16 +147,20 @@ def evaluate(
         "n_identities": len(set(gallery_ids)),
         "gallery_no_face": [gallery_files[i] for i, g in enumerate(gallery) if not g.found],
         "notes": notes,
+        "not_computed": not_computed,
+        "attributes_random": bool(attributes and is_tiny(models_dir)),
         "runs": {run.label: run.metrics for run in runs},
     }
     # 4. Write metrics.json, pairs.csv, the report
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_plain) + "\n")
-    _write_pairs(out / "pairs.csv", runs, gallery, gallery_files, index_of, embedders)
+    _write_pairs(out / "pairs.csv", runs, gallery, gallery_files, embedders)
+    if paper:
+        (out / "paper_tables.md").write_text(markdown(metrics))
     if html:
         from orchestrator.evaluation.report import write_report
 
-        write_report(out / "report.html", metrics, runs, gallery, gallery_files, embedders)
+        write_report(out / "report.html", metrics, runs, gallery, gallery_files, embedders, paper=paper)
     return metrics
 
 
@@ -146,12 +172,11 @@ def _label(folder: Path, all_folders: list[Path]) -> str:
 def _run_metrics(
     run: Run,
     gallery: list[Face],
-    with_face: list[int],
-    index_of: dict[str, int],
-    gallery_ids: list[str],
     gallery_files: list[str],
+    identities: dict[str, str],
     embedders: list[EmbedderName],
     models_dir: Path,
+    celeba: dict | None = None,
 ) -> dict:
     statuses = Counter(p.status for p in run.pairs)
     done = [(p, f) for p, f in zip(run.pairs, run.probes, strict=True) if f is not None]
@@ -168,28 +193,14 @@ def _run_metrics(
         "no_face_rate": (len(done) - len(faced)) / len(done) if done else None,
         "identity": {},
     }
-    source = np.array([index_of.get(p.file, -1) for p, _ in faced], dtype=int)
-    # every written probe with another photo of its identity in the gallery, face or not: the
-    # chance of a random rank-1 hit (others / gallery without the source)
-    chances = []
-    for p, _ in done:
-        own = int(p.file in index_of)
-        others = sum(x == p.identity for x in gallery_ids) - own
-        if others > 0:
-            chances.append(others / (len(gallery_ids) - own))
-    probe_ids = [p.identity for p, _ in faced]
     for e in embedders:
-        g = np.stack([gallery[i].embeddings[e.value] for i in with_face]) if with_face else np.zeros((0, 1))
-        q = np.stack([f.embeddings[e.value] for _, f in faced]) if faced else np.zeros((0, g.shape[1]))
-        ident = reid_metrics(cosine_distances(q, g), source, gallery_ids, probe_ids)
-        ident["n_probes"] = len(done)
-        ident["n_identities"] = len(set(gallery_ids))
-        # a probe with no face cannot be re-identified: counted as a miss here, apart from the rest
-        hits = ident["reid_at_1"] * ident["n_probes_other"] if ident["reid_at_1"] is not None else 0
-        ident["reid_at_1_no_face_as_miss"] = hits / len(chances) if chances else None
-        ident["chance_at_1_all_probes"] = float(np.mean(chances)) if chances else None
-        m["identity"][e.value] = ident
-    m["attributes"] = _attribute_agreement(faced, gallery, gallery_files)
+        m["identity"][e.value] = _identity(e.value, done, gallery, gallery_files, identities)
+    why_none = (
+        "attribute models not loaded (weights absent, or --no-attributes)"
+        if not any(g.attributes for g in gallery)
+        else "no output with the changed face found (nothing to read attributes from)"
+    )
+    m["attributes"] = table2(_attribute_pairs(faced, gallery, gallery_files), celeba, why_none)
     fid_originals = [gallery[gallery_files.index(p.file)].inception for p, _ in done if p.file in gallery_files]
     m["quality"] = fid_kid(
         [x for x in fid_originals if x is not None],
@@ -199,26 +210,33 @@ def _run_metrics(
     return m
 
 
-def _attribute_agreement(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> dict:
+def _identity(
+    embedder: str, done: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str], identities: dict
+) -> dict:
+    """Re-identification by one embedder: its gallery is every original it could embed (a face
+    found, or any readable image for an image-level one), its probes every written output; an
+    output it could not embed (no face left, or not the changed one) is a miss (``lost``)."""
+    members = [i for i, g in enumerate(gallery) if embedder in g.embeddings]
+    index_of = {gallery_files[i]: n for n, i in enumerate(members)}
+    gallery_ids = [identities[gallery_files[i]] for i in members]
+    embedded = [(p, f) for p, f in done if embedder in f.embeddings]
+    lost = [(index_of.get(p.file, -1), p.identity) for p, f in done if embedder not in f.embeddings]
+    g = np.stack([gallery[i].embeddings[embedder] for i in members]) if members else np.zeros((0, 1))
+    q = np.stack([f.embeddings[embedder] for _, f in embedded]) if embedded else np.zeros((0, g.shape[1]))
+    source = np.array([index_of.get(p.file, -1) for p, _ in embedded], dtype=int)
+    ident = reid_metrics(cosine_distances(q, g), source, gallery_ids, [p.identity for p, _ in embedded], lost=lost)
+    ident["n_probes"] = len(done)
+    ident["n_identities"] = len(set(gallery_ids))
+    return ident
+
+
+def _attribute_pairs(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> list:
     pairs = []
     for p, f in faced:
         original = gallery[gallery_files.index(p.file)] if p.file in gallery_files else None
         if original is not None and original.attributes and f.attributes:
-            pairs.append((original.attributes, f.attributes))
-    if not pairs:
-        return {"skipped": "no pair with attributes on both sides (weights absent, or no face)"}
-
-    def agree(key: str) -> float:
-        return float(np.mean([a[key] == b[key] for a, b in pairs]))
-
-    facer = [np.mean([(a["celeba"][k] > 0.5) == (b["celeba"][k] > 0.5) for k in a["celeba"]]) for a, b in pairs]
-    return {
-        "n": len(pairs),
-        "gender_agreement": agree("gender"),
-        "ethnicity_agreement": agree("ethnicity"),
-        "age_abs_diff": float(np.mean([abs(a["age"] - b["age"]) for a, b in pairs])),
-        "facer_40_agreement": float(np.mean(facer)),
-    }
+            pairs.append((p.file, original.attributes, f.attributes))
+    return pairs
 
 
 def _write_pairs(
@@ -226,11 +244,10 @@ def _write_pairs(
     runs: list[Run],
     gallery: list[Face],
     gallery_files: list[str],
-    index_of: dict[str, int],
     embedders: list[EmbedderName],
 ) -> None:
-    names = sorted(index_of, key=index_of.__getitem__)  # the gallery files with a face, in matrix order
-    with_face = [gallery[gallery_files.index(f)] for f in names]
+    # each embedder's gallery: the originals it embedded (a face found; any image for an image-level one)
+    members = {e.value: [i for i, g in enumerate(gallery) if e.value in g.embeddings] for e in embedders}
     columns = ["run", "method", "file", "identity", "status", "output", "probe_face"]
     for e in embedders:
         columns += [f"{e.value}_distance_to_source", f"{e.value}_rank_of_source", f"{e.value}_nearest_other"]
@@ -243,7 +260,7 @@ def _write_pairs(
                 row: list = [run.label, pair.method or "", pair.file, pair.identity, pair.status]
                 row += [str(pair.output or ""), "" if face is None else int(face.found)]
                 for e in embedders:
-                    row += _ranks(face, pair, with_face, names, e.value)
+                    row += _ranks(face, pair, gallery, gallery_files, members[e.value], e.value)
                 original = gallery[gallery_files.index(pair.file)] if pair.file in gallery_files else None
                 a = original.attributes if original and original.attributes else {}
                 b = face.attributes if face is not None and face.attributes else {}
@@ -252,10 +269,13 @@ def _write_pairs(
                 w.writerow(row)
 
 
-def _ranks(face: Face | None, pair: Pair, with_face: list[Face], names: list[str], embedder: str) -> list:
-    if face is None or not face.found or pair.file not in names or not with_face:
+def _ranks(
+    face: Face | None, pair: Pair, gallery: list[Face], gallery_files: list[str], members: list[int], embedder: str
+) -> list:
+    names = [gallery_files[i] for i in members]
+    if face is None or embedder not in face.embeddings or pair.file not in names:
         return ["", "", ""]
-    g = np.stack([x.embeddings[embedder] for x in with_face])
+    g = np.stack([gallery[i].embeddings[embedder] for i in members])
     d = cosine_distances(face.embeddings[embedder][None], g)[0]
     order = np.argsort(d, kind="stable")
     src = names.index(pair.file)

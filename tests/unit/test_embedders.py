@@ -37,7 +37,8 @@ def _check(embedder, dim: int) -> None:
 
 def test_every_embedder_has_a_loader():
     assert set(EMBEDDERS) == set(EmbedderName)
-    assert [e.value for e in EmbedderName] == ["dlib", "facenet-vggface2", "facenet-casia", "clip"]
+    assert [e.value for e in EmbedderName] == ["dlib", "facenet-vggface2", "facenet-casia", "clip-face", "clip-image"]
+    assert EmbedderName("clip") is EmbedderName.CLIP_FACE  # the face-crop one's earlier name
 
 
 def test_dlib_with_its_real_weights(tmp_path):
@@ -74,10 +75,17 @@ def test_clip_loads_a_transformers_folder(tmp_path):
         projection_dim=24,
     )
     CLIPModel(config).save_pretrained(tmp_path / CLIP_FOLDER)
-    _check(load_embedder("clip", tmp_path), 24)
+    face, image = load_embedder("clip-face", tmp_path), load_embedder("clip-image", tmp_path)
+    _check(face, 24)
+    _check(image, 24)
+    assert (face.name, face.whole_image, image.name, image.whole_image) == ("clip-face", False, "clip-image", True)
+    # the image-level one ignores the box: the whole image is its input; the face one sees the crop
+    rgb = _image()
+    assert np.allclose(image.embed(rgb, BOX), image.embed(rgb, [0, 0, 10, 10]))
+    assert not np.allclose(face.embed(rgb, BOX), face.embed(rgb, [0, 0, 10, 10]))
 
 
-@pytest.mark.parametrize("name", ["facenet-vggface2", "facenet-casia", "clip"])
+@pytest.mark.parametrize("name", ["facenet-vggface2", "facenet-casia", "clip-face", "clip-image"])
 def test_missing_weights_name_the_fetch_command(tmp_path, name):
     with pytest.raises(MissingWeightsError, match="veil models fetch --eval"):
         load_embedder(name, tmp_path)
