@@ -227,9 +227,11 @@ def test_fair_window_through_a_real_worker(tiny_models, tmp_path):
         assert done.counts["no_face"] + done.counts["done"] == 20
         big_then = jobs.get(big)
         # FIFO (all 200 queued by the first submit) would finish every big key first; here the
-        # small job waits behind one window (a second of throughput, at least 32 keys), and
-        # then shares it
-        assert big_then.counted - big_at_submit <= 32 + 20 + 20 and big_then.pending > 0, (big_at_submit, big_then)
+        # small job waits behind one window (a second of throughput), then shares it, so most of
+        # the big job is still to come. (How many big keys one window holds grows with the
+        # worker's rate, so no fixed bound is asserted: 79 against 72 failed once at load 12.)
+        assert big_then.pending > 0 and big_then.counted - big_at_submit < (200 - big_at_submit) / 2, (
+            big_at_submit, big_then)
     finally:
         stop(cpu)
 

@@ -112,8 +112,9 @@ def test_unknown_setting_is_rejected(tmp_path, faces_dir):
     assert len(proc.stderr) < 200, proc.stderr  # not every known name on one line
 
 
-def test_output_inside_input_is_refused(tmp_path, tiny_models):
-    (tmp_path / "in").mkdir()
+def test_output_inside_input_is_refused(tmp_path, tiny_models, faces_dir):
+    (tmp_path / "in").mkdir()  # a valid INPUT: INPUT is checked first (an empty one says so)
+    (tmp_path / "in" / "a.jpg").write_bytes((faces_dir / "id02_12.jpg").read_bytes())
     env = worker_env(models_dir=tiny_models)
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(tmp_path / "in"),
                            str(tmp_path / "in" / "out")], env=env, cwd=ROOT, capture_output=True, text=True,
