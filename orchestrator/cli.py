@@ -13,7 +13,7 @@
     veil health [--max-age S] [--file PATH]
     veil exporter [--port P]
     veil eval ORIGINALS ANONYMIZED... --identities CSV --out DIR [--embedder E] [--html] [--no-attributes]
-              [--device D] [--detector D] [--quiet]
+              [--device D] [--detector D] [--quiet] [--paper] [--celeba-attributes FILE]
     veil deadletter [-n|--count N] [--json] [--purge]
 
 ``veil --verbose COMMAND ...`` logs debug messages. Settings come from ``VEIL_*`` environment

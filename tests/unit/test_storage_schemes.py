@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import shared.storage as storage_module
-from orchestrator.embedded import Manifest, _check_output_outside_input
+from orchestrator.embedded import Manifest
+from orchestrator.outputcheck import check_output_outside_input as _check_output_outside_input
 from orchestrator.listing import open_listing
 from shared.errors import InputError
 from shared.imageio import output_name
