@@ -117,7 +117,7 @@ def cut_prompts(task: PromptTask, max_chars: int) -> PromptTask:
 def refused(rt: Runtime, task: ImageTask | PromptTask, refusal: Refused, task_name: str, queue: str) -> str:
     """Ends a refused message: its failed sidecar where ``sidecar_ok``, else a log line and a count.
     ``BrokerError`` when even that cannot be settled (the caller gives the message back)."""
-    from workers.retries import _tier, settle  # retries imports the Celery app; so does its caller
+    from workers.retries import tier_of, settle  # retries imports the Celery app; so does its caller
 
     exc = refusal.error
     log.error(
@@ -133,5 +133,5 @@ def refused(rt: Runtime, task: ImageTask | PromptTask, refusal: Refused, task_na
         if isinstance(task, PromptTask):  # the record repeats the prompts: never a huge sidecar
             task = cut_prompts(task.model_copy(update={"faces": task.faces[:1]}), rt.settings.max_prompt_chars)
         return settle(rt, task, task_name, queue, record=error_record(task, exc))
-    metrics.failure(_tier(task_name), exc.reason)
+    metrics.failure(tier_of(task_name), exc.reason)
     return "failed"

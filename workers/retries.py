@@ -47,11 +47,11 @@ def retry_or_fail(
         metrics.retry(exc.reason)
         return "retrying"
     publish(error_record(task, exc, model_sha256), task.output_uri, rt.storage, rt.jobs)
-    metrics.failure(_tier(task_name), exc.reason)
+    metrics.failure(tier_of(task_name), exc.reason)
     return Status.FAILED.value
 
 
-def _tier(task_name: str) -> str:
+def tier_of(task_name: str) -> str:
     return "gpu" if task_name == GPU_TASK else "cpu"
 
 
@@ -89,11 +89,11 @@ def settle(
         assert record is not None
         publish(record, task.output_uri, rt.storage, rt.jobs)
         if record.status == Status.FAILED:
-            metrics.failure(_tier(task_name), record.reason)
+            metrics.failure(tier_of(task_name), record.reason)
         return record.status.value
     except PermanentError as exc:  # the output URI itself is unusable: nothing can be written
         log.error("%s: outcome cannot be recorded (%s); counted failed", task.input_uri, exc)
-        metrics.failure(_tier(task_name), exc.reason)
+        metrics.failure(tier_of(task_name), exc.reason)
         try:
             count_key_may_end_job(rt.jobs, task.job_id, task.input_uri, Status.FAILED.value, f"{exc.reason}: {exc}")
         except TransientError:
@@ -118,7 +118,7 @@ def settle_invalid(rt: Runtime, message: Any, exc: ValidationError, task_name: s
     )
     log.error("invalid %s message for %r: %s", task_name, output_uri, reason)
     if not isinstance(output_uri, str) or not output_uri:
-        metrics.failure(_tier(task_name), BadMessageError.reason)
+        metrics.failure(tier_of(task_name), BadMessageError.reason)
         return Status.FAILED.value
     record = ResultRecord(
         input=input_uri if isinstance(input_uri, str) else "",
@@ -136,5 +136,5 @@ def settle_invalid(rt: Runtime, message: Any, exc: ValidationError, task_name: s
         log.warning("invalid message's sidecar not written (%s); re-sent in %.0f s", err, delay)
         send(raw, task_name, queue, delay)
         return "requeued"
-    metrics.failure(_tier(task_name), BadMessageError.reason)
+    metrics.failure(tier_of(task_name), BadMessageError.reason)
     return Status.FAILED.value
