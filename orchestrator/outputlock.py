@@ -1,9 +1,11 @@
 """One ``veil run`` per OUTPUT: a lock taken before any model loads, held until the run ends.
 
 Local OUTPUT: ``OUTPUT/.veil.lock`` held with ``fcntl.flock``. The kernel drops the lock when the
-process ends, however it ends, so a crashed run never leaves a stale lock; the file itself stays
-(deleting a flock'd file lets two processes lock two different files) and holds the owner's host
-and pid for the message. On NFS, flock is only as good as the server's lock support.
+process ends, however it ends, so a crashed run never leaves a stale lock; the file holds the
+owner's host and pid for the message. A run that ends removes the file while it still holds the
+lock; a run that locked a file already removed (it opened the path just before) sees that the
+path no longer names the file it locked and starts again, so two runs never hold two different
+files. On NFS, flock is only as good as the server's lock support.
 
 Object-store OUTPUT (``s3://``): a lock object ``OUTPUT/.veil.lock`` created only if absent
 (``PUT`` with ``If-None-Match: *``, atomic on S3, MinIO and moto), holding the owner's host, pid
@@ -53,31 +55,50 @@ def output_lock(output: str, storage: Storage) -> Iterator[None]:
 
 @contextmanager
 def _local_lock(output: str) -> Iterator[None]:
-    import fcntl
-
     try:
         os.makedirs(output, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise InputError(f"OUTPUT {output!r} is not a folder: {exc}") from exc
     path = os.path.join(output, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _locked_file(path, output)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe(os.pread(fd, 4096, 0).decode(errors="replace"))
-            raise OutputInUseError(
-                f"OUTPUT {output!r} is in use by another veil run ({holder}; lock {path}): "
-                "wait for it to finish, or choose another OUTPUT"
-            ) from None
         try:  # who holds it, for the second run's message; the flock is the lock, this is a note
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(_owner()).encode(), 0)
         except OSError as exc:  # a full disk must end the run with its own clear error, later
             log.warning("could not write the lock's owner note in %s: %s", path, exc)
         yield
+        try:  # removed while still held: nothing is left in OUTPUT after a run
+            os.unlink(path)
+        except OSError as exc:
+            log.debug("lock file %s not removed: %s", path, exc)
     finally:
         os.close(fd)  # releases the flock
+
+
+def _locked_file(path: str, output: str) -> int:
+    """A descriptor of ``path`` holding its flock, where ``path`` still names that very file."""
+    import fcntl
+
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(os.pread(fd, 4096, 0).decode(errors="replace"))
+            os.close(fd)
+            raise OutputInUseError(
+                f"OUTPUT {output!r} is in use by another veil run ({holder}; lock {path}): "
+                "wait for it to finish, or choose another OUTPUT"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the run before removed it after this run opened it: open the path again
+    raise OutputInUseError(f"OUTPUT {output!r}: its lock {path} keeps being replaced; is another run looping?")
 
 
 def _alive_here(owner: dict) -> bool:

@@ -117,7 +117,7 @@ def cut_prompts(task: PromptTask, max_chars: int) -> PromptTask:
 def refused(rt: Runtime, task: ImageTask | PromptTask, refusal: Refused, task_name: str, queue: str) -> str:
     """Ends a refused message: its failed sidecar where ``sidecar_ok``, else a log line and a count.
     ``BrokerError`` when even that cannot be settled (the caller gives the message back)."""
-    from workers.retries import tier_of, settle  # retries imports the Celery app; so does its caller
+    from workers.retries import settle, tier_of  # retries imports the Celery app; so does its caller
 
     exc = refusal.error
     log.error(

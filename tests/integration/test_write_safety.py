@@ -84,7 +84,7 @@ def test_traversal_keys_are_refused_and_nothing_escapes(tmp_path, tiny_models):
         assert "failed 4" in proc.stdout
     assert not os.path.exists(f"/tmp/veil-esc-{tag}.jpg") and not os.path.exists(f"/tmp/veil-esc2-{tag}.jpg")
     assert not (tmp_path / "deep" / "esc.jpg").exists() and not (tmp_path / "esc.jpg").exists()
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "manifest.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]  # the lock file removed at the end
     assert s3_keys - set(hostile) == {"out/manifest.jsonl"}  # no image, and the lock object is gone
 
 
@@ -234,3 +234,27 @@ def test_s3_output_lock(tiny_models):
         with pytest.raises(OutputInUseError, match=f"delete {uri}"):
             with output_lock("s3://bkt/out", storage):
                 pass
+
+
+def test_local_lock_is_removed_and_a_removed_file_is_never_the_lock(tmp_path):
+    """The lock file goes with the run; a run that opened it just before the holder removed it
+    must not lock that orphan (two runs would then hold two different files)."""
+    import fcntl
+
+    from orchestrator.outputlock import _locked_file
+
+    out, storage = tmp_path / "out", open_storage(Settings.from_env({}))
+    with output_lock(str(out), storage):
+        assert (out / LOCK_NAME).is_file()
+    assert not (out / LOCK_NAME).exists()
+    # the race, by hand: a descriptor of a lock file that is then removed
+    path = out / LOCK_NAME
+    orphan = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    os.unlink(path)
+    try:
+        fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an orphan can be locked by anyone...
+        fd = _locked_file(str(path), str(out))  # ...so the lock is the file the path names
+        assert os.fstat(fd).st_ino == os.stat(path).st_ino != os.fstat(orphan).st_ino
+        os.close(fd)
+    finally:
+        os.close(orphan)
