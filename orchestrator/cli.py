@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -183,6 +184,8 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     from models.tiny import write_tiny_models
 
+    if Path(args.dir).exists() and not Path(args.dir).is_dir():
+        raise InputError(f"DIR {args.dir!r} is an existing file: choose a folder (new or empty) for the test models")
     paths = write_tiny_models(Path(args.dir), full_size=args.full_size)
     size = "FULL-SIZE CPU-tier (FACER, DeepFace) and tiny generator" if args.full_size else "tiny"
     print(f"wrote {len(paths)} files of {size} RANDOM test models to {args.dir}")
@@ -454,8 +457,26 @@ def _add_exporter(sub: argparse._SubParsersAction) -> None:
     exporter.set_defaults(func=cmd_exporter)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint where a mistake has a usual cause."""
+
+    command: str = ""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        words = list(sys.argv[1:] if args is None else args)
+        self.command = next((w for w in words if not w.startswith("-")), "")
+        return super().parse_args(words, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments") and self.command in ("run", "submit"):
+            message += (
+                "\n  a glob is expanded by the shell into many arguments: quote it, as in  veil run 'photos/*.jpg' OUT"
+            )
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="veil", description="Anonymize face images with foundation models.")
+    parser = _Parser(prog="veil", description="Anonymize face images with foundation models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)

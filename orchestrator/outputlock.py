@@ -59,6 +59,8 @@ def _local_lock(output: str) -> Iterator[None]:
         os.makedirs(output, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise InputError(f"OUTPUT {output!r} is not a folder: {exc}") from exc
+    except OSError as exc:  # /proc/x, a read-only mount: root passes the access check above
+        raise InputError(f"OUTPUT {output!r} cannot be made: {exc.strerror or exc}") from exc
     path = os.path.join(output, LOCK_NAME)
     fd = _locked_file(path, output)
     try:

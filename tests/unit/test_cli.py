@@ -111,3 +111,31 @@ def test_limit_must_be_a_positive_whole_number(value, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["run", "in", "out", "--limit", value])
     assert exit_.value.code == 2 and "argument --limit: must be" in capsys.readouterr().err
+
+
+def test_an_unquoted_glob_gets_a_hint(capsys):
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "photos/a.jpg", "photos/b.jpg", "out"])  # what the shell makes of photos/*.jpg
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: out" in err and "quote it" in err
+
+
+def test_models_tiny_on_an_existing_file_is_one_line(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["models", "tiny", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.startswith("veil: DIR ") and (tmp_path / "afile").read_text() == "x"
+
+
+def test_an_output_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    from orchestrator.outputlock import output_lock
+    from shared.errors import InputError
+    from shared.settings import Settings
+    from shared.storage import open_storage
+
+    with pytest.raises(InputError, match=r"OUTPUT '/proc/veil-out' cannot be made"):  # root passes access()
+        with output_lock("/proc/veil-out", open_storage(Settings.from_env({}))):
+            pass
