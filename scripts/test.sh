@@ -11,6 +11,6 @@ export HF_HUB_OFFLINE=1
 export VEIL_FACES_DIR="${VEIL_FACES_DIR:-$(cd .. && pwd)/shared/faces}"
 bash scripts/lint.sh
 echo "== unit tests"
-python -m pytest -q tests/unit "$@"
+python -m pytest -q --durations=15 tests/unit "$@"
 echo "== integration tests"
-python -m pytest -q tests/integration "$@"
+python -m pytest -q --durations=30 tests/integration "$@"
