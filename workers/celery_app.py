@@ -95,12 +95,12 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
         _forget_broker_connections()
     app.conf.update(**celery_conf(settings, tier))
     if tier is not None and settings.broker_url.startswith(("redis://", "rediss://")):
-        # a worker's envelopes are parsed by Veil's checked transport (kombu's Redis transport,
-        # poison messages dead-lettered instead of ending the worker)
+        # a worker consumes through Veil's transport (kombu's Redis transport with a pop a killed
+        # worker cannot lose, and poison envelopes dead-lettered instead of ending the worker)
         from workers import envelopes
 
         envelopes.configure(settings.max_message_bytes, tier)
-        app.conf.broker_transport = "workers.envelopes:Transport"
+        app.conf.broker_transport = "workers.redis_transport:Transport"
     if tier is not None and not (settings.input_roots and settings.output_roots):
         logging.getLogger(__name__).warning(
             "VEIL_INPUT_ROOTS / VEIL_OUTPUT_ROOTS unset: this %s worker reads and writes wherever a broker "

@@ -4,13 +4,11 @@ before Celery or Veil sees it (``kombu.transport.redis.Channel._brpop_read``: ``
 ``kombu.transport.virtual.base.Message``: ``channel.decode_body``). An exception there is not a
 task's: ``LPUSH veil.gpu garbage`` ended the worker with ``Unrecoverable error: JSONDecodeError``.
 
-``Transport`` is kombu's Redis transport with that one step checked: an envelope longer than
+The workers' transport (``workers.redis_transport``) parses each envelope with ``parse``: an envelope longer than
 ``VEIL_MAX_MESSAGE_BYTES``, not JSON, not kombu's shape, or whose body does not decode is logged,
 counted (``veil_failures_total{reason="bad_envelope"}`` or ``message_too_large``) and moved to the
 dead-letter list ``veil:deadletter`` (its first ``KEPT_BYTES`` bytes; the list holds the last
-``DEAD_LETTER_MAX``), which ``veil deadletter`` shows and purges; the worker goes on. The workers
-select it with Celery's ``broker_transport`` setting (``workers.celery_app.configure``): the
-documented way to name a transport class, and the URL (``redis://``, ``rediss://``) is unchanged.
+``DEAD_LETTER_MAX``), which ``veil deadletter`` shows and purges; the worker goes on.
 A body that decodes but is not a Celery task (wrong JSON inside) is Celery's own case: it logs
 and acknowledges it (``on_unknown_message``, ``on_decode_error``) without stopping.
 """
@@ -22,7 +20,6 @@ import logging
 import time
 from typing import Any
 
-from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
@@ -94,52 +91,6 @@ def dead_letter(client: Any, queue: str, item: bytes | str, error: BadEnvelopeEr
             pipe.execute()
     except Exception:  # noqa: BLE001 - Redis down: the log line is what remains
         log.warning("dead letter not stored", exc_info=True)
-
-
-class Channel(kombu_redis.Channel):
-    def _brpop_read(self, **options: Any) -> bool:
-        """kombu's ``_brpop_read`` with the envelope parsed by ``parse``: a bad one is
-        dead-lettered instead of raised into the event loop."""
-        try:
-            try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            if not dest__item:
-                raise kombu_redis.Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)
-            try:
-                payload = parse(item, self)
-            except BadEnvelopeError as exc:
-                with self.conn_or_acquire() as client:
-                    dead_letter(client, dest, item, exc)
-                return True
-            self.connection._deliver(payload, dest)
-            return True
-        finally:
-            self._in_poll = None  # type: ignore[assignment]
-            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
-            if flush is not None:
-                flush()
-
-    def _get(self, queue: Any, timeout: Any = None) -> Any:
-        """kombu's ``_get`` (RPOP; used without the event loop) with the same check."""
-        with self.conn_or_acquire() as client:
-            for pri in self.priority_steps:
-                item = client.rpop(self._q_for_pri(queue, pri))
-                if item:
-                    try:
-                        return parse(item, self)
-                    except BadEnvelopeError as exc:
-                        dead_letter(client, queue, item, exc)
-            raise kombu_redis.Empty()
-
-
-class Transport(kombu_redis.Transport):
-    Channel = Channel
 
 
 def read(client: Any, n: int = 20) -> tuple[int, list[dict]]:
