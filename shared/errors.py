@@ -51,6 +51,18 @@ class MessageBoundsError(PermanentError):
     reason = "message_too_large"
 
 
+class BadEnvelopeError(PermanentError):
+    """A broker message whose envelope cannot be read (not JSON, not kombu's shape, a body that
+    does not decode, or longer than ``VEIL_MAX_MESSAGE_BYTES``): dead-lettered by the workers'
+    transport (``workers/envelopes.py``), never raised into the event loop."""
+
+    reason = "bad_envelope"
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 class TooManyFacesError(PermanentError):
     """An image with more faces than ``VEIL_MAX_FACES``: failed rather than partly anonymized."""
 

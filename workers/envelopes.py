@@ -23,6 +23,7 @@ from typing import Any
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from shared.errors import BadEnvelopeError
 from workers import metrics
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,6 @@ log = logging.getLogger(__name__)
 DEAD_LETTERS = metrics.DEAD_LETTERS_LIST
 DEAD_LETTER_MAX = 1000
 KEPT_BYTES = 4096
-
-
-class BadEnvelopeError(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 class _Limits:

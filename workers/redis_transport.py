@@ -57,7 +57,8 @@ from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
-from workers.envelopes import BadEnvelopeError, dead_letter, parse
+from shared.errors import BadEnvelopeError
+from workers.envelopes import dead_letter, parse
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import json
 import pytest
 from kombu.transport.virtual.base import Channel
 
-from shared.errors import OutsideAllowedRootsError
+from shared.errors import BadEnvelopeError, OutsideAllowedRootsError
 from shared.messages import JobSpec
 from shared.printable import printable
 from shared.roots import AllowedRoots, check_job, check_job_input, check_job_roots, under
 from shared.settings import Settings
-from workers.envelopes import BadEnvelopeError, configure, parse
+from workers.envelopes import configure, parse
 
 
 def test_object_roots_are_prefixes_by_segment():
