@@ -47,7 +47,7 @@ def s3(faces_dir, tmp_path_factory):
 def make_env(tiny_models, endpoint, db, **extra):
     values = dict(models_dir=tiny_models, broker_url=redis_url(db), s3_endpoint_url=endpoint,
                   s3_access_key_id="testing", s3_secret_access_key="testing", batch_size=4, gpu_batch_wait_s=1.0,
-                  steps=3, cpu_queue=f"cpu-{db}", gpu_queue=f"gpu-{db}")
+                  steps=3, image_size=64, cpu_queue=f"cpu-{db}", gpu_queue=f"gpu-{db}")
     return worker_env(**(values | extra))
 
 
