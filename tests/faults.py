@@ -87,3 +87,28 @@ def object_keys(client, bucket: str, prefix: str) -> list[str]:
 def batch_sizes(log_path: Path) -> list[int]:
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
     return [int(n) for n in re.findall(r"batch of (\d+) requests", text)]
+
+
+#: diffusion steps for a GPU worker a test SIGKILLs mid-batch: a 64 px batch of tiny models takes
+#: ~0.3 s at 6 steps, so a kill sent when the batch's first line is seen could land after it
+#: committed; at 40 steps it takes seconds, and the kill's landing is checked (``kill_mid_batch``)
+MID_BATCH_STEPS = 40
+
+
+def kill_mid_batch(proc: subprocess.Popen, log: Path) -> int:
+    """SIGKILLs a GPU worker once its first batch started, and checks the kill landed before that
+    batch committed (a kill after it would test nothing). Returns the log's length at the kill:
+    what follows is the next worker's (``generated_since``)."""
+    from tests.services import stop
+
+    wait_for(lambda: batch_sizes(log), 300, "the first GPU batch to start", interval=0.05)
+    stop(proc, signal.SIGKILL)  # nothing acknowledged
+    text = log.read_text(errors="replace")
+    assert "batch committed" not in text, "the first batch committed before the kill: not mid-batch"
+    return len(text)
+
+
+def generated_since(log: Path, offset: int) -> int:
+    """Keys the GPU worker(s) generated after ``offset`` in ``log`` (already-done keys excluded)."""
+    text = log.read_text(errors="replace")[offset:]
+    return sum(int(n) for n in re.findall(r"batch of \d+ requests, (\d+) to generate", text))

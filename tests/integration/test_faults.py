@@ -18,7 +18,15 @@ import yaml
 
 from shared.errors import RETRY_POLICY
 from shared.jobs import JobStore
-from tests.faults import OwnRedis, batch_sizes, object_keys, s3_behind_proxy
+from tests.faults import (
+    MID_BATCH_STEPS,
+    OwnRedis,
+    batch_sizes,
+    generated_since,
+    kill_mid_batch,
+    object_keys,
+    s3_behind_proxy,
+)
 from tests.services import ROOT, start_worker, stop, wait_for, worker_env
 
 pytestmark = pytest.mark.slow
@@ -229,19 +237,19 @@ def test_sigkill_gpu_mid_batch_recovers_within_visibility_timeout(faces_dir, tin
     try:
         with s3_behind_proxy(BUCKET) as (_proxy, client, endpoint):
             names = upload(client, faces_dir)
-            env = env_for(tiny_models, redis_srv.url, endpoint, visibility_timeout_s=VISIBILITY_S, steps=6)
+            env = env_for(tiny_models, redis_srv.url, endpoint, visibility_timeout_s=VISIBILITY_S, steps=MID_BATCH_STEPS)
             cpu = start_worker("cpu", env, tmp_path / "cpu.log", "--concurrency", "1")
             log = tmp_path / "gpu.log"
             gpu = start_worker("gpu", env, log)
             try:
                 job_id = submit(env, "out")
-                wait_for(lambda: batch_sizes(log), 300, "the first GPU batch", interval=0.1)
-                stop(gpu, signal.SIGKILL)  # mid-batch: nothing acknowledged
+                at_kill = kill_mid_batch(gpu, log)
                 ready = log.read_text(errors="replace").count(" ready.")
                 gpu = start_worker("gpu", env, log)
                 wait_for(lambda: log.read_text(errors="replace").count(" ready.") > ready, 180, "the new GPU worker")
-                job = wait_job(redis_srv.url, job_id, N_KEYS, timeout=VISIBILITY_S + 60)
+                job = wait_job(redis_srv.url, job_id, N_KEYS, timeout=VISIBILITY_S + 90)
                 assert_all_done(client, "out", names, job)
+                assert generated_since(log, at_kill) == N_KEYS  # the killed batch's keys too, by the next worker
             finally:
                 stop(gpu)
                 stop(cpu)

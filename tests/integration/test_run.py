@@ -26,7 +26,7 @@ def run_result(faces_dir, tiny_models, tmp_path_factory):
     expected = {f"people/{n}": "done" for n in PHOTOS}
     expected |= {f"odd/{k}": v for k, v in write_bad_inputs(faces_dir, src / "odd").items()}
     out = tmp_path_factory.mktemp("out")
-    env = worker_env(models_dir=tiny_models, steps=4, batch_size=4)
+    env = worker_env(models_dir=tiny_models, steps=4, batch_size=4, image_size=64)  # pixels not under test
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "--device", "cpu"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -52,7 +52,7 @@ def test_outputs_mirror_inputs_and_carry_no_metadata(run_result):
             assert row["output"] is None and row["reason"]
             continue
         img = Image.open(row["output"])
-        assert img.size == (512, 512)
+        assert img.size == (64, 64)  # VEIL_IMAGE_SIZE
         assert not img.getexif() and "icc_profile" not in img.info
         assert b"SecretCam" not in open(row["output"], "rb").read()
 
@@ -131,7 +131,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_models, faces_d
     for name in ("id01_5.jpg", "id02_12.jpg", "id03_16.jpg", "id07_25.jpg"):
         shutil.copy(faces_dir / name, src / name)
     out = tmp_path / "out"
-    env = worker_env(models_dir=tiny_models, steps=4, batch_size=1)
+    env = worker_env(models_dir=tiny_models, steps=4, batch_size=1, image_size=64)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     manifest = out / "manifest.jsonl"
@@ -153,7 +153,7 @@ def test_overwrite_redoes_finished_inputs(tmp_path, tiny_models, faces_dir):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     shutil.copy(faces_dir / "id01_5.jpg", src / "id01_5.jpg")
-    env = worker_env(models_dir=tiny_models, steps=2, batch_size=1)
+    env = worker_env(models_dir=tiny_models, steps=2, batch_size=1, image_size=64)
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(src), str(out), "-q", "--device", "cpu"]
     first = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]

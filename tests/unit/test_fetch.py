@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import random
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +21,8 @@ from models.weights import (CATALOGUE, RV_SINGLE_FILE, SD15_TEXT_ENCODER_KEY, Co
                             check_single_file_text_encoder, required_files)
 
 RETRY_POLICY_SLOW = RetryPolicy(max_retries=12, backoff_s=10.0, backoff_max_s=60.0)  # the real budget
-DATA = os.urandom(300_000) + bytes(range(256)) * 100  # not a multiple of the chunk size
+# not a multiple of the chunk size; seeded: test ids name its sha, and xdist collects on each process
+DATA = random.Random(0).randbytes(300_000) + bytes(range(256)) * 100
 SHA = hashlib.sha256(DATA).hexdigest()
 # without jitter, so that the waits can be compared with countdown() exactly
 FAST = RetryPolicy(max_retries=2, backoff_s=0.001, backoff_max_s=0.01, jitter=False)
