@@ -86,15 +86,13 @@ class RunSummary:
         if not images:
             return ""
         total = sum(n * k for n, k in self.faces_per_image.items())
-        spread = ", ".join(
-            f"{n} face{'s' * (n != 1)}: {k} image{'s' * (k != 1)}" for n, k in sorted(self.faces_per_image.items())
-        )
-        text = f"\n  faces: {total} changed in {images} images ({spread})"
+        spread = ", ".join(f"{_n(n, 'face')}: {_n(k, 'image')}" for n, k in sorted(self.faces_per_image.items()))
+        text = f"\n  faces: {total} changed in {_n(images, 'image')} ({spread})"
         if self.guard_checked:
             masked, in_images = sum(n * k for n, k in self.guard_masked.items()), sum(self.guard_masked.values())
             text += (
-                f"\n  guard: {self.guard_checked} faces judged, {masked} still re-identified and masked "
-                f"(in {in_images} images; the rows' faces[].guard says which)"
+                f"\n  guard: {_n(self.guard_checked, 'face')} judged, {masked} still re-identified and masked "
+                f"(in {_n(in_images, 'image')}; the rows' faces[].guard says which)"
             )
         return text
 
@@ -111,6 +109,10 @@ class RunSummary:
             + self.faces_text()
             + f"\n  time by stage: {stages}"
         )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 class Manifest:

@@ -54,8 +54,8 @@ def detect_downscaled(
 
     ``min_face_size`` (input pixels) holds for every detector: an image whose shorter side is
     below it, or whose downscaled copy is below the detector's own minimum (MTCNN fails on
-    those), has no face; boxes whose longer side is below it (inside the image) are dropped.
-    Every box is clamped to the image."""
+    those), has no face. Every box is clamped to the image; those whose longer side inside it is
+    below ``min_face_size``, or that hold no pixel of it, are dropped."""
     h, w = rgb.shape[:2]
     if min(h, w) < min_face_size:
         return Detections.empty()
@@ -89,7 +89,9 @@ def clamp_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _at_least(found: Detections, min_face_size: float) -> Detections:
     b = found.boxes
-    keep = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_face_size
+    keep = (
+        (np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_face_size) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    )
     return found if keep.all() else Detections(b[keep], found.landmarks[keep])
 
 
