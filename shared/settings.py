@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     # A black border this share of the longer side added around the detector's copy on every side
     # (boxes mapped back, then clamped to the image): a face cut by the image's edge then looks
     # less cut to the detector. 0.25 found the two edge-cut faces of selfie-many-people.jpg that
-    # MTCNN misses without it (6 of 7 faces against 4), but changed counts on 5 of the other 40
+    # MTCNN misses without it (6 of 7 faces against 4), but changed counts on 4 of the other 40
     # photos both ways and costs 1.5x the detection time, so it is off by default.
     detect_pad: float = Field(0.0, ge=0.0, le=1.0)
 
