@@ -92,7 +92,10 @@ def _explain(exc: ValidationError, flags: set[str]) -> str:
     """``--batch-size: must be >= 1 (got 0)``, or ``VEIL_STEPS: ...`` for a variable."""
     problems = []
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else ""
+        if not err["loc"]:  # a rule across settings (a model validator): its message names them
+            problems.append(str(err.get("ctx", {}).get("error") or err["msg"].removeprefix("Value error, ")))
+            continue
+        field = str(err["loc"][0])
         name = "--" + field.replace("_", "-") if field in flags else ENV_PREFIX + field.upper()
         rule = _RULES.get(err["type"])
         what = rule.format(**err.get("ctx", {})) if rule else err["msg"][:1].lower() + err["msg"][1:]

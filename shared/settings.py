@@ -361,7 +361,10 @@ class Settings(BaseSettings):
     def _guard_needs_faces_in_place(self) -> Settings:
         """The guard checks a face where it was; a portrait has no such place."""
         if self.guard is not GuardName.OFF and self.mode is Mode.PORTRAIT and self.method is Method.SD:
-            raise ValueError("VEIL_GUARD needs VEIL_MODE=scene (or a classical VEIL_METHOD): a portrait is not checked")
+            raise ValueError(
+                "--guard (VEIL_GUARD) needs --mode scene (VEIL_MODE) or a classical --method blur|pixelate|mask "
+                "(VEIL_METHOD): a portrait is not checked"
+            )
         return self
 
     @model_validator(mode="after")
