@@ -2,9 +2,10 @@
 
     veil run INPUT OUTPUT [--device auto|cpu|cuda] [--batch-size B] [--seed S] [--limit N] [--overwrite]
              [--sampler faithful|fast] [--detector mtcnn|retinaface] [--method sd|blur|pixelate|mask]
-             [--mode portrait|scene] [--guard off|dlib|facenet] [--retry-failed] [--quiet]
+             [--mode portrait|scene] [--faces all|biggest] [--guard off|dlib|facenet] [--retry-failed] [--quiet]
     veil models check | fetch [--optional] [--eval] [--quiet] | tiny DIR [--full-size]
-    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M] [--guard G]
+    veil submit s3://BUCKET/PREFIX --out s3://BUCKET/OUT [--name N] [--overwrite] [--method M] [--mode M]
+                [--faces F] [--guard G]
     veil status JOB [--watch] [--interval S] [--failed] | veil jobs | veil cancel JOB
     veil retry JOB [--reason R] [--out O] | veil finalize JOB [--out O]
     veil feed
@@ -43,6 +44,7 @@ from shared.settings import (
     DetectorName,
     DeviceName,
     EmbedderName,
+    FaceCover,
     GuardName,
     Method,
     Mode,
@@ -90,7 +92,10 @@ def _explain(exc: ValidationError, flags: set[str]) -> str:
     """``--batch-size: must be >= 1 (got 0)``, or ``VEIL_STEPS: ...`` for a variable."""
     problems = []
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else ""
+        if not err["loc"]:  # a rule across settings (a model validator): its message names them
+            problems.append(str(err.get("ctx", {}).get("error") or err["msg"].removeprefix("Value error, ")))
+            continue
+        field = str(err["loc"][0])
         name = "--" + field.replace("_", "-") if field in flags else ENV_PREFIX + field.upper()
         rule = _RULES.get(err["type"])
         what = rule.format(**err.get("ctx", {})) if rule else err["msg"][:1].lower() + err["msg"][1:]
@@ -111,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector=args.detector,
         method=args.method,
         mode=args.mode,
+        faces=args.faces,
         guard=args.guard,
     )
     # 1. Every check a mistake can fail, before torch and diffusers are imported (seconds, not a minute)
@@ -205,7 +211,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from shared.storage import open_storage
     from workers.celery_app import configure
 
-    settings = _settings(method=args.method, mode=args.mode, guard=args.guard)
+    settings = _settings(method=args.method, mode=args.mode, faces=args.faces, guard=args.guard)
     configure(settings)
     result = submit(
         args.source,
@@ -543,7 +549,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--detector",
         choices=[d.value for d in DetectorName],
-        help="face detector; the biggest face found is anonymized (VEIL_DETECTOR)",
+        help="face detector (VEIL_DETECTOR; its settings: VEIL_MIN_FACE_SIZE, VEIL_MTCNN_THRESHOLDS, VEIL_DETECT_PAD)",
     )
     run.add_argument(
         "--overwrite",
@@ -572,12 +578,18 @@ def _add_method(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_scene_flags(parser: argparse.ArgumentParser) -> None:
-    """``--mode`` and ``--guard`` (``veil run`` and ``veil submit``)."""
+    """``--mode``, ``--faces`` and ``--guard`` (``veil run`` and ``veil submit``)."""
     parser.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
         help="portrait = a new 512x512 portrait of the biggest face (the paper's, default); scene = the "
         "input, same size and format, with every face regenerated in place (VEIL_MODE)",
+    )
+    parser.add_argument(
+        "--faces",
+        choices=[f.value for f in FaceCover],
+        help="which faces a classical method or scene mode changes: all (default) or the biggest only; "
+        "a portrait is always of the biggest (VEIL_FACES)",
     )
     parser.add_argument(
         "--guard",

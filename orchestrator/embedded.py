@@ -59,10 +59,42 @@ class RunSummary:
     limited: int | None = None  # --limit N reached with inputs left over
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    faces_per_image: Counter = field(default_factory=Counter)  # faces changed -> done images with that many
+    guard_checked: int = 0  # faces the re-identification guard judged
+    guard_masked: Counter = field(default_factory=Counter)  # faces still re-identifying, masked -> images
 
     @property
     def ok(self) -> bool:
         return self.counts[Status.FAILED.value] == 0
+
+    def count(self, record: ResultRecord) -> None:
+        """One key's row: its outcome, and for a done one its faces and the guard's verdicts."""
+        self.counts[record.status.value] += 1
+        if record.status is not Status.DONE:
+            return
+        faces = record.faces if record.faces is not None else []
+        self.faces_per_image[len(faces) if record.faces is not None else int(record.face_box is not None)] += 1
+        judged = [f.guard for f in faces if f.guard is not None]
+        self.guard_checked += len(judged)
+        if masked := sum(1 for g in judged if not g.passed):
+            self.guard_masked[masked] += 1
+
+    def faces_text(self) -> str:
+        """``faces: 9 changed in 3 images (1 face: 1 image, 2 faces: 1 image, 6 faces: 1 image)``,
+        and the guard's outcome when it ran; empty when no image was done."""
+        images = sum(self.faces_per_image.values())
+        if not images:
+            return ""
+        total = sum(n * k for n, k in self.faces_per_image.items())
+        spread = ", ".join(f"{_n(n, 'face')}: {_n(k, 'image')}" for n, k in sorted(self.faces_per_image.items()))
+        text = f"\n  faces: {total} changed in {_n(images, 'image')} ({spread})"
+        if self.guard_checked:
+            masked, in_images = sum(n * k for n, k in self.guard_masked.items()), sum(self.guard_masked.values())
+            text += (
+                f"\n  guard: {_n(self.guard_checked, 'face')} judged, {masked} still re-identified and masked "
+                f"(in {_n(in_images, 'image')}; the rows' faces[].guard says which)"
+            )
+        return text
 
     def text(self) -> str:
         total = sum(self.counts.values())
@@ -73,8 +105,14 @@ class RunSummary:
             f"veil run: {total} processed ({parts}); {self.skipped} already done; "
             + (f"{self.repeats} listed twice or more, processed once; " if self.repeats else "")
             + (f"stopped at --limit {self.limited}: later inputs not processed; " if self.limited else "")
-            + f"{self.seconds:.1f}s {rate}\n  time by stage: {stages}"
+            + f"{self.seconds:.1f}s {rate}"
+            + self.faces_text()
+            + f"\n  time by stage: {stages}"
         )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 class Manifest:
@@ -224,7 +262,7 @@ def _run_locked(
         manifest.append(records)
         stop_if_disk_full(records)
         for record in records:
-            summary.counts[record.status.value] += 1
+            summary.count(record)
         bar.update(len(records))
         bar.set_postfix(dict(summary.counts))
 

@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
 # Installs Veil and its test tools into .venv (created if missing). Idempotent.
 # A first install takes minutes (torch, diffusers, deepface...): each phase is announced with the
-# seconds spent so far, and pip's own lines show what it downloads and installs.
+# seconds spent so far. pip's own output (~400 lines) goes to .venv/install.log, named with its last
+# lines when pip fails; VEIL_INSTALL_VERBOSE=1 shows it as it runs instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 START=$SECONDS
+LOG=.venv/install.log
 phase() { echo "== [$((SECONDS - START))s] $*"; }
-# pip without -q, minus the flood (a line per package already there, the index location notice);
-# a failing pip stops the script (pipefail: the pipeline's status is pip's)
+# pip quiet, its whole output kept in $LOG; a failing pip stops the script with its last lines and
+# the log's path. Verbose: pip's lines minus the flood (a line per package already there, the index
+# location notice); pipefail makes the pipeline's status pip's.
 pip_install() {
-  python -m pip install --disable-pip-version-check --progress-bar on "$@" 2>&1 \
-    | { grep -v -e "^Requirement already satisfied" -e "^WARNING: Location" || true; }
+  if [ -n "${VEIL_INSTALL_VERBOSE:-}" ]; then
+    python -m pip install --disable-pip-version-check --progress-bar on "$@" 2>&1 \
+      | { grep -v -e "^Requirement already satisfied" -e "^WARNING: Location" || true; }
+    return
+  fi
+  echo "== pip install $*" >> "$LOG"
+  if ! python -m pip install --disable-pip-version-check --progress-bar off "$@" >> "$LOG" 2>&1; then
+    echo "install.sh: pip install $* failed; its last lines:" >&2
+    tail -n 15 "$LOG" >&2
+    echo "install.sh: pip's whole output is in $(pwd)/$LOG (VEIL_INSTALL_VERBOSE=1 shows it as it runs)" >&2
+    return 1
+  fi
 }
 if [ ! -x .venv/bin/python ]; then
   phase "creating .venv"
@@ -28,6 +41,8 @@ if [ -z "${VEIL_REINSTALL:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WA
   exit 0
 fi
 rm -f "$STAMP"
+: > "$LOG"
+phase "pip's output goes to $LOG (VEIL_INSTALL_VERBOSE=1 to see it)"
 # torch first, at the versions that lie on this machine kind's disk (CUDA builds that also run on the CPU)
 if python -c "import torch, torchvision" 2>/dev/null; then
   phase "torch already installed"

@@ -10,7 +10,7 @@ is derived here, from the job's spec and the key alone, by ``veil run``
   name Veil writes, raises ``UnsafeKeyError``), and nameable with its sidecar (a local path
   segment at most ``NAME_MAX`` bytes, an object key at most ``S3_KEY_MAX``: else
   ``NameTooLongError``);
-- its seed: ``seed_for(spec.seed, key)``; its options (method, mode, guard, overwrite): the spec's.
+- its seed: ``seed_for(spec.seed, key)``; its options (method, mode, guard, cover, overwrite): the spec's.
 
 ``task_for`` builds the key's ``ImageTask`` from these; it is the only builder of one.
 
@@ -112,6 +112,7 @@ def spec_for(
     return JobSpec(
         job_id=job_id, name=name, input=root, source=source, output=output, seed=settings.seed,
         overwrite=overwrite, created=time.time(), method=settings.method, mode=settings.mode, guard=settings.guard,
+        cover=settings.faces,
     )  # fmt: skip
 
 
@@ -128,4 +129,5 @@ def task_for(spec: JobSpec, key: str, *, overwrite: bool = False) -> ImageTask:
         method=spec.method,
         mode=spec.mode,
         guard=spec.guard,
+        cover=spec.cover,
     )

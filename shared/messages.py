@@ -14,7 +14,10 @@ on ResultRecord. A version 1 or 2 message is a portrait message of method ``sd``
 off.
 
 Also with a default, in version 3: ``sampler_noise`` on ResultRecord (None: records written
-before it, and keys the GPU tier did not generate, have none).
+before it, and keys the GPU tier did not generate, have none); ``cover`` (which faces a classical
+method or scene mode changes, ``VEIL_FACES``) on JobSpec and ImageTask: default ``all``, so a
+message or stored spec written before it covers every face (it covered the biggest in portrait
+mode then).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from shared.settings import GuardName, Method, Mode, SamplerNoise
+from shared.settings import FaceCover, GuardName, Method, Mode, SamplerNoise
 
 SCHEMA_VERSION: Final = 3
 
@@ -65,6 +68,7 @@ class ImageTask(_Message):
     # what the output is, and the re-identification guard (job-wide: copied from the JobSpec)
     mode: Mode = Mode.PORTRAIT
     guard: GuardName = GuardName.OFF
+    cover: FaceCover = FaceCover.ALL  # which faces a classical method or scene mode changes
 
 
 class FaceAnalysis(_Message):
@@ -120,7 +124,9 @@ class GuardResult(_Message):
 
 class FaceRecord(_Message):
     """One face of a manifest row / sidecar: every face replaced in scene mode; with a classical
-    method and a guard, each face the method changed (box and guard only: it reads no attributes)."""
+    method, each face the method changed (box, and the guard's result with a guard: it reads no
+    attributes). A face the guard found still re-identifiable has ``guard.passed`` false and
+    ``guard.fallback`` "mask"."""
 
     box: list[float]  # x1, y1, x2, y2, score (input pixels)
     region: list[int] | None = None  # x, y, side: the square regenerated and blended back (input pixels)
@@ -154,7 +160,7 @@ class ResultRecord(_Message):
     timings_s: dict[str, float] = Field(default_factory=dict)
     method: Method = Method.SD  # the method that wrote ``output`` (or was to)
     mode: Mode = Mode.PORTRAIT
-    faces: list[FaceRecord] | None = None  # scene mode: every face replaced
+    faces: list[FaceRecord] | None = None  # every face changed (scene mode, classical methods)
     # the faithful sampler's Brownian noise scheme that made ``output`` (``exact`` or
     # ``tree``; None for the fast sampler, a classical method, or a record from before)
     sampler_noise: SamplerNoise | None = None
@@ -178,6 +184,7 @@ class JobSpec(_Message):
     method: Method = Method.SD  # sd, or a classical method finished on the CPU tier
     mode: Mode = Mode.PORTRAIT  # portrait, or scene (every face replaced in place)
     guard: GuardName = GuardName.OFF  # the re-identification guard
+    cover: FaceCover = FaceCover.ALL  # which faces a classical method or scene mode changes (VEIL_FACES)
 
 
 class FinalizeTask(_Message):

@@ -49,6 +49,15 @@ class Mode(str, enum.Enum):
     SCENE = "scene"  # the input, same size and format, every face replaced in place
 
 
+class FaceCover(str, enum.Enum):
+    """Which detected faces an image's method changes in place (see ``workers.cpu.stage``:
+    ``FACES_CHANGED``): the classical methods and scene mode. A portrait (method ``sd``, mode
+    ``portrait``) is always of the biggest face."""
+
+    ALL = "all"  # every detected face, biggest first (default: a face left out is a face shown)
+    BIGGEST = "biggest"  # the biggest face only (the behaviour before issue 25)
+
+
 class GuardName(str, enum.Enum):
     """Re-identification guard: the face embedder that checks each new face (``workers.guard``)."""
 
@@ -122,6 +131,16 @@ class Settings(BaseSettings):
     min_face_size: int = Field(20, ge=8)
     # Detection runs on a copy whose longer side is at most this (boxes mapped back).
     detect_max_side: int = Field(1024, ge=128)
+    # MTCNN's three stage thresholds (P-Net, R-Net, O-Net; comma-separated), facenet-pytorch's
+    # defaults. Lower finds more faces, and more that are not faces (tests/integration/test_detection_settings.py
+    # measures them on selfie-many-people.jpg).
+    mtcnn_thresholds: Annotated[tuple[float, float, float], NoDecode] = (0.6, 0.7, 0.7)
+    # A black border this share of the longer side added around the detector's copy on every side
+    # (boxes mapped back, then clamped to the image): a face cut by the image's edge then looks
+    # less cut to the detector. 0.25 found the two edge-cut faces of selfie-many-people.jpg that
+    # MTCNN misses without it (6 of 7 faces against 4), but changed counts on 4 of the other 40
+    # photos both ways and costs 1.5x the detection time, so it is off by default.
+    detect_pad: float = Field(0.0, ge=0.0, le=1.0)
 
     # -- generation (GPU tier): the paper's method -------------------------------------------------
     sampler: SamplerName = SamplerName.FAITHFUL
@@ -184,6 +203,8 @@ class Settings(BaseSettings):
     # Faces per scene image: an image with more is failed (``too_many_faces``), never half done.
     max_faces: int = Field(100, ge=1, le=10_000)
     mode: Mode = Mode.PORTRAIT
+    # Which detected faces the classical methods and scene mode change: all (default) or the biggest.
+    faces: FaceCover = FaceCover.ALL
     # img2img strength of a face's crop in scene mode: the share of the sampler's schedule that
     # runs (0.6 of 15 steps = the last 9 steps, from the crop noised to that step's sigma). Lower
     # keeps more of the original crop (pose, light, and identity); higher invents more.
@@ -303,6 +324,23 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("mtcnn_thresholds", mode="before")
+    @classmethod
+    def _three_thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            if len(parts) != 3:
+                raise ValueError("three comma-separated numbers, e.g. 0.6,0.7,0.7")
+            return tuple(parts)
+        return value
+
+    @field_validator("mtcnn_thresholds", mode="after")
+    @classmethod
+    def _probabilities(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0.0 < v < 1.0 for v in value):
+            raise ValueError("each threshold must be between 0 and 1")
+        return value
+
     @field_validator("models_dir", "faces_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -323,7 +361,10 @@ class Settings(BaseSettings):
     def _guard_needs_faces_in_place(self) -> Settings:
         """The guard checks a face where it was; a portrait has no such place."""
         if self.guard is not GuardName.OFF and self.mode is Mode.PORTRAIT and self.method is Method.SD:
-            raise ValueError("VEIL_GUARD needs VEIL_MODE=scene (or a classical VEIL_METHOD): a portrait is not checked")
+            raise ValueError(
+                "--guard (VEIL_GUARD) needs --mode scene (VEIL_MODE) or a classical --method blur|pixelate|mask "
+                "(VEIL_METHOD): a portrait is not checked"
+            )
         return self
 
     @model_validator(mode="after")

@@ -53,7 +53,9 @@ class FaceReader:
         self.settings = settings
         self.inception = inception  # FID/KID features of every image read with keep_for_fid
         models_dir = Path(settings.models_dir)
-        self.detector = build_detector(settings.detector, device, models_dir, settings.min_face_size)
+        self.detector = build_detector(  # the detector the runs used, with their settings
+            settings.detector, device, models_dir, settings.min_face_size, settings.mtcnn_thresholds
+        )
         self.embedders: dict[str, FaceEmbedder] = {e.value: load_embedder(e, models_dir, device) for e in embedders}
         self.attributes = None
         if attributes:
@@ -88,7 +90,8 @@ class FaceReader:
             face.inception = self.inception.features(rgb)
         whole = [0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])]
         face.embeddings = {n: e.embed(rgb, whole) for n, e in self.embedders.items() if e.whole_image}
-        found = detect_downscaled(self.detector, rgb, self.settings.detect_max_side, self.settings.min_face_size)
+        s = self.settings
+        found = detect_downscaled(self.detector, rgb, s.detect_max_side, s.min_face_size, s.detect_pad)
         if match_box is None:
             index = biggest_face(found)
         else:  # the box is in the file's pixels; ``rgb`` may be reduced (max_side)

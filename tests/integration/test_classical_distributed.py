@@ -1,7 +1,8 @@
 """A classical method through the distributed path (issue 13): `veil submit --method pixelate`
 with only a CPU worker running. The CPU worker finishes every key itself (image + sidecar), no
-message reaches the GPU queue, and each output keeps its input's size. Real services: Redis,
-moto_server, a CPU worker process."""
+message reaches the GPU queue, and each output keeps its input's size. Every face is covered, as
+in `veil run` (issue 25: the same stage function): the sidecar lists each face changed, boxes inside
+the image. Real services: Redis, moto_server, a CPU worker process."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.services import ROOT, moto_s3, redis_url, start_worker, stop, wait_fo
 
 pytestmark = pytest.mark.slow
 
-FACES = ["id02_12.jpg", "id07_25.jpg", "fr_biden.jpg"]
+FACES = ["id02_12.jpg", "id07_25.jpg", "fr_biden.jpg", "couple.jpg"]
 BUCKET = "veil-classical"
 DB = 12
 
@@ -60,6 +61,10 @@ def test_a_classical_method_finishes_on_the_cpu_tier(faces_dir, tmp_path):
                 body = client.get_object(Bucket=BUCKET, Key=f"out/{name}")["Body"].read()
                 sidecar = json.loads(client.get_object(Bucket=BUCKET, Key=f"out/{name}.json")["Body"].read())
                 assert sidecar["status"] == "done" and sidecar["method"] == "pixelate" and sidecar["prompt"] is None
-                assert Image.open(io.BytesIO(body)).size == Image.open(faces_dir / name).size
+                w, h = Image.open(faces_dir / name).size
+                assert Image.open(io.BytesIO(body)).size == (w, h)
+                faces = sidecar["faces"]
+                assert len(faces) >= (2 if name == "couple.jpg" else 1) and faces[0]["box"] == sidecar["face_box"]
+                assert all(0 <= f["box"][0] < f["box"][2] <= w and 0 <= f["box"][1] < f["box"][3] <= h for f in faces)
         finally:
             stop(cpu)

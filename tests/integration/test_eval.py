@@ -97,10 +97,12 @@ def test_classical_outputs_keep_the_image_outside_the_face(evaluated, faces_dir)
         original = np.asarray(Image.open(row["input"]).convert("RGB"), dtype=int)
         masked = np.asarray(Image.open(row["output"]), dtype=int)
         assert masked.shape == original.shape
-        x1, y1, x2, y2 = (int(v) for v in row["face_box"][:4])
-        assert masked[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].mean() <= 3  # black (JPEG ringing at most)
+        assert row["faces"][0]["box"] == row["face_box"]  # every face masked (issue 25), biggest first
         far = np.ones(original.shape[:2], bool)
-        far[max(0, y1 - 16) : y2 + 16, max(0, x1 - 16) : x2 + 16] = False
+        for face in row["faces"]:
+            x1, y1, x2, y2 = (int(v) for v in face["box"][:4])
+            assert masked[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].mean() <= 3  # black (JPEG ringing at most)
+            far[max(0, y1 - 16) : y2 + 16, max(0, x1 - 16) : x2 + 16] = False
         assert np.abs(masked[far] - original[far]).mean() < 3  # the rest kept (JPEG re-encoding only)
         assert Path(row["output"] + ".json").exists() is False  # veil run writes a manifest, not sidecars
 

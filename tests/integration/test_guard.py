@@ -44,21 +44,23 @@ def test_weak_blur_is_caught_reported_and_masked(faces_dir):
 
 def test_veil_run_with_a_weak_blur_and_the_guard_reports_and_masks(faces_dir, tmp_path):
     """The same through `veil run --method blur --guard dlib` (the function the CLI and the CPU
-    task call): each row lists its faces with the guard's distance, and a face the weak blur left
-    re-identifiable is masked in the written image, as its row says."""
+    task call), plus the group photo of issue 25: each row lists every face (not only the
+    biggest) with the guard's distance, a face the weak blur left re-identifiable is masked in the
+    written image, as its row says, and the summary line counts the faces judged and masked."""
     from orchestrator.embedded import run
     from shared.storage import open_storage
 
     listing = tmp_path / "in.txt"
-    listing.write_text("".join(f"{faces_dir / p}\n" for p in PHOTOS))
-    settings = Settings.from_env(
-        {}, method="blur", blur_sigma=0.02, guard="dlib", mode="scene", models_dir=tmp_path / "none", device="cpu"
+    listing.write_text("".join(f"{faces_dir / p}\n" for p in [*PHOTOS, "selfie-many-people.jpg"]))
+    settings = Settings.from_env(  # portrait mode: the classical methods cover every face in any mode
+        {}, method="blur", blur_sigma=0.02, guard="dlib", models_dir=tmp_path / "none", device="cpu"
     )
     summary = run(str(listing), str(tmp_path / "out"), settings, open_storage(settings), progress=False)
     assert summary.ok, summary.text()
     rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
-    assert len(rows) == len(PHOTOS) and all(r["status"] == "done" for r in rows)
-    masked = 0
+    assert len(rows) == len(PHOTOS) + 1 and all(r["status"] == "done" for r in rows)
+    assert len(rows[-1]["faces"]) >= 4  # the group photo: every face MTCNN finds, each judged
+    masked, judged = 0, sum(len(r["faces"]) for r in rows)
     for row in rows:
         assert row["method"] == "blur" and row["faces"], row
         out = decode_image(open(row["output"], "rb").read(), max_pixels=120_000_000)
@@ -72,3 +74,7 @@ def test_veil_run_with_a_weak_blur_and_the_guard_reports_and_masks(faces_dir, tm
                 assert out[max(y1, 0) + 2 : y2 - 2, max(x1, 0) + 2 : x2 - 2].max() <= 8  # masked (JPEG noise)
         assert any(k.startswith("guard-dlib") for k in row["model_sha256"])
     assert masked >= len(PHOTOS)  # every photo's person at least
+    in_images = sum(any(f["guard"]["fallback"] for f in r["faces"]) for r in rows)
+    assert f"guard: {judged} faces judged, {masked} still re-identified and masked (in {in_images} image" in (
+        summary.text()
+    )

@@ -35,6 +35,9 @@ def scene_run(faces_dir, tiny_models, tmp_path_factory):
                            "--mode", "scene", "-q"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["input"].rsplit("/", 1)[-1]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    # issue 25: the summary line counts the faces, and how many images had how many
+    per_image = [len(r["faces"]) for r in rows.values()]
+    assert f"faces: {sum(per_image)} changed in {len(rows)} images (" in proc.stdout, proc.stdout
     return src, out, rows
 
 
@@ -47,7 +50,7 @@ def _outside(shape, faces) -> np.ndarray:
 
 
 def test_every_face_is_recorded_with_its_own_prompt_and_seed(scene_run):
-    _, _, rows = scene_run
+    src, _, rows = scene_run
     assert set(rows) == {*PHOTOS, "couple.png", "selfie-many-people.png"}
     for name, row in rows.items():
         assert row["status"] == "done" and row["mode"] == "scene", name
@@ -61,8 +64,9 @@ def test_every_face_is_recorded_with_its_own_prompt_and_seed(scene_run):
             assert f["seed"] == face_seed(row["seed"], i) and f["guard"] is None
             assert f["prompt"].startswith("closeup portrait photo of a ") and len(f["celeba_scores"]) == 40
             x, y, side = f["region"]
-            x1, y1 = max(f["box"][0], 0), max(f["box"][1], 0)  # a box may reach past the photo's edge
-            x2, y2 = f["box"][2:4]
+            x1, y1, x2, y2 = f["box"][:4]
+            h, w = Image.open(src / name).size[::-1]
+            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h  # issue 25: clamped to the photo
             assert x <= x1 and y <= y1 and x + side >= x2 and y + side >= y2  # the square holds the face
     # the same photo as JPEG and PNG: same faces, same seeds (the seed follows the key, so not equal)
     assert [f["box"] for f in rows["couple.jpg"]["faces"]] == [f["box"] for f in rows["couple.png"]["faces"]]
@@ -161,3 +165,5 @@ def test_guard_retries_with_the_next_seeds_then_masks(faces_dir, tiny_models, tm
         assert f["seed"] == face_seed(row["seed"], i, attempt=1)  # the last try's seed is recorded
         x1, y1, x2, y2 = (int(v) for v in f["box"][:4])
         assert after[max(y1, 0) + 1:y2 - 1, max(x1, 0) + 1:x2 - 1].max() == 0  # masked
+    n = len(row["faces"])  # issue 25: the summary line counts the guard's masks
+    assert f"guard: {n} faces judged, {n} still re-identified and masked (in 1 image;" in proc.stdout, proc.stdout

@@ -139,3 +139,24 @@ def test_an_output_that_cannot_be_made_is_one_line(tmp_path, capsys):
     with pytest.raises(InputError, match=r"OUTPUT '/proc/veil-out' cannot be made"):  # root passes access()
         with output_lock("/proc/veil-out", open_storage(Settings.from_env({}))):
             pass
+
+
+def test_a_guard_on_portraits_is_one_line_naming_the_flags(tmp_path, capsys, monkeypatch):
+    """Issue 25: was ``veil: VEIL_: value error, ...`` (a rule across settings has no field)."""
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("VEIL_MODE", raising=False)
+    monkeypatch.delenv("VEIL_METHOD", raising=False)
+    monkeypatch.delenv("VEIL_GUARD", raising=False)
+    assert main(["run", str(tmp_path), str(tmp_path / "out"), "--guard", "dlib"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("veil: --guard (VEIL_GUARD) needs --mode scene (VEIL_MODE) or a classical --method"), err
+    assert err.count("\n") == 1 and "VEIL_:" not in err and "value error" not in err.lower()
+
+
+def test_faces_flag_is_named_when_wrong(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(tmp_path), str(tmp_path / "out"), "--faces", "most"])
+    assert exit_.value.code == 2 and "argument --faces: invalid choice: 'most'" in capsys.readouterr().err

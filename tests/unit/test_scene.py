@@ -123,7 +123,7 @@ def test_the_guard_counts_tries_and_reports_the_fallback():
 def test_a_guard_on_portraits_is_refused_and_scene_mode_takes_it():
     from shared.settings import Settings
 
-    with pytest.raises(ValueError, match="VEIL_GUARD needs VEIL_MODE=scene"):
+    with pytest.raises(ValueError, match=r"VEIL_GUARD\) needs --mode scene \(VEIL_MODE\)"):
         Settings.from_env({"VEIL_GUARD": "dlib"})
     s = Settings.from_env({"VEIL_GUARD": "dlib", "VEIL_MODE": "scene"})
     assert s.guard is GuardName.DLIB and s.guard_threshold is None and s.guard_tries == 3

@@ -1,8 +1,9 @@
 """Face detectors. Each returns plain arrays and knows nothing of what the boxes are for.
 
-``Detections.boxes`` is (N, 5) float32 ``x1, y1, x2, y2, score`` in input pixels and
-``Detections.landmarks`` is (N, 5, 2): left eye, right eye, nose, left and right mouth corner
-(image left first). No face: (0, 5) and (0, 5, 2).
+``Detections.boxes`` is (N, 5) float32 ``x1, y1, x2, y2, score`` in input pixels, clamped to the
+image by ``detect_downscaled`` (a detector's own box may reach past the edge of a face the image
+cuts: MTCNN gave [-3, -1, 83, 120] on 112x112), and ``Detections.landmarks`` is (N, 5, 2): left
+eye, right eye, nose, left and right mouth corner (image left first). No face: (0, 5) and (0, 5, 2).
 """
 
 from __future__ import annotations
@@ -42,36 +43,55 @@ class Detector(Protocol):
 
 
 def detect_downscaled(
-    detector: Detector, rgb: np.ndarray, max_side: int = 1024, min_face_size: float = 1
+    detector: Detector, rgb: np.ndarray, max_side: int = 1024, min_face_size: float = 1, pad: float = 0.0
 ) -> Detections:
     """Run ``detector`` on a copy no larger than ``max_side`` and map the results back to
     input pixels: a 4000 px photo costs what a 1024 px one does, and faces that small in a
     large photo are too small to anonymize well anyway.
 
+    ``pad`` (``VEIL_DETECT_PAD``): a black border of this share of the copy's longer side on every
+    side before detection, so that a face the image's edge cuts looks less cut (boxes shifted back).
+
     ``min_face_size`` (input pixels) holds for every detector: an image whose shorter side is
     below it, or whose downscaled copy is below the detector's own minimum (MTCNN fails on
-    those), has no face; boxes whose longer side is below it are dropped."""
+    those), has no face. Every box is clamped to the image; those whose longer side inside it is
+    below ``min_face_size``, or that hold no pixel of it, are dropped."""
     h, w = rgb.shape[:2]
     if min(h, w) < min_face_size:
         return Detections.empty()
     scale = max(h, w) / max_side
-    if scale <= 1:
-        found = detector(rgb) if min(h, w) >= getattr(detector, "min_side", 1) else Detections.empty()
-        return _at_least(found, min_face_size)
-    import cv2
+    small = rgb
+    if scale > 1:
+        import cv2
 
-    small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
     if min(small.shape[:2]) < getattr(detector, "min_side", 1):
         return Detections.empty()
-    found = detector(small)
-    boxes = found.boxes.copy()
-    boxes[:, :4] *= scale
-    return _at_least(Detections(boxes, found.landmarks * scale), min_face_size)
+    border = int(round(pad * max(small.shape[:2])))
+    found = detector(np.pad(small, ((border, border), (border, border), (0, 0))) if border else small)
+    boxes, landmarks = found.boxes.copy(), found.landmarks.copy()
+    boxes[:, :4] -= border
+    landmarks -= border
+    if scale > 1:
+        boxes[:, :4] *= scale
+        landmarks *= scale
+    return _at_least(Detections(clamp_boxes(boxes, w, h), landmarks), min_face_size)
+
+
+def clamp_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``boxes`` (N, 5+) with ``x1, y1, x2, y2`` cut to the image's ``width`` x ``height``: the part
+    of each face the image holds (a new array)."""
+    out = boxes.copy()
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
+    return out
 
 
 def _at_least(found: Detections, min_face_size: float) -> Detections:
     b = found.boxes
-    keep = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_face_size
+    keep = (
+        (np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_face_size) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    )
     return found if keep.all() else Detections(b[keep], found.landmarks[keep])
 
 
@@ -89,11 +109,15 @@ class MTCNNDetector:
 
     name = "mtcnn"
 
-    def __init__(self, device: torch.device, min_face_size: int = 20):
+    def __init__(
+        self, device: torch.device, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    ):
         import facenet_pytorch
         from facenet_pytorch import MTCNN
 
-        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)
+        self._mtcnn = MTCNN(
+            keep_all=True, device=device, min_face_size=min_face_size, thresholds=list(thresholds), post_process=False
+        )
         self.min_side = min_face_size  # its image pyramid is empty below this (torch.cat() of nothing)
         data = Path(facenet_pytorch.__file__).parent / "data"
         self.sha256 = tree_sha256([data / f"{n}.pt" for n in ("pnet", "rnet", "onet")])
@@ -135,11 +159,21 @@ class RetinaFaceDetector:
         return Detections(boxes.float().cpu().numpy(), faces["points"].float().cpu().numpy())
 
 
-DETECTORS: dict[DetectorName, Callable[..., Detector]] = {
-    DetectorName.MTCNN: lambda device, models_dir, min_face_size: MTCNNDetector(device, min_face_size),
-    DetectorName.RETINAFACE: lambda device, models_dir, min_face_size: RetinaFaceDetector(device, models_dir),
+Thresholds = tuple[float, float, float]
+
+#: ``VEIL_DETECTOR`` -> (device, models_dir, min_face_size, MTCNN's thresholds) -> the detector
+DETECTORS: dict[DetectorName, Callable[[torch.device, Path, int, Thresholds], Detector]] = {
+    DetectorName.MTCNN: lambda device, models_dir, min_face, thresholds: MTCNNDetector(device, min_face, thresholds),
+    DetectorName.RETINAFACE: lambda device, models_dir, min_face, thresholds: RetinaFaceDetector(device, models_dir),
 }
 
 
-def build_detector(name: DetectorName, device: torch.device, models_dir: Path, min_face_size: int) -> Detector:
-    return DETECTORS[name](device, models_dir, min_face_size)
+def build_detector(
+    name: DetectorName,
+    device: torch.device,
+    models_dir: Path,
+    min_face_size: int,
+    mtcnn_thresholds: Thresholds = (0.6, 0.7, 0.7),
+) -> Detector:
+    """``mtcnn_thresholds``: ``VEIL_MTCNN_THRESHOLDS`` (MTCNN only)."""
+    return DETECTORS[name](device, models_dir, min_face_size, mtcnn_thresholds)

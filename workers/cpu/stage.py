@@ -26,11 +26,11 @@ from shared.messages import FaceAnalysis, FacePrompt, FaceRecord, ImageTask, Pro
 from shared.prompts import build_prompts
 from shared.results import classical_record
 from shared.scene import face_seed
-from shared.settings import GuardName, Method, Mode, Settings
+from shared.settings import FaceCover, GuardName, Method, Mode, Settings
 from shared.storage import Storage, check_output_uri
 from workers.cpu.attributes import AttributeModels
 from workers.cpu.classical import face_anonymizer
-from workers.cpu.detection import Detector, biggest_face, build_detector, detect_downscaled
+from workers.cpu.detection import Detections, Detector, biggest_face, build_detector, detect_downscaled
 from workers.guard import Guard, guard_classical, load_guard
 
 
@@ -48,7 +48,9 @@ class CpuModels:
     def load(cls, settings: Settings, device: torch.device, *, attributes: bool = True) -> CpuModels:
         """``attributes=False``: the detector only (the classical methods need nothing else); the
         attribute models then load with the first key of method ``sd`` (``need_attributes``)."""
-        detector = build_detector(settings.detector, device, Path(settings.models_dir), settings.min_face_size)
+        detector = build_detector(
+            settings.detector, device, Path(settings.models_dir), settings.min_face_size, settings.mtcnn_thresholds
+        )
         cpu = cls(detector, None, settings, {f"detector-{detector.name}": detector.sha256}, device)
         if attributes:
             cpu.need_attributes()
@@ -88,6 +90,13 @@ class CpuModels:
         return {f"detector-{self.detector.name}": self.detector.sha256}
 
 
+def detect(cpu: CpuModels, rgb: np.ndarray, min_face: float) -> Detections:
+    """Step 2 of both paths: the detector on a reduced copy, with the settings' border
+    (``VEIL_DETECT_PAD``); boxes in ``rgb``'s pixels, clamped to it."""
+    settings = cpu.settings
+    return detect_downscaled(cpu.detector, rgb, settings.detect_max_side, min_face, settings.detect_pad)
+
+
 def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, float] | None = None) -> PromptTask:
     """Raises ``UnsafeKeyError`` for an unsafe ``output_uri``, ``ImageDecodeError``/``ImageTooLargeError``
     for bad input, ``NoFaceError`` with no face."""
@@ -106,7 +115,7 @@ def analyze(task: ImageTask, data: bytes, cpu: CpuModels, timings: dict[str, flo
     # 2. Detect faces and keep the biggest
     t1 = time.perf_counter()
     min_face = cpu.settings.min_face_size / scale
-    detections = detect_downscaled(cpu.detector, rgb, cpu.settings.detect_max_side, min_face)
+    detections = detect(cpu, rgb, min_face)
     index = biggest_face(detections)
     t2 = time.perf_counter()
     timings.update(decode=t1 - t0, detect=t2 - t1)
@@ -131,14 +140,16 @@ def _portrait_prompts(
 def _scene_prompts(
     task: ImageTask, rgb: np.ndarray, scale: float, detections, index: int, cpu: CpuModels
 ) -> PromptTask:
-    """Scene mode: every face's attributes and prompts, biggest first (``scene_faces``); at most
+    """Scene mode: the attributes and prompts of every face (or the biggest: ``task.cover``,
+    ``FACES_CHANGED``), biggest first (``scene_faces``); at most
     VEIL_MAX_FACES (an image with more is failed, never sent half anonymized). The GPU tier
     decodes a scene image in full: judged here, against the same pixel budget."""
     if (full := round(rgb.shape[0] * rgb.shape[1] * scale * scale)) > cpu.settings.max_decoded_pixels:
         raise ImageTooLargeError(f"scene mode decodes {full} pixels, more than VEIL_MAX_DECODED_PIXELS")
-    if len(detections.boxes) > cpu.settings.max_faces:
-        raise TooManyFacesError(f"{len(detections.boxes)} faces, more than VEIL_MAX_FACES={cpu.settings.max_faces}")
-    faces = scene_faces(rgb, scale, detections, task.seed, cpu)
+    chosen = FACES_CHANGED[task.cover](detections, index)
+    if len(chosen) > cpu.settings.max_faces:
+        raise TooManyFacesError(f"{len(chosen)} faces, more than VEIL_MAX_FACES={cpu.settings.max_faces}")
+    faces = scene_faces(rgb, scale, detections, task.seed, cpu, chosen)
     return _prompt_task(task, faces[0].analysis, faces[0].prompt, faces[0].negative_prompt, cpu, faces)
 
 
@@ -181,13 +192,15 @@ def _in_input_pixels(analysis: FaceAnalysis, box: np.ndarray, scale: float) -> F
     return analysis.model_copy(update={"face_box": box_in_input})
 
 
-def scene_faces(rgb: np.ndarray, scale: float, detections, image_seed: int, cpu: CpuModels) -> list[FacePrompt]:
-    """Scene mode: every detected face (the detector already dropped those below the minimum
-    size), biggest first, each with its own attributes, Algorithm 1's prompts and seed."""
+def scene_faces(
+    rgb: np.ndarray, scale: float, detections, image_seed: int, cpu: CpuModels, chosen: list[int] | None = None
+) -> list[FacePrompt]:
+    """Scene mode: the ``chosen`` faces (default every detected face; the detector already dropped
+    those below the minimum size), biggest first, each with its own attributes, Algorithm 1's
+    prompts and seed."""
     b = detections.boxes
-    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     faces = []
-    for index, i in enumerate(np.argsort(-areas, kind="stable")):
+    for index, i in enumerate(_every_face_biggest_first(detections, 0) if chosen is None else chosen):
         analysis = _in_input_pixels(read_attributes(rgb, b[i], detections.landmarks[i], cpu), b[i], scale)
         prompts = build_prompts(analysis.celeba_scores, age=analysis.age, ethnicity=analysis.ethnicity)
         seed = face_seed(image_seed, index)
@@ -216,26 +229,28 @@ def read_attributes(rgb: np.ndarray, box: np.ndarray, landmarks: np.ndarray, cpu
 def anonymize_classical(
     task: ImageTask, data: bytes, cpu: CpuModels, storage: Storage, timings: dict[str, float] | None = None
 ) -> ResultRecord:
-    """Blur, pixelate or mask the biggest face (``task.method``) and write the image, the input's
-    size and format, the rest of it kept. Returns the key's ``done`` record for the caller to
-    publish (sidecar) or append (manifest). Raises as ``analyze`` does, and the storage's errors
+    """Blur, pixelate or mask every detected face (``task.method``; the biggest only with
+    ``task.cover`` biggest) and write the image, the input's size and format, the rest of it
+    kept. Returns the key's ``done`` record, every face changed in its ``faces``, for the caller
+    to publish (sidecar) or append (manifest). Raises as ``analyze`` does, and the storage's errors
     (transient ones for the caller to retry)."""
     timings = {} if timings is None else timings
     check_output_uri(task.output_uri)  # a received message: its output stays under its root
     # 1. Decode the untrusted bytes at full size: the output keeps the input's size
     t0 = time.perf_counter()
     rgb, _ = decode_scaled(data, max_pixels=cpu.settings.max_image_pixels, max_decoded=cpu.settings.max_decoded_pixels)
-    # 2. Detect faces (on a reduced copy, boxes in input pixels) and keep the biggest
+    # 2. Detect faces (on a reduced copy, boxes in input pixels, clamped to the image)
     t1 = time.perf_counter()
-    detections = detect_downscaled(cpu.detector, rgb, cpu.settings.detect_max_side, cpu.settings.min_face_size)
+    detections = detect(cpu, rgb, cpu.settings.min_face_size)
     index = biggest_face(detections)
     t2 = time.perf_counter()
     timings.update(decode=t1 - t0, detect=t2 - t1)
     if index is None:
         raise NoFaceError(f"no face found by {cpu.detector.name}")
-    # 3. Change the face boxes only (the biggest; every face in scene mode), each through the
-    #    re-identification guard when the task asks for one (a face that still matches is masked)
-    boxes = _classical_boxes(detections, index, task.mode)
+    # 3. Change the face boxes only (every face, biggest first; the biggest alone with cover
+    #    biggest), each through the re-identification guard when the task asks for one (a face
+    #    that still matches is masked; its record says so)
+    boxes = _classical_boxes(detections, index, task.cover)
     pixels, faces = _classical_faces(rgb, boxes, task, cpu)
     t3 = time.perf_counter()
     # 4. Write the image; the caller writes its record (the sidecar is the commit marker, after it)
@@ -246,9 +261,9 @@ def anonymize_classical(
     return classical_record(task, face_box, model_sha256, timings, faces)
 
 
-def _classical_boxes(detections, index: int, mode: Mode) -> list[list[float]]:
-    """The boxes a classical method changes: ``FACES_CHANGED`` by mode."""
-    return [[float(v) for v in detections.boxes[i][:5]] for i in FACES_CHANGED[mode](detections, index)]
+def _classical_boxes(detections, index: int, cover: FaceCover) -> list[list[float]]:
+    """The boxes a classical method changes: ``FACES_CHANGED`` by ``VEIL_FACES``."""
+    return [[float(v) for v in detections.boxes[i][:5]] for i in FACES_CHANGED[cover](detections, index)]
 
 
 def _every_face_biggest_first(detections, index: int) -> list[int]:
@@ -257,25 +272,27 @@ def _every_face_biggest_first(detections, index: int) -> list[int]:
     return [int(i) for i in np.argsort(-areas, kind="stable")]
 
 
-#: the faces a classical method changes, by mode: the biggest (portrait), every face biggest first (scene)
-FACES_CHANGED: dict[Mode, Callable[[Any, int], list[int]]] = {
-    Mode.PORTRAIT: lambda detections, index: [index],
-    Mode.SCENE: _every_face_biggest_first,
+#: the faces a classical method or scene mode changes, by ``VEIL_FACES`` / ``--faces``:
+#: (detections, the biggest's index) -> indices, biggest first
+FACES_CHANGED: dict[FaceCover, Callable[[Any, int], list[int]]] = {
+    FaceCover.ALL: _every_face_biggest_first,
+    FaceCover.BIGGEST: lambda detections, index: [index],
 }
 
 
 def _classical_faces(
     rgb: np.ndarray, boxes: list[list[float]], task: ImageTask, cpu: CpuModels
 ) -> tuple[np.ndarray, list[FaceRecord] | None]:
-    """The method applied to each box; with a guard, each face checked on the result and masked
-    when it still re-identifies (``workers.guard.guard_classical``), and its result recorded."""
+    """The method applied to each box, each box recorded; with a guard, each face checked on the
+    result and masked when it still re-identifies (``workers.guard.guard_classical``), and its
+    result recorded."""
     anonymize = face_anonymizer(task.method, cpu.settings)
     guard = cpu.guard_for(task.guard)
     if guard is None:
         pixels = rgb
         for box in boxes:
             pixels = anonymize(pixels, box)
-        return pixels, None
+        return pixels, [FaceRecord(box=[round(v, 2) for v in box]) for box in boxes]
     pixels, results = guard_classical(rgb, boxes, anonymize, guard, face_anonymizer(Method.MASK, cpu.settings))
     faces = [
         FaceRecord(box=[round(v, 2) for v in box], guard=result) for box, result in zip(boxes, results, strict=True)
