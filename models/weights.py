@@ -12,6 +12,11 @@ Layout under the models folder (``veil models tiny`` writes the same layout)::
     sd15-config/...                                         diffusers configs + CLIP tokenizer
     sd-vae-ft-mse/{config.json,diffusion_pytorch_model.safetensors}
 
+`veil eval`'s (``veil models fetch --eval``; FaceNet, CLIP and the FID Inception as below, and)::
+
+    hsemotion/enet_b0_8_va_mtl.onnx                         HSEmotion: 8 emotions + valence, arousal
+    vdna/mugs_vit_base/{weights.pth,activation_ranges.json} Visual DNA's Mugs ViT-B/16 and its ranges
+
 A diffusers folder ``realistic-vision-v5.1/model_index.json`` (+ unet/, text_encoder/,
 tokenizer/, scheduler/) is used instead of the single file when it is present.
 MTCNN's weights ship inside the ``facenet-pytorch`` wheel.

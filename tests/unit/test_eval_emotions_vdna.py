@@ -65,7 +65,10 @@ def test_emotions_labels_are_the_originals_argmax_and_scores_the_outputs():
     rng = np.random.default_rng(3)
     originals = _softmax(rng.normal(0, 2, (40, 8)) + 3 * np.eye(8)[np.arange(40) % 8])
     outputs = _softmax(rng.normal(0, 2, (40, 8)))
-    pairs = [(f"{i}.jpg", np.r_[o, 0.0, 0.0], np.r_[b, 0.1, 0.0]) for i, (o, b) in enumerate(zip(originals, outputs))]
+    pairs = [
+        (f"{i}.jpg", np.r_[o, 0.0, 0.0], np.r_[b, 0.1, 0.0])
+        for i, (o, b) in enumerate(zip(originals, outputs, strict=True))
+    ]
     table = emotions_table(pairs)
     labels = originals.argmax(1)
     assert table["emotions_auc"] == pytest.approx(roc_auc_score(labels, outputs, multi_class="ovr"), abs=1e-12)
