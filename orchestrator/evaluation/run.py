@@ -142,15 +142,14 @@ def evaluate(
     with_face = [i for i, g in enumerate(gallery) if g.found]
     gallery_ids = [identities[gallery_files[i]] for i in with_face]
     dna = None if vdna_why else visual_dna.MugsVisualDna.load(models_dir, device)
+    dnas = _visual_dna(runs, originals, dna, settings, progress) if dna is not None else {}
     for run in runs:
         run.metrics = _run_metrics(run, gallery, gallery_files, identities, embedders, models_dir, celeba)
         run.metrics["emotions"] = emotions_table(
             _emotion_pairs(run, gallery, gallery_files),
             emotions_why or "no output with the changed face found (or no face in its original)",
         )
-        run.metrics["visual_dna"] = (
-            _visual_dna(run, originals, dna, settings, progress) if dna is not None else {"skipped": vdna_why}
-        )
+        run.metrics["visual_dna"] = dnas.get(run.label) or {"skipped": vdna_why}
         if run.method == "sd" and is_tiny(models_dir):
             run.metrics["note"] = SD_TINY_NOTE
     if attributes and is_tiny(models_dir):
@@ -266,24 +265,44 @@ def _emotion_pairs(run: Run, gallery: list[Face], gallery_files: list[str]) -> l
     return pairs
 
 
-def _visual_dna(run: Run, originals: Path, dna: visual_dna.MugsVisualDna, settings: Settings, progress: bool) -> dict:
-    """Visual DNA of every written output against its original (whole images, face or not, as
-    FID/KID): each image's neuron histograms, summed per side and compared pair by pair. The
-    originals are read again for each run, so no histogram (80 MB an image) is kept."""
-    tally = visual_dna.Tally()
-    unreadable = 0
-    done = [p for p, f in zip(run.pairs, run.probes, strict=True) if f is not None and p.output]
-    for pair in tqdm(done, unit="pair", desc=f"Visual DNA {run.label}", disable=not progress, dynamic_ncols=True):
-        try:
-            images = [
-                decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels, max_side=2048)
-                for path in (originals / pair.file, Path(pair.output))
-            ]
-        except Exception:  # noqa: BLE001 - an unreadable file is counted, not fatal
-            unreadable += 1
+def _visual_dna(
+    runs: list[Run], originals: Path, dna: visual_dna.MugsVisualDna, settings: Settings, progress: bool
+) -> dict[str, dict]:
+    """Each run's Visual DNA: every written output against its original (whole images, face or
+    not, as FID/KID), per-image neuron histograms summed per side and compared pair by pair.
+    Original by original: its histograms (40 MB) are made once and compared with every run's
+    output of it, so none is kept longer than its pairs."""
+    tallies = {run.label: visual_dna.Tally() for run in runs}
+    unreadable: Counter[str] = Counter()
+    by_file: dict[str, list[tuple[Run, Path]]] = {}
+    for run in runs:
+        for p, f in zip(run.pairs, run.probes, strict=True):
+            if f is not None and p.output:
+                by_file.setdefault(p.file, []).append((run, Path(p.output)))
+    for file, outputs in tqdm(by_file.items(), unit="img", desc="Visual DNA", disable=not progress, dynamic_ncols=True):
+        original = _decoded(originals / file, settings)
+        if original is None:
+            unreadable.update(run.label for run, _ in outputs)
             continue
-        tally.add(dna.histograms(images[0]), dna.histograms(images[1]))
-    return {**tally.result("no output written"), "unreadable": unreadable}
+        original_histograms = dna.histograms(original)
+        for run, path in outputs:
+            output = _decoded(path, settings)
+            if output is None:
+                unreadable[run.label] += 1
+                continue
+            tallies[run.label].add(original_histograms, dna.histograms(output))
+    return {
+        label: {**tally.result("no output written"), "unreadable": unreadable[label]}
+        for label, tally in tallies.items()
+    }
+
+
+def _decoded(path: Path, settings: Settings) -> np.ndarray | None:
+    """The image as ``FaceReader`` decodes it; None when it cannot be read."""
+    try:
+        return decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels, max_side=2048)
+    except Exception:  # noqa: BLE001 - an unreadable file is counted, not fatal
+        return None
 
 
 def _attribute_pairs(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> list:

@@ -65,7 +65,7 @@ def histograms(activations: dict[str, torch.Tensor], means: dict, stds: dict) ->
         histogram_per_channel((x.double() - means[layer]) / stds[layer], hist_nb_bins=BINS, hist_range=HIST_RANGE)
         for layer, x in activations.items()
     ]
-    return torch.cat(rows).to(torch.int64).cpu()
+    return torch.cat(rows).to(torch.int32)  # on the activations' device; counts up to 2**31 (10M images)
 
 
 def emd(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,7 +96,9 @@ class MugsVisualDna:
         """layer -> (1, neurons, tokens, 1), as ``MugsViTFeatExtractor.get_features`` returns them."""
         from vdna.utils.im import ResizeDataset
 
-        x = ResizeDataset(images=[np.asarray(rgb, np.uint8)], size=SIZE, norm_mean=MEAN, norm_std=STD)[0]
+        images = ResizeDataset(images=[np.asarray(rgb, np.uint8)], size=SIZE, norm_mean=MEAN, norm_std=STD)
+        images.threw_warning_about_resizing = True  # its print, once per dataset: here once per image
+        x = images[0]
         with torch.inference_mode():
             out = self._net(x[None].to(self._device))
         out = [o.permute(0, 2, 1).unsqueeze(3) for o in out]
@@ -109,7 +111,8 @@ class MugsVisualDna:
 
 
 class Tally:
-    """One run's Visual DNA, pair by pair: the two sides' summed histograms and each pair's EMD."""
+    """One run's Visual DNA, pair by pair: the two sides' summed histograms (kept on the network's
+    device) and each pair's EMD."""
 
     def __init__(self) -> None:
         self.originals: torch.Tensor | None = None
