@@ -29,6 +29,7 @@ from torch import nn
 
 from models.weights import (
     DEEPFACE_WEIGHTS,
+    EMOTION_MODEL,
     FACER_ATTR,
     FACER_RETINAFACE,
     RV_FOLDER,
@@ -36,6 +37,8 @@ from models.weights import (
     SD15_CONFIG,
     TINY_NOTE,
     VAE_FOLDER,
+    VDNA_MUGS_RANGES,
+    VDNA_MUGS_WEIGHTS,
 )
 
 NOTE_FILE = TINY_NOTE
@@ -81,6 +84,15 @@ DEEPFACE_GRAPHS = {
 }
 DEEPFACE_INPUT_SIZE = 224
 ONNX_OPSET = 17
+
+# -- veil eval: HSEmotion (Table II) and Visual DNA's Mugs ViT (Table III) ---------------------
+
+#: hsemotion-onnx's enet_b0_8_va_mtl: NCHW float input named "input" at 224 px, 10 outputs
+#: (8 emotion logits, valence, arousal)
+EMOTION_INPUT_SIZE = 224
+EMOTION_OUTPUTS = 10
+#: the tiny Mugs ViT (the real one, ``models.mugs.MUGS_BASE``: ViT-B/16, width 768, 12 layers)
+MUGS_TINY = {"embed_dim": 64, "depth": 2, "patch_size": 16}
 
 # -- Stable Diffusion 1.5 ----------------------------------------------------------------------
 
@@ -189,8 +201,14 @@ def write_tiny_models(
     written = [write_facer_attribute(dest, seed, full_size=full_size), write_retinaface(dest, seed)]
     written += write_deepface(dest, seed, full_size=full_size)
     written += write_sd15(dest, build_tiny_sd15(seed), diffusers_folder=diffusers_folder)
+    written.append(write_emotion_model(dest, seed))
+    extra = ""
+    try:  # Visual DNA's network is the vdna package's class (veil[eval])
+        written += write_mugs_vit(dest, seed)
+    except ImportError:
+        extra = "\nNo Visual DNA network written: the vdna package (veil[eval]) is not installed.\n"
     note = dest / NOTE_FILE
-    note.write_text(NOTE_TEXT + (FULL_SIZE_NOTE if full_size else ""))
+    note.write_text(NOTE_TEXT + (FULL_SIZE_NOTE if full_size else "") + extra)
     return [*written, note]
 
 
@@ -360,6 +378,70 @@ def _write_demography_graph(path: Path, num_classes: int, pool: int = 56) -> Pat
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+# ==============================================================================================
+# veil eval: HSEmotion and Visual DNA
+# ==============================================================================================
+
+
+def write_emotion_model(dest: Path, seed: int = 0, pool: int = 56) -> Path:
+    """``hsemotion/enet_b0_8_va_mtl.onnx``: a tiny onnx graph with the real file's interface
+    (NCHW float32 ``input`` at 224 px, dynamic batch; ``output`` (n, 10): 8 emotion logits, then
+    valence and arousal): means over a 4x4 grid -> linear."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = dest / EMOTION_MODEL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = (EMOTION_INPUT_SIZE // pool) ** 2 * 3
+    with _seeded(seed, "hsemotion"):
+        weight = (torch.randn(cells, EMOTION_OUTPUTS) * 2.0).numpy().astype(np.float32)
+        bias = (torch.randn(EMOTION_OUTPUTS) * 0.1).numpy().astype(np.float32)
+    nodes = [
+        helper.make_node("AveragePool", ["input"], ["pooled"], kernel_shape=[pool, pool], strides=[pool, pool]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "weight", "bias"], ["output"]),
+    ]
+    size = EMOTION_INPUT_SIZE
+    graph = helper.make_graph(
+        nodes,
+        "tiny_random_enet_b0_8_va_mtl",
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", EMOTION_OUTPUTS])],
+        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=8)
+    model.doc_string = "TINY RANDOM-WEIGHT TEST MODEL: emotions and valence-arousal are random."
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_mugs_vit(dest: Path, seed: int = 0, *, full_size: bool = False) -> list[Path]:
+    """Visual DNA's network as the vdna package's files: ``vdna/mugs_vit_base/weights.pth``
+    (``{"state_dict": ...}`` of the Mugs ViT, random; ``full_size``: the real ViT-B/16 shape,
+    ~345 MB) and ``activation_ranges.json`` (``{"mins_per_neuron"|"maxs_per_neuron": {layer:
+    {neuron: value}}}``, measured here on two random images)."""
+    from models.mugs import MUGS_BASE, MugsShape, build_mugs_vit
+
+    with _seeded(seed, "mugs-vit"):
+        net = build_mugs_vit(MugsShape(**(MUGS_BASE if full_size else MUGS_TINY))).eval()
+        images = torch.rand(2, 3, 224, 224) * 4 - 2  # about the span of ImageNet-normalised pixels
+    weights = dest / VDNA_MUGS_WEIGHTS
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}}, weights)
+    with torch.inference_mode():
+        layers = net(images)  # every block's tokens, then the final norm's: (n, tokens, width)
+    names = [f"block_{i}" for i in range(len(layers) - 1)] + ["last_norm"]
+    ranges: dict[str, dict[str, dict[str, float]]] = {"mins_per_neuron": {}, "maxs_per_neuron": {}}
+    for name, x in zip(names, layers, strict=True):
+        flat = x.reshape(-1, x.shape[-1])
+        ranges["mins_per_neuron"][name] = {str(i): float(v) for i, v in enumerate(flat.min(0).values)}
+        ranges["maxs_per_neuron"][name] = {str(i): float(v) for i, v in enumerate(flat.max(0).values)}
+    path = dest / VDNA_MUGS_RANGES
+    path.write_text(json.dumps(ranges))
+    return [weights, path]
 
 
 # ==============================================================================================

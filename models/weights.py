@@ -12,6 +12,11 @@ Layout under the models folder (``veil models tiny`` writes the same layout)::
     sd15-config/...                                         diffusers configs + CLIP tokenizer
     sd-vae-ft-mse/{config.json,diffusion_pytorch_model.safetensors}
 
+`veil eval`'s (``veil models fetch --eval``; FaceNet, CLIP and the FID Inception as below, and)::
+
+    hsemotion/enet_b0_8_va_mtl.onnx                         HSEmotion: 8 emotions + valence, arousal
+    vdna/mugs_vit_base/{weights.pth,activation_ranges.json} Visual DNA's Mugs ViT-B/16 and its ranges
+
 A diffusers folder ``realistic-vision-v5.1/model_index.json`` (+ unet/, text_encoder/,
 tokenizer/, scheduler/) is used instead of the single file when it is present.
 MTCNN's weights ship inside the ``facenet-pytorch`` wheel.
@@ -54,11 +59,13 @@ class Component(str, enum.Enum):
     RETINAFACE = "retinaface"  # optional detector
     EMBEDDER = "embedder"  # `veil eval`: face embedders
     QUALITY = "quality"  # `veil eval`: Inception for FID/KID
+    EMOTIONS = "emotions"  # `veil eval`: HSEmotion (emotions + valence-arousal, Table II)
+    VDNA = "vdna"  # `veil eval`: Visual DNA's Mugs ViT-B/16 (Table III)
 
 
 # -- `veil eval`'s weights, fetched by `veil models fetch --eval` -------------------------------
 #: components only `veil eval` uses: never required by `veil run`, fetched with --eval
-EVAL_COMPONENTS = frozenset({Component.EMBEDDER, Component.QUALITY})
+EVAL_COMPONENTS = frozenset({Component.EMBEDDER, Component.QUALITY, Component.EMOTIONS, Component.VDNA})
 EVAL_FETCH_HINT = "veil models fetch --eval"
 FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9"
 FACENET_VGGFACE2 = "facenet/20180402-114759-vggface2.pt"
@@ -70,6 +77,19 @@ FID_INCEPTION = "fid/pt_inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
+
+#: HSEmotion's EfficientNet-B0 (AffectNet): 8 emotion logits, then valence and arousal, as the
+#: ONNX file hsemotion-onnx downloads (this URL is the one its ``get_model_path`` builds)
+EMOTION_MODEL = "hsemotion/enet_b0_8_va_mtl.onnx"
+EMOTION_URL = (
+    "https://github.com/HSE-asavchenko/face-emotion-recognition/blob/main/models/affectnet_emotions/onnx/"
+    "enet_b0_8_va_mtl.onnx?raw=true"
+)
+#: Visual DNA's Mugs ViT-B/16 and its per-neuron activation ranges, as the vdna package's
+#: ``MugsViTFeatExtractor("base")`` downloads them from its Hugging Face repository
+VDNA_REPO = f"{HF}/bramtoula/visual-dna-models/resolve/main"
+VDNA_MUGS_WEIGHTS = "vdna/mugs_vit_base/weights.pth"
+VDNA_MUGS_RANGES = "vdna/mugs_vit_base/activation_ranges.json"
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,9 @@ CATALOGUE: list[WeightFile] = [
     WeightFile(f"{CLIP_FOLDER}/config.json", f"{CLIP_REPO}/config.json", Component.EMBEDDER),
     WeightFile(f"{CLIP_FOLDER}/pytorch_model.bin", f"{CLIP_REPO}/pytorch_model.bin", Component.EMBEDDER),
     WeightFile(FID_INCEPTION, FID_INCEPTION_URL, Component.QUALITY),
+    WeightFile(EMOTION_MODEL, EMOTION_URL, Component.EMOTIONS),
+    WeightFile(VDNA_MUGS_WEIGHTS, f"{VDNA_REPO}/Mugs/mugs_vit_base/weights.pth", Component.VDNA),
+    WeightFile(VDNA_MUGS_RANGES, f"{VDNA_REPO}/Mugs/mugs_vit_base/activation_ranges.json", Component.VDNA),
 ]
 
 

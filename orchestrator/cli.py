@@ -658,7 +658,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     fetch = msub.add_parser("fetch", help="download missing weights (needs internet)")
     fetch.add_argument("--optional", action="store_true", help="also fetch optional files (RetinaFace)")
     fetch.add_argument(
-        "--eval", action="store_true", help="also fetch veil eval's weights (FaceNet, CLIP, FID Inception)"
+        "--eval",
+        action="store_true",
+        help="also fetch veil eval's weights (FaceNet, CLIP, FID Inception, HSEmotion, Visual DNA's Mugs ViT)",
     )
     fetch.add_argument("-q", "--quiet", action="store_true")
     fetch.set_defaults(func=cmd_models_fetch)

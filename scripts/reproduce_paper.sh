@@ -18,7 +18,9 @@
 # analysis at ~2 images/s in one process (1.98 measured on its 16-core host, 8 threads) and the
 # faithful sampler at ~3-5.5 images/s (3.23 measured with the Brownian trees at batch 64, 5.5
 # predicted with exact noise) make `veil run` of 1,000 images about 8-10 minutes, plus the models'
-# loading (~40 s) and `veil eval` (detection and embeddings of 2,000 images: a few minutes).
+# loading (~40 s) and `veil eval` (detection and embeddings of 2,000 images: a few minutes; Visual
+# DNA adds a ViT-B/16 pass and 13 x 768 histograms per image, ~2-4 s an image on 2 CPU cores here,
+# not timed on a GPU).
 set -euo pipefail
 if [[ $# -lt 1 || ! -d "$1" ]]; then
   echo "usage: $0 CELEBAHQ_DIR [OUT_DIR]   (env: N=1000 SEED=0 METHODS=sd IDENTITIES ATTRIBUTES FETCH=1)" >&2

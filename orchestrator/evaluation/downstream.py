@@ -112,3 +112,45 @@ def table2(
         np.mean([np.mean([(o["celeba"][k] > 0.5) == (b["celeba"][k] > 0.5) for k in o["celeba"]]) for _, o, b in pairs])
     )
     return out
+
+
+def macro_ovr_auc(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float | None, int]:
+    """One-vs-rest AUC of each class's score against "label is this class", averaged over the
+    classes (macro), as scikit-learn's ``roc_auc_score(..., multi_class="ovr", average="macro")``;
+    a class that no label (or every label) names has no AUC and is left out. Returns the mean
+    and how many classes counted."""
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, np.float64)
+    aucs = [roc_auc(labels == c, probabilities[:, c]) for c in range(probabilities.shape[1])]
+    counted = [a for a in aucs if a is not None]
+    return (float(np.mean(counted)) if counted else None), len(counted)
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared error over every value (scikit-learn's ``mean_squared_error``, uniform
+    average over the outputs)."""
+    return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+
+def emotions_table(pairs: list[tuple[str, np.ndarray, np.ndarray]], why_none: str = "no pair") -> dict:
+    """Table II's emotions (AUC) and valence-arousal (MSE). ``pairs``: (file, the original's
+    reading, the output's reading), each reading HSEmotion's 8 emotion probabilities then valence
+    and arousal (``EmotionModel.read``). Labels: the model's emotion on the original (argmax;
+    CelebA has no emotion annotation); scores: its probabilities on the output. Valence-arousal:
+    the output's against the original's."""
+    if not pairs:
+        return {"skipped": why_none}
+    original = np.stack([o for _, o, _ in pairs])
+    output = np.stack([b for _, _, b in pairs])
+    labels = original[:, :-2].argmax(1)
+    auc, n_classes = macro_ovr_auc(labels, output[:, :-2])
+    return {
+        "n": len(pairs),
+        "label_source": {"hsemotion_on_originals": len(pairs)},
+        "emotions_auc": auc,
+        "emotions_n_classes": n_classes,
+        "emotion_agreement": float(np.mean(labels == output[:, :-2].argmax(1))),
+        "valence_arousal_mse": mse(original[:, -2:], output[:, -2:]),
+        "valence_mse": mse(original[:, -2], output[:, -2]),
+        "arousal_mse": mse(original[:, -1], output[:, -1]),
+    }

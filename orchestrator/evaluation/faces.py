@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from orchestrator.evaluation.emotions import EmotionModel
 from orchestrator.evaluation.quality import InceptionFeatures
 from shared.imageio import decode_image
 from shared.settings import EmbedderName, Settings
@@ -37,6 +38,7 @@ class Face:
     attributes: dict | None = None  # celeba (40 scores), gender, ethnicity, age
     thumbnail: str = ""  # data: URI (JPEG) for the report
     inception: np.ndarray | None = None  # the image's FID Inception features (2048-d), when asked
+    emotion: np.ndarray | None = None  # HSEmotion on the face: 8 emotion probabilities, valence, arousal
     error: str | None = None
 
 
@@ -49,8 +51,10 @@ class FaceReader:
         attributes: bool,
         device: torch.device,
         inception: InceptionFeatures | None = None,
+        emotions: EmotionModel | None = None,
     ) -> None:
         self.settings = settings
+        self.emotions = emotions  # Table II's emotions and valence-arousal of every face found
         self.inception = inception  # FID/KID features of every image read with keep_for_fid
         models_dir = Path(settings.models_dir)
         self.detector = build_detector(  # the detector the runs used, with their settings
@@ -76,7 +80,10 @@ class FaceReader:
         digest = hashlib.sha256(data).hexdigest() + repr(match_box)
         if digest in self._seen and (self._seen[digest].inception is not None or not keep_for_fid):
             seen = self._seen[digest]
-            return Face(path, seen.found, seen.embeddings, seen.attributes, seen.thumbnail, seen.inception, seen.error)
+            return Face(
+                path, seen.found, seen.embeddings, seen.attributes, seen.thumbnail, seen.inception, seen.emotion,
+                seen.error,
+            )  # fmt: skip
         self._seen[digest] = face = self._read(path, data, keep_for_fid, match_box)
         return face
 
@@ -102,6 +109,8 @@ class FaceReader:
         box, landmarks = found.boxes[index], found.landmarks[index]
         face.found = True
         face.embeddings.update({n: e.embed(rgb, box) for n, e in self.embedders.items() if not e.whole_image})
+        if self.emotions is not None:
+            face.emotion = self.emotions.read(rgb, box)
         if self.attributes is not None:
             demography = self.attributes.demography(rgb, box, landmarks)
             face.attributes = {

@@ -55,8 +55,8 @@ PAPER_TABLE3 = {
     ("paper: DeepPrivacy2", "dp2"): ("49.4", "5.0", "10.4 +/- 1.3", None),
     ("paper: FALCO", "falco"): ("41.2", "6.3", "15.2 +/- 2.1", None),
 }
-NO_EMOTION = "not computed: no emotion / valence-arousal model is wired into veil eval yet"
-NO_VDNA = "not computed: Visual DNA (the vdna package, Mugs ViT-B/16) is not wired into veil eval yet"
+RANDOM_EMOTIONS = "not computed: the emotion model (HSEmotion) is a tiny RANDOM test model"
+RANDOM_VDNA = "not computed: Visual DNA's Mugs ViT is a tiny RANDOM test model"
 RANDOM_SD = "not computed: sd outputs of tiny RANDOM test models (noise)"
 
 
@@ -132,7 +132,7 @@ def table2(metrics: dict) -> Table:
         row = [label, run["method"]]
         for key, _ in TABLE2_COLUMNS:
             if key in ("emotions_auc", "valence_arousal_mse"):
-                row.append(NO_EMOTION)
+                row.append(_emotion_cell(metrics, run, key))
             elif "skipped" in attrs:
                 row.append("not computed: " + _short(attrs["skipped"]))
             elif metrics.get("attributes_random"):
@@ -147,8 +147,37 @@ def table2(metrics: dict) -> Table:
         "Labels: CelebA's annotations where given (--celeba-attributes), else FACER's / DeepFace's reading of "
         "the original; ethnicity always against DeepFace on the original. Only outputs with a face are scored.",
         "Inner/outer: Veil's split of CelebA's 40 attributes (21 + 17), FALCO's own lists unchecked.",
+        "Emotions: HSEmotion enet_b0_8_va_mtl (8 AffectNet classes); labels its prediction on the original "
+        "(CelebA has no emotion annotation), one-vs-rest macro AUC of its probabilities on the output over the "
+        "classes the labels name; valence-arousal MSE of the output's against the original's.",
     ]
     return t
+
+
+def _emotion_cell(metrics: dict, run: dict, key: str) -> str:
+    emotions = run.get("emotions") or {"skipped": "not measured by this veil version"}
+    if "skipped" in emotions:
+        return "not computed: " + _short(emotions["skipped"])
+    if metrics.get("emotions_random"):
+        return RANDOM_EMOTIONS
+    if run["method"] == "sd" and run.get("note"):
+        return RANDOM_SD
+    if key == "emotions_auc":
+        return f"{_f(emotions[key])} (n={emotions['n']}, {emotions['emotions_n_classes']} classes)"
+    return f"{_f(emotions[key])} (n={emotions['n']})"
+
+
+def _vdna_cell(metrics: dict, run: dict, key: str) -> str:
+    dna = run.get("visual_dna") or {"skipped": "not measured by this veil version"}
+    if "skipped" in dna:
+        return "not computed: " + _short(dna["skipped"])
+    if metrics.get("vdna_random"):
+        return RANDOM_VDNA
+    if run["method"] == "sd" and run.get("note"):
+        return RANDOM_SD
+    if key == "vdna_dataset":
+        return f"{_f(dna[key], 1)} (n={dna['n']} pairs)"
+    return f"{_f(dna[key], 1)} +/- {_f(dna['vdna_image_std'], 1)} (n={dna['n']} pairs)"
 
 
 def table3(metrics: dict) -> Table:
@@ -162,7 +191,7 @@ def table3(metrics: dict) -> Table:
         row = [label, run["method"]]
         for key, _ in TABLE3_COLUMNS:
             if key.startswith("vdna"):
-                row.append(NO_VDNA)
+                row.append(_vdna_cell(metrics, run, key))
             elif "skipped" in quality:
                 row.append("not computed: " + _short(quality["skipped"]))
             elif run["method"] == "sd" and run.get("note"):
@@ -171,7 +200,12 @@ def table3(metrics: dict) -> Table:
                 n = f"n={quality['n_originals']} originals, {quality['n_anonymized']} outputs"
                 row.append(f"{_f(quality[key], 2 if key == 'fid' else 4)} ({n})")
         t.rows.append(row)
-    t.notes = [f"FID/KID: torchmetrics on the FID Inception v3 ({EVAL_FETCH_HINT} fetches it)."]
+    t.notes = [
+        f"FID/KID: torchmetrics on the FID Inception v3 ({EVAL_FETCH_HINT} fetches it).",
+        "Visual DNA: the vdna package's method (Mugs ViT-B/16, 13 layers x 768 neurons, 1000-bin histograms, "
+        "EMD in bins averaged over the neurons) on whole images; dataset level between the originals and the "
+        "outputs, image level per original/output pair (mean +/- std).",
+    ]
     return t
 
 
@@ -179,7 +213,13 @@ def _short(reason: str) -> str:
     """A skip reason without its file paths (metrics.json keeps them)."""
     if "Inception weights" in reason and "absent" in reason:
         return f"FID Inception weights absent ({EVAL_FETCH_HINT})"
-    return reason.removeprefix("FID/KID skipped: ")
+    if "HSEmotion weights" in reason and "absent" in reason:
+        return f"HSEmotion weights absent ({EVAL_FETCH_HINT})"
+    if "Mugs ViT-B/16 file" in reason and "absent" in reason:
+        return f"Visual DNA's Mugs ViT-B/16 weights absent ({EVAL_FETCH_HINT})"
+    for prefix in ("FID/KID skipped: ", "emotions skipped: ", "Visual DNA skipped: "):
+        reason = reason.removeprefix(prefix)
+    return reason
 
 
 def markdown(metrics: dict) -> str:

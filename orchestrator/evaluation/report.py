@@ -78,6 +78,13 @@ ATTRIBUTE_COLUMNS = [
     ("age_abs_diff", "age |diff|"),
     ("facer_40_agreement", "FACER 40 agreement"),
 ]
+#: (the run's metrics group, key, title): Table II's emotions and Table III's Visual DNA
+EXTRA_COLUMNS = [
+    ("emotions", "emotions_auc", "emotions AUC"),
+    ("emotions", "valence_arousal_mse", "valence-arousal MSE"),
+    ("visual_dna", "vdna_dataset", "Visual DNA (dataset)"),
+    ("visual_dna", "vdna_image", "Visual DNA (image, mean)"),
+]
 
 
 def _cell(value: object, n: object) -> str:
@@ -90,7 +97,7 @@ def _metrics_table(metrics: dict) -> str:
     embedders = metrics["embedders"]
     head = ["run", "method", "outputs", "no face"]
     head += [f"{title} ({emb})" for emb in embedders for _, title, _ in IDENTITY_COLUMNS]
-    head += [title for _, title in ATTRIBUTE_COLUMNS] + ["FID", "KID"]
+    head += [title for _, title in ATTRIBUTE_COLUMNS] + [title for _, _, title in EXTRA_COLUMNS] + ["FID", "KID"]
     rows = ["<h2>Metrics</h2><table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for label, run in metrics["runs"].items():
         cells = [f"<td>{_e(label)}</td><td>{_e(run['method'])}</td><td>{run['n_probes']}</td>"]
@@ -101,6 +108,11 @@ def _metrics_table(metrics: dict) -> str:
         attrs, quality = run["attributes"], run["quality"]
         for key, _ in ATTRIBUTE_COLUMNS:
             cells.append(f"<td>{_e(attrs['skipped'])}</td>" if "skipped" in attrs else _cell(attrs[key], attrs["n"]))
+        for group, key, _ in EXTRA_COLUMNS:
+            values = run.get(group) or {"skipped": "not measured"}
+            cells.append(
+                f"<td>{_e(values['skipped'])}</td>" if "skipped" in values else _cell(values[key], values["n"])
+            )
         for key in ("fid", "kid"):
             cells.append(
                 f"<td>{_e(quality['skipped'])}</td>"

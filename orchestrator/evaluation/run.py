@@ -15,15 +15,18 @@ import numpy as np
 from tqdm import tqdm
 
 from models.weights import Component, is_tiny, missing_files
+from orchestrator.evaluation import emotions as emotion_model
+from orchestrator.evaluation import visual_dna
 from orchestrator.evaluation.data import Pair, read_identities, read_pairs
 from orchestrator.evaluation.data import gallery_files as read_gallery
-from orchestrator.evaluation.downstream import read_celeba_attributes, table2
+from orchestrator.evaluation.downstream import emotions_table, read_celeba_attributes, table2
 from orchestrator.evaluation.faces import Face, FaceReader
 from orchestrator.evaluation.metrics import cosine_distances, reid_metrics
 from orchestrator.evaluation.paper import markdown
 from orchestrator.evaluation.quality import InceptionFeatures, fid_kid
 from shared.devices import resolve_device
 from shared.errors import InputError
+from shared.imageio import decode_image
 from shared.printable import printable
 from shared.settings import EmbedderName, Settings
 from workers.embedders import weights_missing
@@ -34,6 +37,10 @@ PAPER_EMBEDDERS = (EmbedderName.CLIP_IMAGE, EmbedderName.FACENET_VGGFACE2, Embed
 TINY_NOTE = (
     "The attribute models (FACER, DeepFace) are tiny RANDOM test models: the attribute-preservation "
     "numbers mean nothing."
+)
+EVAL_TINY_NOTE = (
+    "Emotions/valence-arousal (HSEmotion) and Visual DNA (Mugs ViT) ran on tiny RANDOM test models: "
+    "their numbers mean nothing."
 )
 SD_TINY_NOTE = (
     "Method sd with tiny RANDOM test models: its outputs are noise, so its identity, attribute and "
@@ -96,6 +103,10 @@ def evaluate(
                 not_computed[e.value] = why
             else:
                 embedders = [*embedders, e]
+    # Table II's emotions read with the attributes (--no-attributes skips both); Table III's Visual DNA
+    emotions_why = "emotions skipped: --no-attributes" if attributes is False else None
+    emotions_why = emotions_why or emotion_model.skipped_because(models_dir)
+    vdna_why = visual_dna.skipped_because(models_dir)
     if attributes is None:
         attributes = not missing_files(models_dir, {Component.ATTRIBUTES, Component.DEMOGRAPHY})
     notes = [
@@ -110,7 +121,10 @@ def evaluate(
     # 2. Read every face once: originals, then each run's outputs
     device = resolve_device(settings.device)
     inception = InceptionFeatures.load(models_dir, str(device))  # None: FID/KID say why they are skipped
-    reader = FaceReader(settings, embedders, attributes=attributes, device=device, inception=inception)
+    emotions = None if emotions_why else emotion_model.EmotionModel.load(models_dir)
+    reader = FaceReader(
+        settings, embedders, attributes=attributes, device=device, inception=inception, emotions=emotions
+    )
     total = len(gallery_files) + sum(len(r.pairs) for r in runs)
     bar = tqdm(total=total, unit="img", desc="veil eval", disable=not progress, dynamic_ncols=True)
     fid = inception is not None
@@ -127,12 +141,21 @@ def evaluate(
     # 3. Metrics per run: identity per embedder, attributes, quality
     with_face = [i for i, g in enumerate(gallery) if g.found]
     gallery_ids = [identities[gallery_files[i]] for i in with_face]
+    dna = None if vdna_why else visual_dna.MugsVisualDna.load(models_dir, device)
+    dnas = _visual_dna(runs, originals, dna, settings, progress) if dna is not None else {}
     for run in runs:
         run.metrics = _run_metrics(run, gallery, gallery_files, identities, embedders, models_dir, celeba)
+        run.metrics["emotions"] = emotions_table(
+            _emotion_pairs(run, gallery, gallery_files),
+            emotions_why or "no output with the changed face found (or no face in its original)",
+        )
+        run.metrics["visual_dna"] = dnas.get(run.label) or {"skipped": vdna_why}
         if run.method == "sd" and is_tiny(models_dir):
             run.metrics["note"] = SD_TINY_NOTE
     if attributes and is_tiny(models_dir):
         notes.append(TINY_NOTE)
+    if (emotions is not None or dna is not None) and is_tiny(models_dir):
+        notes.append(EVAL_TINY_NOTE)
     if not attributes:
         notes.append("Attribute preservation skipped: FACER/DeepFace weights absent (veil models fetch).")
     metrics = {
@@ -149,6 +172,8 @@ def evaluate(
         "notes": notes,
         "not_computed": not_computed,
         "attributes_random": bool(attributes and is_tiny(models_dir)),
+        "emotions_random": bool(emotions is not None and is_tiny(models_dir)),
+        "vdna_random": bool(dna is not None and is_tiny(models_dir)),
         "runs": {run.label: run.metrics for run in runs},
     }
     # 4. Write metrics.json, pairs.csv, the report
@@ -228,6 +253,56 @@ def _identity(
     ident["n_probes"] = len(done)
     ident["n_identities"] = len(set(gallery_ids))
     return ident
+
+
+def _emotion_pairs(run: Run, gallery: list[Face], gallery_files: list[str]) -> list:
+    """(file, the original's HSEmotion reading, the output's) where both faces were read."""
+    pairs = []
+    for p, f in zip(run.pairs, run.probes, strict=True):
+        original = gallery[gallery_files.index(p.file)] if p.file in gallery_files else None
+        if f is not None and f.emotion is not None and original is not None and original.emotion is not None:
+            pairs.append((p.file, original.emotion, f.emotion))
+    return pairs
+
+
+def _visual_dna(
+    runs: list[Run], originals: Path, dna: visual_dna.MugsVisualDna, settings: Settings, progress: bool
+) -> dict[str, dict]:
+    """Each run's Visual DNA: every written output against its original (whole images, face or
+    not, as FID/KID), per-image neuron histograms summed per side and compared pair by pair.
+    Original by original: its histograms (40 MB) are made once and compared with every run's
+    output of it, so none is kept longer than its pairs."""
+    tallies = {run.label: visual_dna.Tally() for run in runs}
+    unreadable: Counter[str] = Counter()
+    by_file: dict[str, list[tuple[Run, Path]]] = {}
+    for run in runs:
+        for p, f in zip(run.pairs, run.probes, strict=True):
+            if f is not None and p.output:
+                by_file.setdefault(p.file, []).append((run, Path(p.output)))
+    for file, outputs in tqdm(by_file.items(), unit="img", desc="Visual DNA", disable=not progress, dynamic_ncols=True):
+        original = _decoded(originals / file, settings)
+        if original is None:
+            unreadable.update(run.label for run, _ in outputs)
+            continue
+        original_histograms = dna.histograms(original)
+        for run, path in outputs:
+            output = _decoded(path, settings)
+            if output is None:
+                unreadable[run.label] += 1
+                continue
+            tallies[run.label].add(original_histograms, dna.histograms(output))
+    return {
+        label: {**tally.result("no output written"), "unreadable": unreadable[label]}
+        for label, tally in tallies.items()
+    }
+
+
+def _decoded(path: Path, settings: Settings) -> np.ndarray | None:
+    """The image as ``FaceReader`` decodes it; None when it cannot be read."""
+    try:
+        return decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels, max_side=2048)
+    except Exception:  # noqa: BLE001 - an unreadable file is counted, not fatal
+        return None
 
 
 def _attribute_pairs(faced: list[tuple[Pair, Face]], gallery: list[Face], gallery_files: list[str]) -> list:

@@ -185,10 +185,33 @@ def test_paper_tables_list_every_column_and_say_what_is_not_computed(evaluated):
     assert all(c.startswith("not computed: sd outputs of tiny RANDOM") for c in table[1, "sd_tiny"][2:])
     # the attribute models are the tiny random ones: Table II is not computed for any run
     assert "not computed: the attribute models are tiny RANDOM" in table[2, "blur_light"][2]
-    assert "not computed: no emotion" in table[2, "identity"][4]
+    # the tiny folder has HSEmotion and the Mugs ViT too: computed (metrics.json), never shown as results
+    random_emotions = "not computed: the emotion model (HSEmotion) is a tiny RANDOM test model"
+    assert table[2, "identity"][4] == table[2, "identity"][5] == random_emotions
     assert table[3, "mask"][2] == "not computed: FID Inception weights absent (veil models fetch --eval)"
-    assert "not computed: Visual DNA" in table[3, "identity"][3]
+    random_vdna = "not computed: Visual DNA's Mugs ViT is a tiny RANDOM test model"
+    assert table[3, "identity"][3] == table[3, "mask"][4] == random_vdna
     assert "The paper's tables" in (out / "report.html").read_text()
+
+
+def test_emotions_and_visual_dna_identity_control_and_orderings(evaluated):
+    # tiny RANDOM models (flagged): what holds whatever the weights is checked, not the figures
+    _, metrics = evaluated
+    assert metrics["emotions_random"] and metrics["vdna_random"]
+    assert any("HSEmotion" in n and "mean nothing" in n for n in metrics["notes"])
+    runs = metrics["runs"]
+    control = runs["identity"]["emotions"]
+    assert control["n"] == len(PHOTOS) and control["valence_arousal_mse"] == 0.0
+    assert control["emotion_agreement"] == 1.0
+    assert control["label_source"] == {"hsemotion_on_originals": len(PHOTOS)}
+    light = runs["blur_light"]["emotions"]
+    assert light["n"] >= 1 and light["valence_arousal_mse"] > 0
+    dna = {label: runs[label]["visual_dna"] for label in ("identity", "blur_light", "blur_strong", "mask")}
+    assert dna["identity"]["vdna_dataset"] == 0.0 and dna["identity"]["vdna_image"] == 0.0
+    assert all(d["n"] == len(PHOTOS) for d in dna.values())
+    for key in ("vdna_dataset", "vdna_image"):
+        assert 0 < dna["blur_light"][key] < dna["blur_strong"][key], key
+        assert dna["blur_light"][key] < dna["mask"][key], key
 
 
 def test_pairs_csv_has_a_row_per_input_of_every_run(evaluated):
