@@ -120,7 +120,8 @@ OUTCOMES = {
     "gpu": ("done", "failed", "skipped", "cancelled", "retrying", "requeued", "given_back"),
 }
 #: reason codes that are not an error class's ``reason`` (shared.errors)
-_OTHER_REASONS = ("bad_message", "bad_envelope", "message_too_large", "outcome_not_recorded", "given_back", "unknown")
+_OTHER_REASONS = ("bad_message", "bad_envelope", "message_too_large", "unsigned", "bad_signature",
+                  "outcome_not_recorded", "given_back", "unknown")  # fmt: skip
 
 
 def known_reasons() -> list[str]:
