@@ -157,6 +157,8 @@ def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
         # tries, ~50 min), so a long partition or Redis outage never ends a worker.
         broker_connection_timeout=settings.redis_connect_timeout_s,
         broker_connection_max_retries=None,
+        # rediss://: the URL's TLS options (its CA) also for Flower's Broker tab, which reads only these
+        broker_use_ssl=redisconn.tls_options(settings.broker_url) or False,
         broker_transport_options={
             **redisconn.transport_options(settings),
             "visibility_timeout": settings.visibility_timeout_s,
