@@ -133,3 +133,70 @@ def test_signing_settings_are_all_or_nothing_and_checked_at_start(tmp_path):
         assert expected in out.stderr and "VEIL_SECURITY_CERT_STORE" in out.stderr, out.stderr
         _signing_key(tmp_path, "veil")
         (store / "veil.crt").write_bytes((tmp_path / "veil.crt").read_bytes())
+
+
+def test_both_tiers_signed_the_gpu_worker_refuses_unsigned_and_tampered_prompts(faces_dir, tiny_models, tmp_path):
+    """A whole job through both tiers with signing on (the CPU tier's prompt messages signed by
+    ``send_task``, taken by celery-batches on the GPU worker), while the GPU queue also holds an
+    unsigned prompt message and a signed one changed after signing, both naming the job."""
+    import requests
+
+    from tests.services import free_port
+
+    keys, store, src, out = (tmp_path / name for name in ("keys", "keys/store", "in", "out"))
+    store.mkdir(parents=True)
+    src.mkdir()
+    _signing_key(keys, "veil")
+    (store / "veil.crt").write_bytes((keys / "veil.crt").read_bytes())
+    for name in ("id02_12.jpg", "id07_25.jpg"):
+        (src / name).write_bytes((faces_dir / name).read_bytes())
+    broker = redis_url(DB)
+    client = redis.Redis.from_url(broker)
+    port = free_port()
+    env = worker_env(broker_url=broker, models_dir=tiny_models, cpu_queue=f"cpu-{DB}", gpu_queue=f"gpu-{DB}",
+                     batch_size=2, gpu_batch_wait_s=1.0, steps=1, image_size=64,
+                     input_roots=str(src), output_roots=str(out), security_key=keys / "veil.key",
+                     security_certificate=keys / "veil.crt", security_cert_store=store)  # fmt: skip
+    submitted = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(src), "--out", str(out)],
+                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    from workers.celery_app import GPU_TASK, configure
+
+    app = configure(Settings.from_env({}, broker_url=broker))  # unsigned (JSON)
+    analysis = dict(face_box=[0.0, 0.0, 10.0, 10.0, 0.9], celeba_scores={"Male": 0.9}, age=30, ethnicity="white",
+                    deepface_gender="Man")  # fmt: skip
+
+    def prompt(name: str) -> dict:
+        return dict(job_id=job_id, input_uri=str(src / "id02_12.jpg"), output_uri=str(out / name), seed=1,
+                    prompt="closeup portrait photo of a man", negative_prompt="blurry", analysis=analysis,
+                    model_sha256={})  # fmt: skip
+
+    app.send_task(GPU_TASK, args=[prompt("unsigned.png")], queue=f"gpu-{DB}")
+    app.send_task(GPU_TASK, args=[prompt("template.png")], queue="scratch-sign")
+    envelope = json.loads(client.rpop("scratch-sign"))
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    signed = _signed_envelope(envelope, [[prompt("tampered.png")], {}, embed], keys / "veil.key", keys / "veil.crt",
+                              store)  # fmt: skip
+    packed = base64.b64decode(base64.b64decode(signed["body"])).replace(b"tampered.png", b"forgery1.png")
+    client.lpush(f"gpu-{DB}", json.dumps(signed | {"body": base64.b64encode(base64.b64encode(packed)).decode()}))
+
+    cpu = start_worker("cpu", env, tmp_path / "cpu.log", "--concurrency", "1")
+    gpu = start_worker("gpu", env | {"VEIL_METRICS_PORT": str(port)}, tmp_path / "gpu.log")  # its counters served
+    try:
+        jobs = JobStore.from_url(broker)
+        job = wait_for(lambda: ((j := jobs.get(job_id)) and j.state == "finished" and j)
+                       or cpu.poll() is not None or gpu.poll() is not None, 600, "the signed job")  # fmt: skip
+        logs = "".join((tmp_path / f"{t}.log").read_text(errors="replace")[-2000:] for t in ("cpu", "gpu"))
+        assert cpu.poll() is None and gpu.poll() is None, logs
+        assert job.counts["done"] == 2, logs
+        samples = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        stop(gpu)
+        stop(cpu)
+    written = sorted(p.name for p in out.iterdir() if p.name != "_veil")
+    assert written == ["id02_12.jpg", "id02_12.jpg.json", "id07_25.jpg", "id07_25.jpg.json"], (written, logs)
+    assert sorted(e["reason"] for e in _dead_letters(broker)) == ["bad_signature", "unsigned"]
+    failures = [line for line in samples.splitlines() if line.startswith("veil_failures_total")]
+    assert 'veil_failures_total{reason="unsigned",tier="gpu"} 1.0' in failures, failures
+    assert 'veil_failures_total{reason="bad_signature",tier="gpu"} 1.0' in failures, failures
