@@ -135,7 +135,7 @@ def _sign_messages(settings: Settings) -> None:
 
 def signing_conf(settings: Settings) -> dict[str, Any]:
     """Celery's settings for signed task messages (``auth``: the JSON body signed with RSA-PSS and
-    SHA-256, ``security_digest``'s default), or none when signing is off."""
+    SHA-256, ``security_digest``'s default), or plain JSON when signing is off."""
     if not settings.signing:
         return dict(task_serializer="json", accept_content=["json"])
     return dict(
