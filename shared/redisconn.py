@@ -80,6 +80,30 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return connection_kwargs(settings)
 
 
+#: the TLS options a ``rediss://`` URL may carry in its query (redis-py's names)
+_TLS_QUERY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+
+
+def tls_options(url: str) -> dict[str, Any] | None:
+    """The TLS options of a ``rediss://`` URL's query as Celery's ``broker_use_ssl`` wants them,
+    or None for ``redis://``. redis-py and kombu read them from the URL, but Flower's Broker tab
+    (``flower.utils.broker.RedisSsl``) reads only ``broker_use_ssl``: without it Flower did not
+    use the URL's CA (``CERTIFICATE_VERIFY_FAILED``, issue 23)."""
+    import ssl
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items() if k in _TLS_QUERY}
+    reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    cert_reqs = query.pop("ssl_cert_reqs", "required").lower()
+    options: dict[str, Any] = {"ssl_cert_reqs": reqs.get(cert_reqs, ssl.CERT_REQUIRED)}
+    if "ssl_check_hostname" in query:
+        options["ssl_check_hostname"] = query.pop("ssl_check_hostname").lower() in ("1", "true", "yes")
+    return options | query
+
+
 def client(url: str, settings: Settings | None = None, *, decode_responses: bool = False) -> redis.Redis:
     """A redis-py client for ``url`` with the bounds above. A command is tried at most twice (the
     second time on a fresh connection, which covers a Redis restart); redis-py's default is 10

@@ -202,6 +202,14 @@ class Settings(BaseSettings):
     max_decoded_pixels: int = Field(50_000_000, ge=1)
     # Faces per scene image: an image with more is failed (``too_many_faces``), never half done.
     max_faces: int = Field(100, ge=1, le=10_000)
+    # Signed messages (Celery's ``auth`` serializer; SECURITY.md, "Signed messages"): PEM files
+    # of this process's RSA private key and its X.509 certificate, and the certificate store (a
+    # folder or a glob of the certificates of every sender a worker accepts). All three or none;
+    # no defaults. Set: every task message sent is signed, and a worker dead-letters any message
+    # not signed by a certificate in the store (``unsigned``, ``bad_signature``).
+    security_key: Path | None = None
+    security_certificate: Path | None = None
+    security_cert_store: str | None = None
     mode: Mode = Mode.PORTRAIT
     # Which detected faces the classical methods and scene mode change: all (default) or the biggest.
     faces: FaceCover = FaceCover.ALL
@@ -366,6 +374,20 @@ class Settings(BaseSettings):
                 "(VEIL_METHOD): a portrait is not checked"
             )
         return self
+
+    @model_validator(mode="after")
+    def _signing_all_or_nothing(self) -> Settings:
+        names = {"VEIL_SECURITY_KEY": self.security_key, "VEIL_SECURITY_CERTIFICATE": self.security_certificate,
+                 "VEIL_SECURITY_CERT_STORE": self.security_cert_store}  # fmt: skip
+        missing = [name for name, value in names.items() if not value]
+        if 0 < len(missing) < len(names):
+            raise ValueError(f"message signing needs {', '.join(names)} together: {', '.join(missing)} unset")
+        return self
+
+    @property
+    def signing(self) -> bool:
+        """Task messages are signed and only signed ones accepted (the three VEIL_SECURITY_* set)."""
+        return self.security_key is not None
 
     @model_validator(mode="after")
     def _jobs_url(self) -> Settings:

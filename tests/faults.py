@@ -21,10 +21,16 @@ from tests.tcpproxy import TcpProxy
 
 
 def compose_redis_args() -> list[str]:
-    """The redis-server arguments of docker-compose.yml (its persistence settings)."""
+    """The redis-server arguments of docker-compose.yml (its persistence settings). compose starts
+    it from a shell (``exec redis-server - ARGS <<EOF``: the ACL user and its password on stdin,
+    issue 23); the arguments are the words between ``-`` and the here-document."""
+    import shlex
+
     command = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]["command"]
-    assert command[0] == "redis-server", command
-    return list(command[1:])
+    assert command[:2] == ["sh", "-c"], command
+    words = shlex.split(command[2].splitlines()[0].split("<<", 1)[0])
+    assert words[:3] == ["exec", "redis-server", "-"], words
+    return words[3:]
 
 
 class OwnRedis:

@@ -20,6 +20,7 @@ messages it holds but has not started to the queue as it closes its channel.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -94,12 +95,14 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
     if app.configured and app.conf.broker_url not in (None, settings.broker_url):
         _forget_broker_connections()
     app.conf.update(**celery_conf(settings, tier))
+    if settings.signing:
+        _sign_messages(settings)
     if tier is not None and settings.broker_url.startswith(("redis://", "rediss://")):
         # a worker consumes through Veil's transport (kombu's Redis transport with a pop a killed
         # worker cannot lose, and poison envelopes dead-lettered instead of ending the worker)
         from workers import envelopes
 
-        envelopes.configure(settings.max_message_bytes, tier)
+        envelopes.configure(settings.max_message_bytes, tier, signed=settings.signing)
         app.conf.broker_transport = "workers.redis_transport:Transport"
     if tier is not None and not (settings.input_roots and settings.output_roots):
         logging.getLogger(__name__).warning(
@@ -108,6 +111,40 @@ def configure(settings: Settings, *, tier: str | None = None) -> Celery:
             tier,
         )
     return app
+
+
+def _sign_messages(settings: Settings) -> None:
+    """Celery's message signing (``app.setup_security``): registers the ``auth`` serializer with
+    this process's key, certificate and store, and makes it kombu's default. It also disables
+    every other serializer for decoding where no ``accept`` list is given; JSON stays enabled
+    (``allowed_serializers``), which events and remote control use (they pass their own
+    ``accept``). Process-wide (kombu's registry), so called once at start-up, before the pool
+    forks. A file that is missing or unreadable, a key that is not RSA, an expired certificate or
+    a store without one is a ``ValueError`` naming the settings (``veil``: one line, exit 2)."""
+    import glob
+
+    names = "VEIL_SECURITY_KEY, VEIL_SECURITY_CERTIFICATE, VEIL_SECURITY_CERT_STORE"
+    store = settings.security_cert_store or ""
+    if not glob.glob(os.path.join(store, "*") if os.path.isdir(store) else store):
+        raise ValueError(f"message signing: VEIL_SECURITY_CERT_STORE={store!r} holds no certificate")
+    try:
+        app.setup_security(allowed_serializers=["json"])
+    except Exception as exc:  # noqa: BLE001 - Celery's own errors (ImproperlyConfigured, SecurityError), OSError
+        raise ValueError(f"message signing ({names}): {type(exc).__name__}: {exc}") from None
+
+
+def signing_conf(settings: Settings) -> dict[str, Any]:
+    """Celery's settings for signed task messages (``auth``: the JSON body signed with RSA-PSS and
+    SHA-256, ``security_digest``'s default), or plain JSON when signing is off."""
+    if not settings.signing:
+        return dict(task_serializer="json", accept_content=["json"])
+    return dict(
+        task_serializer="auth",
+        accept_content=["auth"],
+        security_key=str(settings.security_key),
+        security_certificate=str(settings.security_certificate),
+        security_cert_store=settings.security_cert_store,
+    )
 
 
 def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
@@ -120,6 +157,8 @@ def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
         # tries, ~50 min), so a long partition or Redis outage never ends a worker.
         broker_connection_timeout=settings.redis_connect_timeout_s,
         broker_connection_max_retries=None,
+        # rediss://: the URL's TLS options (its CA) also for Flower's Broker tab, which reads only these
+        broker_use_ssl=redisconn.tls_options(settings.broker_url) or False,
         broker_transport_options={
             **redisconn.transport_options(settings),
             "visibility_timeout": settings.visibility_timeout_s,
@@ -138,8 +177,7 @@ def celery_conf(settings: Settings, tier: str | None = None) -> dict[str, Any]:
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_serializer="json",
-        accept_content=["json"],
+        **signing_conf(settings),  # JSON, or JSON signed (SECURITY.md)
         # Each queue on its own direct exchange (workers/transport.py).
         task_queues=[declare(settings.cpu_queue), declare(settings.gpu_queue)],
         task_routes={

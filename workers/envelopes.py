@@ -11,6 +11,14 @@ dead-letter list ``veil:deadletter`` (its first ``KEPT_BYTES`` bytes; the list h
 ``DEAD_LETTER_MAX``), which ``veil deadletter`` shows and purges; the worker goes on.
 A body that decodes but is not a Celery task (wrong JSON inside) is Celery's own case: it logs
 and acknowledges it (``on_unknown_message``, ``on_decode_error``) without stopping.
+
+With message signing on (``VEIL_SECURITY_*``, SECURITY.md) the same step checks the signature:
+a message that is not signed (content type other than the ``auth`` serializer's) is
+dead-lettered as ``unsigned``, one whose signature does not verify against a certificate of
+``VEIL_SECURITY_CERT_STORE`` (a changed body, another key, an unknown signer) as
+``bad_signature``; neither reaches Celery, so neither runs. Celery would refuse both too
+(``accept_content=["auth"]``), but as a decode error it only logs, and the GPU tier's
+celery-batches decodes in the consumer itself.
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ import logging
 import time
 from typing import Any
 
+from kombu.serialization import registry
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from shared.errors import BadEnvelopeError
 from workers import metrics
+from workers.transport import SIGNED_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +48,11 @@ class _Limits:
 
     max_bytes: int = 1 * 2**20
     tier: str = "cpu"
+    signed: bool = False
 
 
-def configure(max_bytes: int, tier: str) -> None:
-    _Limits.max_bytes, _Limits.tier = max_bytes, tier
+def configure(max_bytes: int, tier: str, *, signed: bool = False) -> None:
+    _Limits.max_bytes, _Limits.tier, _Limits.signed = max_bytes, tier, signed
 
 
 def parse(item: bytes | str, channel: Any) -> dict:
@@ -58,10 +69,25 @@ def parse(item: bytes | str, channel: Any) -> dict:
     body = payload.get("body")
     if body:
         try:
-            channel.decode_body(body, props.get("body_encoding"))
+            body = channel.decode_body(body, props.get("body_encoding"))
         except Exception as exc:  # noqa: BLE001 - any codec's error: the body does not decode
             raise BadEnvelopeError("bad_envelope", f"body does not decode ({type(exc).__name__})") from None
+    if _Limits.signed:
+        check_signature(payload.get("content-type"), payload.get("content-encoding"), body)
     return payload
+
+
+def check_signature(content_type: object, content_encoding: object, body: object) -> None:
+    """``unsigned`` or ``bad_signature`` unless ``body`` is the ``auth`` serializer's and its
+    signature verifies against the store ``app.setup_security`` registered (Celery's own
+    ``SecureSerializer.deserialize``: the signer's certificate looked up by issuer and serial)."""
+    if content_type != SIGNED_CONTENT_TYPE or not body:
+        raise BadEnvelopeError("unsigned", f"content type {content_type!r}, not a signed message")
+    try:
+        registry.loads(body, SIGNED_CONTENT_TYPE, str(content_encoding or "utf-8"), accept=["auth"])
+    except Exception as exc:  # noqa: BLE001 - Celery's SecurityError, wrapped by kombu as DecodeError
+        # (Celery 5.6 reports a wrong signature as a TypeError of its own error handling)
+        raise BadEnvelopeError("bad_signature", f"the signature does not verify: {str(exc)[:300]}") from None
 
 
 def dead_letter(client: Any, queue: str, item: bytes | str, error: BadEnvelopeError) -> None:

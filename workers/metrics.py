@@ -120,7 +120,8 @@ OUTCOMES = {
     "gpu": ("done", "failed", "skipped", "cancelled", "retrying", "requeued", "given_back"),
 }
 #: reason codes that are not an error class's ``reason`` (shared.errors)
-_OTHER_REASONS = ("bad_message", "outcome_not_recorded", "given_back", "unknown")
+# (bad_envelope, message_too_large, unsigned, bad_signature: BadEnvelopeError's, set per instance)
+_OTHER_REASONS = ("bad_message", "unsigned", "bad_signature", "outcome_not_recorded", "given_back", "unknown")
 
 
 def known_reasons() -> list[str]:

@@ -91,10 +91,22 @@ def queue_depth(r: redis.Redis, settings: Settings) -> dict[str, int]:
     return {"cpu": waiting[settings.cpu_queue], "gpu": waiting[settings.gpu_queue], "unacked": unacked(r)}
 
 
+#: Celery's ``auth`` serializer (signed messages, SECURITY.md): its content type, and the
+#: separator of its fields (``celery.security.serialization``: base64 of signer, signature,
+#: content type, content encoding and the JSON body, joined by it)
+SIGNED_CONTENT_TYPE = "application/data"
+SIGNED_SEPARATOR = b"\x00\x01"
+
+
 def task_args(raw: bytes | str) -> list[Any]:
-    """The positional arguments of a Celery message as it lies in a queue list. Raises
+    """The positional arguments of a Celery message as it lies in a queue list, signed or not (a
+    signature is not verified here: the workers verify; this only finds a job's messages). Raises
     ``ValueError`` (JSON, base64) or ``KeyError``/``TypeError``/``IndexError`` for anything else."""
-    args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+    message = json.loads(raw)
+    body = base64.b64decode(message["body"])
+    if message.get("content-type") == SIGNED_CONTENT_TYPE:
+        body = base64.b64decode(body).split(SIGNED_SEPARATOR, 4)[4]
+    args = json.loads(body)[0]
     if not isinstance(args, list):
         raise TypeError(f"a protocol-2 body starts with a list of args, not {type(args).__name__}")
     return args
@@ -136,7 +148,9 @@ class CeleryMessages:
     ``argsrepr`` is ``repr`` cut at Celery's ``argsrepr_maxsize`` (what ``saferepr`` gives for
     these plain dicts, at 1/50 of its cost); the ids are random version-4 UUIDs from a generator
     seeded once from the OS (unique, not secret: ``os.urandom`` per id was a third of the
-    feeder's time)."""
+    feeder's time). With signing on (``app.conf.task_serializer == "auth"``, after
+    ``app.setup_security``) each body is signed by kombu's registered ``auth`` serializer, as
+    ``send_task`` signs it, with its content type."""
 
     _FIELDS = ("@@ID@@", "@@ARGSREPR@@", "@@BODY@@", "@@TAG@@")
     PRIORITY = 0
@@ -159,7 +173,9 @@ class CeleryMessages:
             "delivery_info": {"exchange": "", "routing_key": queue}, "priority": self.PRIORITY,
             "body_encoding": "base64", "delivery_tag": tag,
         }  # fmt: skip
-        message = {"body": body, "content-encoding": "utf-8", "content-type": "application/json",
+        self._signed = app.conf.task_serializer == "auth"
+        content_type = SIGNED_CONTENT_TYPE if self._signed else "application/json"
+        message = {"body": body, "content-encoding": "utf-8", "content-type": content_type,
                    "headers": headers, "properties": properties}  # fmt: skip
         template = json.dumps(message).replace("{", "{{").replace("}", "}}")
         for i, name in enumerate(self._FIELDS):
@@ -176,5 +192,11 @@ class CeleryMessages:
         argsrepr = repr(args)
         if len(argsrepr) > self.maxsize:
             argsrepr = argsrepr[: self.maxsize - 3] + "..."
-        body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
+        if self._signed:
+            from kombu.serialization import registry
+
+            _, _, signed = registry.dumps([args, {}, _EMBED], serializer="auth")
+            body = base64.b64encode(signed if isinstance(signed, bytes) else signed.encode()).decode()
+        else:
+            body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
         return self._template.format(self._uuid4(), json.dumps(argsrepr)[1:-1], body, self._uuid4())

@@ -269,7 +269,7 @@ def test_shared_env_reaches_every_app_service(compose):
     for name in APP_SERVICES:
         env = environment(compose["services"][name])
         assert {k: env.get(k) for k in shared} == shared, name
-    assert shared["VEIL_BROKER_URL"] == "redis://redis:6379/0"
+    assert shared["VEIL_BROKER_URL"] == "redis://veil:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0"
     assert shared["VEIL_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert shared["VEIL_MODELS_DIR"] == "/models"
 
@@ -333,7 +333,10 @@ def test_commands_parse_with_the_cli(compose):
 def test_infrastructure(compose):
     svc = compose["services"]
     assert svc["redis"]["image"] == "redis:7-alpine"
-    assert svc["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    # issue 23: the default user off, Veil's ACL user from the file the k8s component uses
+    assert "redis-cli --user veil ping" in svc["redis"]["healthcheck"]["test"][1]
+    assert "user default off" in svc["redis"]["command"][2] and "/etc/redis/veil.acl" in svc["redis"]["command"][2]
+    assert "./deploy/k8s/components/redis/veil.acl:/etc/redis/veil.acl:ro" in svc["redis"]["volumes"]
     assert svc["minio"]["image"].split(":")[0] == "minio/minio"
     assert "healthcheck" in svc["minio"]
     assert svc["minio-init"]["image"].split(":")[0] == "minio/mc"

@@ -90,3 +90,15 @@ def test_shutdown_watch_exits_once_the_broker_is_silent_long_enough():
     waited = time.monotonic() - began
     assert exits == [shutdown.EXIT_BROKER_UNREACHABLE]
     assert shutdown.unreachable_limit_s(settings) <= waited < shutdown.unreachable_limit_s(settings) + 3
+
+
+def test_a_rediss_urls_tls_options_reach_celerys_broker_use_ssl():
+    """Flower's Broker tab reads only ``broker_use_ssl``: the URL's CA must reach it (issue 23)."""
+    import ssl
+
+    from shared.redisconn import tls_options
+
+    url = "rediss://veil:pw@redis:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/veil/redis-ca/ca.crt"
+    assert tls_options(url) == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/etc/veil/redis-ca/ca.crt"}
+    assert tls_options("rediss://redis:6380/0?ssl_cert_reqs=none") == {"ssl_cert_reqs": ssl.CERT_NONE}
+    assert tls_options("redis://redis:6379/0?ssl_ca_certs=/x") is None
