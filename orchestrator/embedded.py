@@ -266,6 +266,14 @@ def _run_locked(
         bar.update(len(records))
         bar.set_postfix(dict(summary.counts))
 
+    def generate(batch: list[tuple[PromptTask, dict[str, float]]]) -> list[ResultRecord]:
+        # a batch on a CPU takes minutes: the bar says what it is waiting for, not just 0/N
+        assert gpu is not None  # only prompts, which need the generator, reach a batch
+        bar.set_description(f"veil run: generating {len(batch)} ({settings.steps} steps)")
+        records = _generate_and_store(batch, gpu, storage, summary)
+        bar.set_description("veil run")
+        return records
+
     batch: list[tuple[PromptTask, dict[str, float]]] = []
     source = spec.source
     root = source if is_local(source) and os.path.isdir(source) else None  # symlinks stay in it
@@ -277,10 +285,10 @@ def _run_locked(
         assert prompt is not None and gpu is not None  # _analysed yields a prompt or a record, never neither
         batch.append((prompt, timings))
         if len(batch) == settings.batch_size:
-            finish(_generate_and_store(batch, gpu, storage, summary))
+            finish(generate(batch))
             batch = []
     if batch and gpu is not None:
-        finish(_generate_and_store(batch, gpu, storage, summary))
+        finish(generate(batch))
     bar.close()
     manifest.close()
     summary.seconds = time.perf_counter() - started

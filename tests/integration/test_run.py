@@ -41,6 +41,7 @@ def test_every_input_ends_with_its_status(run_result):
     failed = sum(1 for v in expected.values() if v == "failed")
     assert "veil run:" in proc.stdout and f"failed {failed}" in proc.stdout
     assert "tiny RANDOM test models" in proc.stderr  # never passed off as the method's output
+    assert "veil run: generating 4 (4 steps)" in proc.stderr  # the bar says what a long wait is
 
 
 def test_outputs_mirror_inputs_and_carry_no_metadata(run_result):
