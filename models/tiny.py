@@ -302,8 +302,7 @@ def write_vgg_face_graph(path: Path, num_classes: int) -> Path:
 
     Built with ``onnx.helper`` (no exporter); one ~540 MB file, as the real ones are.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     nodes = [helper.make_node("Transpose", ["input"], ["x0"], perm=[0, 3, 1, 2])]
     initializers = []
@@ -334,17 +333,10 @@ def write_vgg_face_graph(path: Path, num_classes: int) -> Path:
     nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
     nodes.append(helper.make_node("Softmax", ["flat"], ["output"], axis=-1))
     size = DEEPFACE_INPUT_SIZE
-    graph = helper.make_graph(
-        nodes,
-        f"full_size_random_{path.stem}",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])],
-        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", num_classes])],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=8)
-    model.doc_string = "FULL-SIZE RANDOM-WEIGHT TEST MODEL (VGG-Face classifier): outputs are random."
-    onnx.save(model, str(path))
-    return path
+    return _save_onnx_graph(
+        path, f"full_size_random_{path.stem}", nodes, initializers, [size, size, 3], num_classes,
+        "FULL-SIZE RANDOM-WEIGHT TEST MODEL (VGG-Face classifier): outputs are random.", check=False,
+    )  # fmt: skip
 
 
 def _write_demography_graph(path: Path, num_classes: int, pool: int = 56) -> Path:
@@ -352,8 +344,7 @@ def _write_demography_graph(path: Path, num_classes: int, pool: int = 56) -> Pat
 
     Built with ``onnx.helper`` directly (no torch exporter), with a dynamic batch axis.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     cells = (DEEPFACE_INPUT_SIZE // pool) ** 2 * 3
     weight = (torch.randn(cells, num_classes) * 0.5).numpy().astype(np.float32)
@@ -366,16 +357,40 @@ def _write_demography_graph(path: Path, num_classes: int, pool: int = 56) -> Pat
         helper.make_node("Softmax", ["logits"], ["output"], axis=-1),
     ]
     size = DEEPFACE_INPUT_SIZE
+    initializers = [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")]
+    return _save_onnx_graph(
+        path, f"tiny_random_{path.stem}", nodes, initializers, [size, size, 3], num_classes,
+        "TINY RANDOM-WEIGHT TEST MODEL: outputs are random.",
+    )  # fmt: skip
+
+
+def _save_onnx_graph(
+    path: Path,
+    name: str,
+    nodes: list,
+    initializers: list,
+    input_shape: list[int],
+    n_outputs: int,
+    doc: str,
+    *,
+    check: bool = True,
+) -> Path:
+    """Saves ``nodes`` as a float32 onnx model with one ``input`` (a dynamic batch of
+    ``input_shape``) and one ``output`` (batch, ``n_outputs``), at the opset the loaders expect."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        f"tiny_random_{path.stem}",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])],
-        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", num_classes])],
-        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
+        name,
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *input_shape])],
+        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", n_outputs])],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=8)
-    model.doc_string = "TINY RANDOM-WEIGHT TEST MODEL: outputs are random."
-    onnx.checker.check_model(model)
+    model.doc_string = doc
+    if check:
+        onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
 
@@ -389,8 +404,7 @@ def write_emotion_model(dest: Path, seed: int = 0, pool: int = 56) -> Path:
     """``hsemotion/enet_b0_8_va_mtl.onnx``: a tiny onnx graph with the real file's interface
     (NCHW float32 ``input`` at 224 px, dynamic batch; ``output`` (n, 10): 8 emotion logits, then
     valence and arousal): means over a 4x4 grid -> linear."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     path = dest / EMOTION_MODEL
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -404,18 +418,11 @@ def write_emotion_model(dest: Path, seed: int = 0, pool: int = 56) -> Path:
         helper.make_node("Gemm", ["flat", "weight", "bias"], ["output"]),
     ]
     size = EMOTION_INPUT_SIZE
-    graph = helper.make_graph(
-        nodes,
-        "tiny_random_enet_b0_8_va_mtl",
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", EMOTION_OUTPUTS])],
-        initializer=[numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=8)
-    model.doc_string = "TINY RANDOM-WEIGHT TEST MODEL: emotions and valence-arousal are random."
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    initializers = [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")]
+    return _save_onnx_graph(
+        path, "tiny_random_enet_b0_8_va_mtl", nodes, initializers, [3, size, size], EMOTION_OUTPUTS,
+        "TINY RANDOM-WEIGHT TEST MODEL: emotions and valence-arousal are random.",
+    )  # fmt: skip
 
 
 def write_mugs_vit(dest: Path, seed: int = 0, *, full_size: bool = False) -> list[Path]:
