@@ -77,11 +77,13 @@ class TcpProxy:
 
     def cut(self) -> None:
         self._up.clear()
-        self._flowing.set()  # pipes held by a partition wake up and find their sockets reset
         with self._lock:
             for sock in list(self._open):
                 _reset(sock)
             self._open.clear()
+        # then pipes held by a partition wake up and find their sockets reset (woken first, one
+        # could forward the bytes it held before its socket was reset)
+        self._flowing.set()
 
     def restore(self) -> None:
         self._up.set()

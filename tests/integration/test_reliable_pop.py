@@ -18,6 +18,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from tests.faults import OwnRedis
+from tests.tcpproxy import TcpProxy
 from tests.services import ROOT, wait_for
 from workers import redis_transport
 
@@ -162,3 +163,31 @@ def test_a_late_ack_of_a_restored_message_leaves_the_new_copy_reserved(own_redis
             assert r.hlen("unacked") == 1  # the second copy is still reserved: a crash now loses nothing
             second_received[0].ack()
             assert r.hlen("unacked") == 0
+
+
+def test_a_pop_whose_reply_is_lost_to_a_cut_connection_comes_back_at_once(own_redis):
+    """Redis moved the message, then the connection was cut before its reply arrived (TcpProxy:
+    partition, then reset). The worker's read fails; it marks that in-flight list stale on a new
+    connection, so the next scan returns the message now, not after the visibility timeout."""
+    with TcpProxy(own_redis.port) as proxy:
+        received: list = []
+        cut_conn, cut_channel = veil_channel(proxy.redis_url, received)
+        with cut_conn:
+            cut_channel.connection.cycle.on_poll_start()  # the pop is sent
+            r = redis.Redis.from_url(own_redis.url)
+            wait_for(lambda: r.client_list() and any(c.get("cmd") == "blmove" for c in r.client_list()), 10,
+                     "the pop to block in Redis")  # fmt: skip
+            proxy.partition()  # the reply will not get through
+            publish(own_redis.url, {"key": "k4"})
+            wait_for(lambda: r.llen(QUEUE) == 0, 10, "Redis to move the message")
+            proxy.cut()
+            proxy.restore()
+            with pytest.raises(cut_channel.connection_errors):
+                cut_channel._brpop_read()  # what the event loop does when the socket turns readable
+            assert received == []
+            other_received: list = []
+            other_conn, other = veil_channel(own_redis.url, other_received)
+            with other_conn:
+                assert other.restore_stale() == 1  # no wait for the visibility timeout
+                other_conn.drain_events(timeout=5)
+                assert [m.payload for m in other_received] == [{"key": "k4"}]
